@@ -1,0 +1,218 @@
+"""The JSON API under /api (CONTRACTS.md): voices, submit, list, status, audio, cancel.
+
+Every error is JSON {"error": "<sentence>"}. Writes are accepted only by the unfenced primary; a
+standby answers 503 with Retry-After so that nginx retries on the other node.
+"""
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+
+from .jobfiles import BadJobId, check_job_id, new_job_id
+from .jobs import FINAL, public_job
+from .node import Fenced
+from .recovery import job_from_storage
+from .runtime import Runtime
+from .script import MAX_SPEAKERS, ScriptError, segment_script, speakers_of
+from .storage import StorageFull, StorageUnavailable
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+COOKIE = "tts_session"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _rt() -> Runtime:
+    return current_app.extensions["tts"]
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    response = jsonify({"error": exc.message})
+    response.status_code = exc.status
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@bp.errorhandler(redis.RedisError)
+def _redis_error(exc: redis.RedisError):
+    return _api_error(ApiError(503, f"job state (Redis) is unavailable on this node: {exc}", retry_after=2))
+
+
+@bp.errorhandler(StorageUnavailable)
+def _storage_error(exc: StorageUnavailable):
+    return _api_error(ApiError(503, f"shared storage is unavailable: {exc}", retry_after=5))
+
+
+# ---- sessions ----
+
+def current_session(create: bool) -> str | None:
+    rt = _rt()
+    sid = rt.sessions.lookup(request.cookies.get(COOKIE))
+    if sid is None and create:
+        token, sid = rt.sessions.create()
+        g.new_session_token = token
+    return sid
+
+
+@bp.after_app_request
+def _set_cookie(response: Response) -> Response:
+    token = g.pop("new_session_token", None)
+    if token:
+        response.set_cookie(COOKIE, token, max_age=_rt().settings.session_ttl_s, httponly=True,
+                            samesite="Lax", secure=request.is_secure)
+    return response
+
+
+def require_primary() -> int:
+    """The epoch this node is unfenced primary of; 503 + Retry-After otherwise."""
+    try:
+        return _rt().node.assert_primary().epoch
+    except Fenced as exc:
+        raise ApiError(503, f"this node does not accept writes: {exc}", retry_after=2) from None
+
+
+def _owned_job(job_id: str) -> dict:
+    """The job's Redis hash if it belongs to the caller's session; 404 otherwise (also for bad ids)."""
+    try:
+        check_job_id(job_id)
+    except BadJobId:
+        raise ApiError(404, "no such job") from None
+    rt = _rt()
+    sid = current_session(create=False)
+    job = rt.store.get(job_id)
+    if job is None and sid is not None:
+        # Redis may have lost it (an async replica promoted): shared storage still knows.
+        job = job_from_storage(rt.files, job_id)
+    if job is None or sid is None or job.get("session") != sid:
+        raise ApiError(404, "no such job")
+    return job
+
+
+# ---- endpoints ----
+
+@bp.get("/voices")
+def voices():
+    return jsonify({"voices": [v.to_dict() for v in _rt().engine.voices()]})
+
+
+@bp.post("/jobs")
+def submit():
+    rt = _rt()
+    settings = rt.settings
+    if request.content_length is not None and request.content_length > settings.max_script_chars * 4 + 65536:
+        raise ApiError(413, f"the request is {request.content_length} bytes; scripts are limited to "
+                            f"{settings.max_script_chars} characters")
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object with a 'script' and optional 'voices'")
+    script = body.get("script")
+    if not isinstance(script, str):
+        raise ApiError(400, "'script' must be a string of 'Speaker N: text' lines")
+    if len(script) > settings.max_script_chars:
+        raise ApiError(413, f"the script is {len(script)} characters; the limit is {settings.max_script_chars}")
+    try:
+        segments = segment_script(script, settings.max_segment_chars)
+    except ScriptError as exc:
+        raise ApiError(400, str(exc)) from None
+    voices = _resolve_voices(body.get("voices", {}), speakers_of(segments))
+
+    epoch = require_primary()
+    sid = current_session(create=True)
+    client = request.remote_addr or "unknown"
+    for scope, key, limit in (("session", sid, settings.rate_limit_per_session),
+                              ("client", client, settings.rate_limit_per_client)):
+        wait = rt.store.hit_rate_limit(scope, key, limit)
+        if wait:
+            raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
+                                f"try again in {wait} s", retry_after=wait)
+
+    job_id = new_job_id()
+    created_at = time.time()
+    job_request = {
+        "id": job_id, "session": sid, "created_at": created_at, "accepted_by": settings.node,
+        "epoch": epoch, "engine": settings.engine, "voices": {str(s): v for s, v in voices.items()},
+        "segments": [{**seg.to_dict(), "voice": voices[seg.speaker]} for seg in segments],
+        "script": script,
+    }
+    require_primary()  # fresh read right before the durable write
+    try:
+        rt.files.create(job_id, job_request)
+    except StorageFull:
+        raise ApiError(503, "shared storage is full; the job was not accepted", retry_after=30) from None
+    # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
+    try:
+        rt.store.add(job_id, sid, len(segments), created_at)
+        rt.store.count_submitted()
+    except redis.RedisError:
+        current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
+    response = jsonify({"id": job_id, "status": "queued"})
+    response.status_code = 202
+    response.headers["Location"] = f"/api/jobs/{job_id}"
+    return response
+
+
+def _resolve_voices(raw: object, speakers: list[int]) -> dict[int, str]:
+    if not isinstance(raw, dict):
+        raise ApiError(400, "'voices' must be an object mapping speaker numbers to voice ids")
+    engine = _rt().engine
+    known = engine.voice_ids()
+    chosen: dict[int, str] = {}
+    for key, voice in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) <= MAX_SPEAKERS):
+            raise ApiError(400, f"'voices' names speaker {key!r}; speakers are numbered 1 to {MAX_SPEAKERS}")
+        if not isinstance(voice, str) or voice not in known:
+            raise ApiError(400, f"unknown voice {str(voice)[:64]!r} for speaker {key}; "
+                                f"GET /api/voices lists the voices")
+        chosen[int(key)] = voice
+    return {s: chosen.get(s) or engine.default_voice(s) for s in speakers}
+
+
+@bp.get("/jobs")
+def list_jobs():
+    sid = current_session(create=False)
+    jobs = _rt().store.session_jobs(sid) if sid else []
+    return jsonify({"jobs": [public_job(j) for j in jobs]})
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return jsonify(public_job(_owned_job(job_id)))
+
+
+@bp.get("/jobs/<job_id>/audio")
+def get_audio(job_id: str):
+    job = _owned_job(job_id)
+    if job.get("status") != "done":
+        raise ApiError(404, f"the job is {job.get('status')}; its audio exists once it is done")
+    rt = _rt()
+    path = rt.files.audio_path(job_id)
+    if not rt.storage.exists(path):
+        raise ApiError(404, "the job's audio file is missing from shared storage")
+    return send_file(path, mimetype="audio/wav", as_attachment=request.args.get("download") == "1",
+                     download_name=f"tts-{job_id}.wav", conditional=True)
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel(job_id: str):
+    job = _owned_job(job_id)
+    if job.get("status") in FINAL:
+        raise ApiError(400, f"the job is already {job.get('status')}")
+    require_primary()
+    rt = _rt()
+    rt.files.mark(job_id, "cancelled", node=rt.settings.node)   # durable first: whoever runs it stops
+    markers = rt.files.markers(job_id)
+    final = next(m for m in FINAL if m in markers)              # a `done` that won the race stands
+    rt.store.finish(job_id, final)
+    if final != "cancelled":
+        raise ApiError(400, f"the job was {final} before it could be cancelled")
+    return jsonify(public_job({**job, "status": final})), 202

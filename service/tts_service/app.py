@@ -1,0 +1,44 @@
+"""Flask app factory: `gunicorn 'tts_service.app:create_app()'`."""
+from __future__ import annotations
+
+from flask import Flask, render_template
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import Settings
+from .runtime import Runtime
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    app = Flask(__name__)
+    # The raw request may be a little larger than the script limit (JSON escaping); Flask refuses
+    # bodies beyond this with 413 before reading them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_script_chars * 4 + 65536
+    app.json.sort_keys = False
+    app.extensions["tts"] = Runtime.build(settings)
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+
+    from . import api, probes
+    app.register_blueprint(api.bp)
+    app.register_blueprint(probes.bp)
+
+    @app.get("/")
+    def index():
+        return render_template("index.html", node=settings.node, engine=settings.engine)
+
+    @app.errorhandler(404)
+    def not_found(_exc):
+        return {"error": "not found"}, 404
+
+    @app.errorhandler(405)
+    def not_allowed(_exc):
+        return {"error": "method not allowed"}, 405
+
+    @app.errorhandler(413)
+    def too_large(_exc):
+        return {"error": f"the request is too large; scripts are limited to {settings.max_script_chars} "
+                         "characters"}, 413
+
+    return app

@@ -1,0 +1,41 @@
+"""WAV encoding, durations and the final assembly (streamed: a 90-minute job never sits in memory)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def wav_info(path_or_bytes: Path | bytes) -> tuple[int, int]:
+    """(frames, sample_rate) of a WAV file or WAV bytes."""
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
+    info = sf.info(source)
+    return info.frames, info.samplerate
+
+
+def wav_duration(path_or_bytes: Path | bytes) -> float:
+    frames, rate = wav_info(path_or_bytes)
+    return frames / rate if rate else 0.0
+
+
+def concat_wavs(parts: list[Path], out_path: Path, sample_rate: int, block: int = 1 << 16) -> int:
+    """Write the parts one after another into out_path (PCM 16); returns the frame count."""
+    frames = 0
+    with sf.SoundFile(str(out_path), "w", samplerate=sample_rate, channels=1, format="WAV",
+                      subtype="PCM_16") as out:
+        for part in parts:
+            with sf.SoundFile(str(part)) as src:
+                if src.samplerate != sample_rate:
+                    raise ValueError(f"{part.name} is {src.samplerate} Hz, expected {sample_rate}")
+                for chunk in src.blocks(blocksize=block, dtype="int16", always_2d=False):
+                    out.write(chunk)
+                    frames += len(chunk)
+    return frames

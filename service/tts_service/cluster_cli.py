@@ -1,0 +1,84 @@
+"""`tts-cluster`: the only tool that changes the cluster state on shared storage.
+
+    tts-cluster status                              print state.json (exit 3 if none exists)
+    tts-cluster init NODE [--standby OTHER]         first state, epoch 1, only when none exists
+    tts-cluster promote NODE --expect-epoch N       compare-and-swap: epoch N -> N+1, NODE primary
+    tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
+    tts-cluster unlock TOKEN                        release it
+
+Exit codes: 0 done; 1 refused (wrong epoch, state exists, lock held); 2 storage unreachable or bad
+arguments; 3 no state yet. Output is JSON on stdout, the reason on stderr.
+The shared folder comes from --shared-dir or TTS_SHARED_DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .cluster import Cluster, ClusterError
+from .storage import Storage, StorageUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tts-cluster", description="Read or change the TTS cluster state.")
+    parser.add_argument("--shared-dir", default=os.environ.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("TTS_STORAGE_TIMEOUT", "5")))
+    parser.add_argument("--by", default=os.environ.get("TTS_CLUSTER_ACTOR", "tts-cluster"),
+                        help="who makes the change (recorded as updated_by)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status")
+    init = sub.add_parser("init")
+    init.add_argument("node")
+    init.add_argument("--standby")
+    promote = sub.add_parser("promote")
+    promote.add_argument("node")
+    promote.add_argument("--expect-epoch", type=int, required=True)
+    lock = sub.add_parser("lock")
+    lock.add_argument("--holder", required=True)
+    lock.add_argument("--ttl", type=float, default=300.0)
+    unlock = sub.add_parser("unlock")
+    unlock.add_argument("token")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    shared = Path(args.shared_dir)
+    storage = Storage(shared, timeout=args.timeout, threads=2)
+    cluster = Cluster(storage, shared / "cluster")
+    try:
+        if args.command == "status":
+            state = cluster.read()
+            if state is None:
+                print(f"no cluster state at {cluster.state_path}", file=sys.stderr)
+                return 3
+            _print(state.to_dict())
+        elif args.command == "init":
+            _print(cluster.init(args.node, args.standby, args.by).to_dict())
+        elif args.command == "promote":
+            _print(cluster.promote(args.node, args.expect_epoch, args.by).to_dict())
+        elif args.command == "lock":
+            _print({"token": cluster.acquire_lock(args.holder, args.ttl)})
+        elif args.command == "unlock":
+            if not cluster.release_lock(args.token):
+                print("that lock is not held (expired or taken by someone else)", file=sys.stderr)
+                return 1
+            _print({"released": True})
+    except ClusterError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as exc:
+        print(f"storage unavailable: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print(data: dict) -> None:
+    print(json.dumps(data))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Settings, read once from the environment (the deploy role writes them to an env file).
+
+Every setting has a `TTS_` environment variable; the names match the inventory variables of the
+same name (`tts_engine_pace` <-> `TTS_ENGINE_PACE`).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(name: str, default: int) -> int:
+    return int(_float(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Who this node is: an inventory host name (tts-a, tts-b).
+    node: str = field(default_factory=lambda: _env("TTS_NODE", socket.gethostname()))
+    # Redis this node talks to (its local one: writable on the primary, a replica on the standby).
+    redis_url: str = field(default_factory=lambda: _env("TTS_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # The NAS mount: cluster/, jobs/, drills/ live below it.
+    shared_dir: Path = field(default_factory=lambda: Path(_env("TTS_SHARED_DIR", "/mnt/nas/tts")))
+    # Node-local folder for the worker's heartbeat (read by the app's /ready and /metrics).
+    run_dir: Path = field(default_factory=lambda: Path(_env("TTS_RUN_DIR", "/run/tts")))
+    engine: str = field(default_factory=lambda: _env("TTS_ENGINE", "espeak"))
+    vibevoice_model_dir: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_MODEL_DIR", ""))
+    vibevoice_diffusion_steps: int = field(default_factory=lambda: _int("TTS_VIBEVOICE_DIFFUSION_STEPS", 10))
+    vibevoice_guidance_scale: float = field(default_factory=lambda: _float("TTS_VIBEVOICE_GUIDANCE_SCALE", 1.3))
+    # Seconds of wall time per second of audio (0 = as fast as the engine goes). Lab setting.
+    engine_pace: float = field(default_factory=lambda: _float("TTS_ENGINE_PACE", 0.0))
+    max_script_chars: int = field(default_factory=lambda: _int("TTS_MAX_SCRIPT_CHARS", 200_000))
+    # A speaker turn longer than this is split at sentence boundaries.
+    max_segment_chars: int = field(default_factory=lambda: _int("TTS_MAX_SEGMENT_CHARS", 400))
+    # Job lease in Redis: a job is claimable by another worker only after this much silence.
+    lease_s: float = field(default_factory=lambda: _float("TTS_LEASE_SECONDS", 6.0))
+    # Every access to shared storage gives up after this long (a hung NAS must not hang us).
+    storage_timeout_s: float = field(default_factory=lambda: _float("TTS_STORAGE_TIMEOUT", 3.0))
+    # A node that has not read the cluster state for this long is fenced.
+    state_max_age_s: float = field(default_factory=lambda: _float("TTS_STATE_MAX_AGE", 5.0))
+    # Below this much free space on shared storage the node is not ready and jobs wait.
+    storage_min_free_bytes: int = field(default_factory=lambda: _int("TTS_STORAGE_MIN_FREE_BYTES", 1_000_000))
+    session_ttl_s: int = field(default_factory=lambda: _int("TTS_SESSION_TTL", 30 * 24 * 3600))
+    # Submissions per minute, per session and per client address (429 beyond).
+    rate_limit_per_session: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_SESSION", 30))
+    rate_limit_per_client: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_CLIENT", 120))
+    # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
+    trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
+    # How often the worker rescans shared storage for jobs Redis does not know about.
+    reconcile_interval_s: float = field(default_factory=lambda: _float("TTS_RECONCILE_INTERVAL", 15.0))
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.shared_dir / "jobs"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.shared_dir / "cluster"
+
+    def public(self) -> dict:
+        """Settings safe to show in /ready and drill reports (no URLs with passwords)."""
+        return {"engine": self.engine, "engine_pace": self.engine_pace, "lease_s": self.lease_s}

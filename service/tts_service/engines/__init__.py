@@ -1,0 +1,22 @@
+"""Engines behind one interface, chosen by TTS_ENGINE."""
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Engine, EngineError, Voice
+
+ENGINES = ("espeak", "vibevoice")
+
+
+def create_engine(settings: Settings) -> Engine:
+    if settings.engine == "espeak":
+        from .espeak import EspeakEngine
+        return EspeakEngine()
+    if settings.engine == "vibevoice":
+        from .vibevoice import VibeVoiceEngine
+        return VibeVoiceEngine(settings.vibevoice_model_dir,
+                               diffusion_steps=settings.vibevoice_diffusion_steps,
+                               guidance_scale=settings.vibevoice_guidance_scale)
+    raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
+
+
+__all__ = ["Engine", "EngineError", "Voice", "create_engine", "ENGINES"]

@@ -1,0 +1,167 @@
+"""A job's files on shared storage: the truth for what was asked and how far it got.
+
+    jobs/<id>/request.json                 what was accepted (script already split into segments)
+    jobs/<id>/segments/<index>.<epoch>.wav one per segment, committed without overwriting; the
+                                           writer's epoch is in the name, so a stale writer can
+                                           never replace a newer segment (the newest epoch wins)
+    jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
+    jobs/<id>/audio.wav                    the assembled result, created once
+
+Redis only caches this; on start and promotion the worker rebuilds Redis from these files.
+No request value becomes part of a path: ids are checked against JOB_ID_RE first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import audio
+from .storage import Storage
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
+MARKERS = ("cancelled", "done", "failed")
+
+
+class BadJobId(ValueError):
+    pass
+
+
+def check_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise BadJobId("not a job id")
+    return job_id
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def segment_name(index: int, epoch: int) -> str:
+    return f"{index:05d}.{epoch}.wav"
+
+
+@dataclass(frozen=True)
+class SegmentFile:
+    index: int
+    epoch: int
+    name: str
+
+
+class JobFiles:
+    def __init__(self, storage: Storage, jobs_dir: Path):
+        self.storage = storage
+        self.jobs_dir = Path(jobs_dir)
+
+    def dir(self, job_id: str) -> Path:
+        return self.jobs_dir / check_job_id(job_id)
+
+    # ---- request ----
+
+    def create(self, job_id: str, request: dict) -> None:
+        """Make the job durable: request.json committed (fsynced) before anyone is told 202."""
+        base = self.dir(job_id)
+        self.storage.makedirs(base / "segments")
+        self.storage.makedirs(base / "state")
+        if not self.storage.commit_new(base / "request.json", json.dumps(request).encode()):
+            raise FileExistsError(f"job {job_id} exists already")
+
+    def request(self, job_id: str) -> dict:
+        return self.storage.read_json(self.dir(job_id) / "request.json")
+
+    def list_ids(self) -> list[str]:
+        return [name for name in self.storage.listdir(self.jobs_dir) if JOB_ID_RE.match(name)]
+
+    # ---- segments ----
+
+    def segments(self, job_id: str) -> dict[int, SegmentFile]:
+        """The winning file per segment index: the one with the newest epoch."""
+        best: dict[int, SegmentFile] = {}
+        for name in self.storage.listdir(self.dir(job_id) / "segments"):
+            match = _SEGMENT_RE.match(name)
+            if not match:
+                continue
+            seg = SegmentFile(int(match.group(1)), int(match.group(2)), name)
+            if seg.index not in best or seg.epoch > best[seg.index].epoch:
+                best[seg.index] = seg
+        return best
+
+    def commit_segment(self, job_id: str, index: int, epoch: int, wav: bytes) -> bool:
+        """Commit a segment under the writer's epoch; False if this (index, epoch) exists already."""
+        return self.storage.commit_new(self.dir(job_id) / "segments" / segment_name(index, epoch), wav)
+
+    def segment_path(self, job_id: str, seg: SegmentFile) -> Path:
+        return self.dir(job_id) / "segments" / seg.name
+
+    def segments_duration(self, job_id: str, segs: dict[int, SegmentFile] | None = None) -> float:
+        segs = self.segments(job_id) if segs is None else segs
+        paths = [self.segment_path(job_id, s) for s in segs.values()]
+        return self.storage.call(lambda: sum(audio.wav_duration(p) for p in paths))
+
+    # ---- markers ----
+
+    def markers(self, job_id: str) -> dict[str, dict]:
+        found = {}
+        state = self.dir(job_id) / "state"
+        for name in self.storage.listdir(state):
+            if name in MARKERS:
+                try:
+                    found[name] = self.storage.read_json(state / name)
+                except (ValueError, FileNotFoundError):
+                    found[name] = {}
+        return found
+
+    def mark(self, job_id: str, marker: str, **info: object) -> bool:
+        """Set a durable marker; False if it was set already (the first one stands)."""
+        if marker not in MARKERS:
+            raise ValueError(marker)
+        body = json.dumps({"at": time.time(), **info}).encode()
+        state = self.dir(job_id) / "state"
+        self.storage.makedirs(state)
+        return self.storage.commit_new(state / marker, body)
+
+    # ---- final audio ----
+
+    def audio_path(self, job_id: str) -> Path:
+        return self.dir(job_id) / "audio.wav"
+
+    def assemble(self, job_id: str, total: int, sample_rate: int) -> float:
+        """Join segments 0..total-1 into audio.wav, once: an existing audio.wav is kept as it is.
+        Returns the audio's duration in seconds."""
+        segs = self.segments(job_id)
+        missing = [i for i in range(total) if i not in segs]
+        if missing:
+            raise RuntimeError(f"cannot assemble: segments {missing[:5]} missing")
+        parts = [self.segment_path(job_id, segs[i]) for i in range(total)]
+        target = self.audio_path(job_id)
+        # A long job's assembly takes a while: give it a generous bound, scaled by size.
+        return self.storage.call(_assemble, parts, target, sample_rate,
+                                 timeout=self.storage.timeout + 0.5 * total)
+
+
+def _assemble(parts: list[Path], target: Path, sample_rate: int) -> float:
+    if target.exists():
+        return audio.wav_duration(target)
+    tmp = target.with_name(f".tmp-audio-{secrets.token_hex(6)}.wav")
+    try:
+        frames = audio.concat_wavs(parts, tmp, sample_rate)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            pass
+        except PermissionError:
+            if not target.exists():
+                raise
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return frames / sample_rate

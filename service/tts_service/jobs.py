@@ -1,0 +1,205 @@
+"""Job and session state in Redis (a cache of shared storage, shared by every process of the pair).
+
+Keys (prefix tts:):
+    session:<sid>        exists while the session lives (sid = sha256 of the cookie token)
+    sessjobs:<sid>       sorted set of the session's job ids by creation time
+    job:<id>             hash: the job as the API shows it, plus session and timestamps
+    queue                list of job ids waiting for a worker
+    active               set of job ids not finished (queued or running): the worker's scan list
+    lease:<id>           the running worker's lease: JSON {node, epoch, token}, expires by itself
+    stats                hash of monotonic counters (submitted, done, failed, cancelled, ...)
+Nothing here is the only copy of anything: shared storage (jobfiles.py) is the truth.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+
+import redis
+
+from .jobfiles import JobFiles
+
+PREFIX = "tts:"
+FINAL = ("done", "failed", "cancelled")
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def k(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+def session_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                health_check_interval=10, decode_responses=True)
+
+
+class Sessions:
+    def __init__(self, r: redis.Redis, ttl_s: int):
+        self.r = r
+        self.ttl_s = ttl_s
+
+    def lookup(self, token: str | None) -> str | None:
+        """The session id for a cookie token, or None if it is unknown (expired, forged, absent)."""
+        if not token or len(token) > 128:
+            return None
+        sid = session_id(token)
+        return sid if self.r.exists(k("session", sid)) else None
+
+    def create(self) -> tuple[str, str]:
+        token = secrets.token_urlsafe(32)
+        sid = session_id(token)
+        self.r.set(k("session", sid), str(time.time()), ex=self.ttl_s)
+        return token, sid
+
+    def touch(self, sid: str) -> None:
+        self.r.expire(k("session", sid), self.ttl_s)
+
+    def ensure(self, sid: str) -> None:
+        """Recreate a session that Redis lost (used when rebuilding from shared storage)."""
+        self.r.set(k("session", sid), str(time.time()), ex=self.ttl_s, nx=True)
+
+
+def public_job(h: dict) -> dict:
+    """The job as CONTRACTS.md shows it."""
+    return {
+        "id": h.get("id"),
+        "status": h.get("status", "queued"),
+        "segments_done": int(h.get("segments_done", 0) or 0),
+        "segments_total": int(h.get("segments_total", 0) or 0),
+        "duration_s": round(float(h.get("duration_s", 0) or 0), 3),
+        "error": h.get("error") or None,
+        "node": h.get("node") or None,
+        "created_at": float(h.get("created_at", 0) or 0),
+    }
+
+
+class JobStore:
+    def __init__(self, r: redis.Redis, files: JobFiles):
+        self.r = r
+        self.files = files
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    # ---- records ----
+
+    def add(self, job_id: str, sid: str, segments_total: int, created_at: float, enqueue: bool = True) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(k("job", job_id), mapping={
+            "id": job_id, "session": sid, "status": "queued", "segments_done": 0,
+            "segments_total": segments_total, "duration_s": 0, "error": "", "node": "",
+            "created_at": created_at, "updated_at": time.time(),
+        })
+        pipe.zadd(k("sessjobs", sid), {job_id: created_at})
+        pipe.sadd(k("active"), job_id)
+        if enqueue:
+            pipe.lpush(k("queue"), job_id)
+        pipe.execute()
+
+    def get(self, job_id: str) -> dict | None:
+        h = self.r.hgetall(k("job", job_id))
+        return h or None
+
+    def update(self, job_id: str, **fields: object) -> None:
+        fields["updated_at"] = time.time()
+        self.r.hset(k("job", job_id), mapping={key: ("" if v is None else v) for key, v in fields.items()})
+
+    def finish(self, job_id: str, status: str, **fields: object) -> None:
+        """Record a final status (done/failed/cancelled), once: counters move only on the first call."""
+        pipe = self.r.pipeline()
+        pipe.hget(k("job", job_id), "status")
+        previous = pipe.execute()[0]
+        fields["status"] = status
+        self.update(job_id, **fields)
+        pipe = self.r.pipeline()
+        pipe.srem(k("active"), job_id)
+        pipe.lrem(k("queue"), 0, job_id)
+        if previous != status:
+            pipe.hincrby(k("stats"), status, 1)
+        pipe.execute()
+
+    def session_jobs(self, sid: str, limit: int = 200) -> list[dict]:
+        ids = self.r.zrevrange(k("sessjobs", sid), 0, limit - 1)
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hgetall(k("job", job_id))
+        return [h for h in pipe.execute() if h]
+
+    def active_ids(self) -> list[str]:
+        return sorted(self.r.smembers(k("active")))
+
+    def queue_depth(self) -> int:
+        return int(self.r.llen(k("queue")))
+
+    def pop_queue(self, timeout_s: float) -> str | None:
+        item = self.r.brpop([k("queue")], timeout=max(1, int(timeout_s)))
+        return item[1] if item else None
+
+    def count_submitted(self) -> None:
+        self.r.hincrby(k("stats"), "submitted", 1)
+
+    def stats(self) -> dict[str, int]:
+        return {key: int(v) for key, v in self.r.hgetall(k("stats")).items()}
+
+    def status_counts(self) -> dict[str, int]:
+        ids = self.active_ids()
+        counts = {s: 0 for s in ("queued", "running")}
+        if ids:
+            pipe = self.r.pipeline()
+            for job_id in ids:
+                pipe.hget(k("job", job_id), "status")
+            for status in pipe.execute():
+                if status in counts:
+                    counts[status] += 1
+        return counts
+
+    # ---- leases ----
+
+    def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float) -> str | None:
+        token = json.dumps({"node": node, "epoch": epoch, "token": secrets.token_hex(8)})
+        ok = self.r.set(k("lease", job_id), token, px=int(ttl_s * 1000), nx=True)
+        return token if ok else None
+
+    def renew_lease(self, job_id: str, token: str, ttl_s: float) -> bool:
+        return bool(self._renew(keys=[k("lease", job_id)], args=[token, int(ttl_s * 1000)]))
+
+    def release_lease(self, job_id: str, token: str) -> bool:
+        return bool(self._release(keys=[k("lease", job_id)], args=[token]))
+
+    def lease_holder(self, job_id: str) -> dict | None:
+        raw = self.r.get(k("lease", job_id))
+        return json.loads(raw) if raw else None
+
+    # ---- rate limits ----
+
+    def hit_rate_limit(self, scope: str, key: str, limit: int, window_s: int = 60) -> int:
+        """Count one request; returns 0 if allowed, else seconds until the window resets."""
+        if limit <= 0:
+            return 0
+        window = int(time.time() // window_s)
+        name = k("ratelimit", scope, hashlib.sha256(key.encode()).hexdigest()[:32], str(window))
+        pipe = self.r.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, window_s * 2)
+        count = pipe.execute()[0]
+        if count > limit:
+            return int(window_s - time.time() % window_s) + 1
+        return 0

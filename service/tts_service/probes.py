@@ -1,0 +1,173 @@
+"""Health endpoints for probes and proxies: /health, /ready, /primary, /standby, /metrics.
+
+/ready answers "is this node fit for its role?" (CONTRACTS.md): 200 for a healthy primary and for a
+healthy standby, 503 otherwise, always with the JSON that says why.
+"""
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from . import heartbeat
+from .runtime import Runtime
+from .storage import StorageUnavailable
+
+bp = Blueprint("probes", __name__)
+
+
+def _rt() -> Runtime:
+    return current_app.extensions["tts"]
+
+
+def readiness(rt: Runtime) -> tuple[bool, dict]:
+    settings = rt.settings
+    belief = rt.node.belief()
+    checks: dict[str, bool] = {}
+    reasons: list[str] = []
+
+    checks["state"] = belief.fresh and belief.state is not None
+    if not checks["state"]:
+        reasons.append(belief.why_fenced())
+    elif not belief.member:
+        reasons.append(f"{settings.node} is not a member of the cluster ({belief.state.primary}, "
+                       f"{belief.state.standby})")
+        checks["state"] = False
+
+    try:
+        free = rt.storage.free_bytes()
+        checks["storage"] = free >= settings.storage_min_free_bytes
+        if not checks["storage"]:
+            reasons.append(f"shared storage has only {free} bytes free")
+    except (StorageUnavailable, OSError) as exc:
+        checks["storage"] = False
+        reasons.append(f"shared storage is unavailable: {exc}")
+
+    try:
+        info = rt.redis.info("replication")
+        redis_role = info.get("role")
+        checks["redis"] = belief.role != "primary" or redis_role == "master"
+        if not checks["redis"]:
+            reasons.append(f"local Redis is a {redis_role}, but this node is the primary")
+    except redis.RedisError as exc:
+        checks["redis"] = False
+        reasons.append(f"Redis is unreachable: {exc}")
+
+    hb, why = heartbeat.read(heartbeat.heartbeat_path(settings.run_dir, settings.node))
+    checks["worker"] = hb is not None and not hb.get("stopping")
+    if hb is None:
+        reasons.append(why)
+    checks["engine"] = bool(hb and hb.get("engine_loaded"))
+    if hb is not None and not checks["engine"]:
+        reasons.append(f"the {settings.engine} engine is not loaded: {hb.get('engine_error') or 'loading'}")
+
+    ready = all(checks.values())
+    if ready:
+        reason = (f"healthy primary of epoch {belief.epoch}" if belief.role == "primary"
+                  else f"healthy standby following {belief.state.primary} in epoch {belief.epoch}")
+    else:
+        reason = "; ".join(reasons)
+    body = {
+        "node": settings.node, "role": belief.role, "epoch": belief.epoch, "fenced": belief.fenced,
+        "checks": checks, "reason": reason, "engine": settings.engine,
+        "engine_pace": settings.engine_pace, "state_age_s": round(belief.age_s, 3) if belief.fresh else None,
+    }
+    return ready, body
+
+
+@bp.get("/health")
+def health():
+    return jsonify({"status": "ok", "node": _rt().settings.node})
+
+
+@bp.get("/ready")
+def ready():
+    ok, body = readiness(_rt())
+    return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/primary")
+def primary():
+    ok, body = readiness(_rt())
+    ok = ok and body["role"] == "primary" and not body["fenced"]
+    return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/standby")
+def standby():
+    ok, body = readiness(_rt())
+    ok = ok and body["role"] == "standby"
+    return jsonify(body), 200 if ok else 503
+
+
+class _Collector:
+    """Collects at scrape time from Redis, the worker heartbeat and the node's belief."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def collect(self):
+        rt = self.rt
+        node = rt.settings.node
+        belief = rt.node.belief()
+        g = GaugeMetricFamily("tts_node_is_primary", "1 if this node believes it is the unfenced primary",
+                              labels=["node"])
+        g.add_metric([node], 0.0 if belief.fenced else 1.0)
+        yield g
+        g = GaugeMetricFamily("tts_cluster_epoch", "Cluster epoch this node last read", labels=["node"])
+        g.add_metric([node], belief.epoch)
+        yield g
+        try:
+            counts = rt.store.status_counts()
+            depth = rt.store.queue_depth()
+            stats = rt.store.stats()
+        except redis.RedisError:
+            counts, depth, stats = None, None, None
+        if counts is not None:
+            g = GaugeMetricFamily("tts_jobs", "Jobs not yet finished, by status", labels=["status"])
+            for status, n in counts.items():
+                g.add_metric([status], n)
+            yield g
+            c = CounterMetricFamily("tts_jobs_finished", "Jobs finished, by final status", labels=["status"])
+            for status in ("done", "failed", "cancelled"):
+                c.add_metric([status], stats.get(status, 0))
+            yield c
+            c = CounterMetricFamily("tts_jobs_submitted", "Jobs accepted")
+            c.add_metric([], stats.get("submitted", 0))
+            yield c
+            g = GaugeMetricFamily("tts_queue_depth", "Job ids waiting in the queue")
+            g.add_metric([], depth)
+            yield g
+        hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, node))
+        g = GaugeMetricFamily("tts_engine_loaded", "1 if the worker has its engine loaded", labels=["engine"])
+        g.add_metric([rt.settings.engine], 1.0 if hb and hb.get("engine_loaded") else 0.0)
+        yield g
+        g = GaugeMetricFamily("tts_worker_up", "1 if the worker heartbeat is fresh")
+        g.add_metric([], 1.0 if hb else 0.0)
+        yield g
+        g = GaugeMetricFamily("tts_engine_pace", "Seconds of wall time per second of audio (0 = off)")
+        g.add_metric([], rt.settings.engine_pace)
+        yield g
+        if hb:
+            h = hb["synthesis_seconds"]
+            cumulative, buckets = 0, []
+            for bound, count in zip(h["buckets"], h["counts"]):
+                cumulative += count
+                buckets.append((repr(float(bound)), cumulative))
+            buckets.append(("+Inf", h["count"]))
+            hist = HistogramMetricFamily("tts_segment_synthesis_seconds",
+                                         "Wall time to synthesise one segment (pacing included)")
+            hist.add_metric([], buckets, sum_value=h["sum"])
+            yield hist
+            if hb.get("gpu_utilisation") is not None:
+                g = GaugeMetricFamily("tts_gpu_utilisation_percent", "GPU 0 utilisation")
+                g.add_metric([], hb["gpu_utilisation"])
+                yield g
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(_rt()))
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

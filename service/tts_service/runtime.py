@@ -1,0 +1,45 @@
+"""Builds the objects the app and the worker share, from Settings: one place to wire things up."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from .cluster import Cluster
+from .config import Settings
+from .engines import Engine, create_engine
+from .jobfiles import JobFiles
+from .jobs import JobStore, Sessions, connect
+from .node import NodeView
+from .storage import Storage
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    storage: Storage
+    cluster: Cluster
+    node: NodeView
+    redis: redis.Redis
+    files: JobFiles
+    store: JobStore
+    sessions: Sessions
+    engine: Engine
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Runtime":
+        storage = Storage(settings.shared_dir, timeout=settings.storage_timeout_s)
+        cluster = Cluster(storage, settings.cluster_dir)
+        r = connect(settings.redis_url)
+        files = JobFiles(storage, settings.jobs_dir)
+        return cls(
+            settings=settings,
+            storage=storage,
+            cluster=cluster,
+            node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s),
+            redis=r,
+            files=files,
+            store=JobStore(r, files),
+            sessions=Sessions(r, settings.session_ttl_s),
+            engine=create_engine(settings),
+        )

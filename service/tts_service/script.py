@@ -1,0 +1,108 @@
+"""Parse a multi-speaker script into segments (one per speaker turn; long turns split at sentences).
+
+A script is lines of the form `Speaker N: text` with N in 1..4. A line without the prefix continues
+the previous turn. Blank lines are ignored. Anything else is a ScriptError naming the line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+MAX_SPEAKERS = 4
+_TURN_RE = re.compile(r"^\s*speaker\s*(\d+)\s*:\s*(.*)$", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?…])\s+")
+
+
+class ScriptError(ValueError):
+    """The script cannot be turned into speech; the message names the problem for the user."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    speaker: int
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_turns(script: str) -> list[tuple[int, str]]:
+    if not isinstance(script, str) or not script.strip():
+        raise ScriptError("the script is empty")
+    turns: list[tuple[int, list[str]]] = []
+    for number, raw in enumerate(script.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        match = _TURN_RE.match(line)
+        if match:
+            speaker = int(match.group(1))
+            if not 1 <= speaker <= MAX_SPEAKERS:
+                raise ScriptError(f"line {number} names Speaker {speaker}; speakers are numbered 1 to {MAX_SPEAKERS}")
+            turns.append((speaker, [match.group(2).strip()] if match.group(2).strip() else []))
+        elif turns:
+            turns[-1][1].append(line)
+        else:
+            raise ScriptError(f"line {number} does not start with 'Speaker N:' (N from 1 to {MAX_SPEAKERS})")
+    result = [(speaker, " ".join(parts)) for speaker, parts in turns]
+    empty = [i for i, (_, text) in enumerate(result) if not text]
+    if empty:
+        raise ScriptError(f"turn {empty[0] + 1} (Speaker {result[empty[0]][0]}) has no text")
+    if not result:
+        raise ScriptError("the script has no 'Speaker N:' lines")
+    return result
+
+
+def split_long(text: str, max_chars: int) -> list[str]:
+    """Split text at sentence boundaries into pieces of at most max_chars (a longer sentence at words)."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    current = ""
+    for sentence in _SENTENCE_END_RE.split(text):
+        for part in _split_words(sentence, max_chars):
+            candidate = f"{current} {part}".strip()
+            if len(candidate) <= max_chars:
+                current = candidate
+            else:
+                if current:
+                    pieces.append(current)
+                current = part
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _split_words(sentence: str, max_chars: int) -> list[str]:
+    if len(sentence) <= max_chars:
+        return [sentence]
+    parts, current = [], ""
+    for word in sentence.split():
+        while len(word) > max_chars:  # one enormous "word": cut it
+            if current:
+                parts.append(current)
+                current = ""
+            parts.append(word[:max_chars])
+            word = word[max_chars:]
+        candidate = f"{current} {word}".strip()
+        if len(candidate) <= max_chars:
+            current = candidate
+        else:
+            parts.append(current)
+            current = word
+    if current:
+        parts.append(current)
+    return parts
+
+
+def segment_script(script: str, max_segment_chars: int = 400) -> list[Segment]:
+    segments: list[Segment] = []
+    for speaker, text in parse_turns(script):
+        for piece in split_long(text, max_segment_chars):
+            segments.append(Segment(len(segments), speaker, piece))
+    return segments
+
+
+def speakers_of(segments: list[Segment]) -> list[int]:
+    return sorted({s.speaker for s in segments})

@@ -1,0 +1,137 @@
+// Plain JS client of the JSON API: voices, submit, poll the job list, play, download, cancel.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let voices = [];
+
+async function api(method, path, body) {
+  const opts = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+  const res = await fetch(path, opts);
+  let data = {};
+  try { data = await res.json(); } catch (e) { data = { error: `HTTP ${res.status}` }; }
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+function speakersInScript() {
+  const found = new Set();
+  for (const line of $("script").value.split("\n")) {
+    const m = /^\s*speaker\s*(\d+)\s*:/i.exec(line);
+    if (m) found.add(Number(m[1]));
+  }
+  return found;
+}
+
+function renderVoicePickers() {
+  const box = $("voices");
+  box.textContent = "";
+  for (let s = 1; s <= 4; s++) {
+    const label = document.createElement("label");
+    label.textContent = `Speaker ${s}`;
+    const select = document.createElement("select");
+    select.id = `voice-${s}`;
+    voices.forEach((v, i) => {
+      const opt = document.createElement("option");
+      opt.value = v.id; opt.textContent = v.name;
+      if (i === (s - 1) % voices.length) opt.selected = true;
+      select.appendChild(opt);
+    });
+    label.appendChild(select);
+    box.appendChild(label);
+  }
+}
+
+function setMessage(text, isError) {
+  $("message").textContent = text;
+  $("message").className = isError ? "error" : "";
+}
+
+async function submit() {
+  const used = speakersInScript();
+  const chosen = {};
+  for (const s of used) { if (s >= 1 && s <= 4) chosen[String(s)] = $(`voice-${s}`).value; }
+  $("submit").disabled = true;
+  try {
+    const job = await api("POST", "/api/jobs", { script: $("script").value, voices: chosen });
+    setMessage(`Job ${job.id.slice(0, 8)} queued.`, false);
+    await refresh();
+  } catch (e) {
+    setMessage(e.message, true);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+function jobItem(job) {
+  const li = document.createElement("li");
+  li.dataset.id = job.id;
+  li.className = "job";
+  const row = document.createElement("div");
+  row.className = "row";
+  const title = document.createElement("span");
+  title.textContent = `${job.id.slice(0, 8)} · ${job.segments_done}/${job.segments_total} segments · ` +
+    `${job.duration_s.toFixed(1)} s` + (job.node ? ` · ${job.node}` : "");
+  const status = document.createElement("span");
+  status.className = `status ${job.status}`;
+  status.textContent = job.status;
+  row.append(title, status);
+  li.appendChild(row);
+  const bar = document.createElement("progress");
+  bar.max = Math.max(job.segments_total, 1);
+  bar.value = job.segments_done;
+  li.appendChild(bar);
+  if (job.error) {
+    const err = document.createElement("div");
+    err.className = "err"; err.textContent = job.error;
+    li.appendChild(err);
+  }
+  if (job.status === "queued" || job.status === "running") {
+    const cancel = document.createElement("button");
+    cancel.className = "cancel"; cancel.textContent = "Cancel";
+    cancel.addEventListener("click", async () => {
+      try { await api("DELETE", `/api/jobs/${job.id}`); await refresh(); }
+      catch (e) { setMessage(e.message, true); }
+    });
+    li.appendChild(cancel);
+  }
+  if (job.status === "done") {
+    const player = document.createElement("audio");
+    player.controls = true; player.preload = "metadata";
+    player.src = `/api/jobs/${job.id}/audio`;
+    const link = document.createElement("a");
+    link.href = `/api/jobs/${job.id}/audio?download=1`;
+    link.textContent = "Download WAV";
+    link.className = "download";
+    li.append(player, link);
+  }
+  return li;
+}
+
+const rendered = new Map();  // id -> JSON of what is shown, so finished players are not rebuilt
+async function refresh() {
+  let data;
+  try { data = await api("GET", "/api/jobs"); } catch (e) { return; }
+  $("empty").hidden = data.jobs.length > 0;
+  const list = $("jobs");
+  const seen = new Set();
+  data.jobs.forEach((job, i) => {
+    seen.add(job.id);
+    const key = JSON.stringify(job);
+    let li = list.querySelector(`li[data-id="${job.id}"]`);
+    if (!li || rendered.get(job.id) !== key) {
+      const fresh = jobItem(job);
+      if (li) list.replaceChild(fresh, li); else list.insertBefore(fresh, list.children[i] || null);
+      rendered.set(job.id, key);
+    }
+  });
+  for (const li of [...list.children]) { if (!seen.has(li.dataset.id)) li.remove(); }
+}
+
+async function main() {
+  try { voices = (await api("GET", "/api/voices")).voices; } catch (e) { setMessage(e.message, true); }
+  renderVoicePickers();
+  $("submit").addEventListener("click", submit);
+  await refresh();
+  setInterval(refresh, 1000);
+}
+main();

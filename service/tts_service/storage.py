@@ -1,0 +1,187 @@
+"""Shared storage (the NAS mount): bounded-time access and atomic, no-overwrite commits.
+
+Every call that touches the mount runs in a daemon thread and is abandoned after `timeout`
+seconds, raising StorageUnavailable: on a hung NFS/sshfs mount a plain read blocks in the kernel,
+and no node may hang with it. At most `threads` calls are in flight, so a mount that hangs every
+call costs at most that many stuck threads; later calls time out waiting for a slot. Daemon threads
+also let a process exit while one of them is still stuck in the kernel.
+
+Two ways to write:
+- write_replace(): temp file, fsync, rename over the old name (for files that are meant to change).
+- commit_new():    temp file, fsync, link to the final name, which fails if the name exists. Nothing
+                   committed this way is ever overwritten. On sshfs the loser of a race sometimes
+                   gets EPERM instead of EEXIST, so a failed link is re-checked with stat.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class StorageUnavailable(RuntimeError):
+    """Shared storage did not answer in time or failed with an I/O error."""
+
+
+class StorageFull(StorageUnavailable):
+    """Shared storage has no space left (ENOSPC / EDQUOT)."""
+
+
+class Storage:
+    def __init__(self, root: Path, timeout: float = 3.0, threads: int = 4):
+        self.root = Path(root)
+        self.timeout = timeout
+        self._slots = threading.BoundedSemaphore(threads)
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run fn(*args) against the mount; StorageUnavailable if it takes too long or fails with EIO."""
+        limit = self.timeout if timeout is None else timeout
+        too_slow = StorageUnavailable(f"shared storage at {self.root} did not answer within {limit:g} s")
+        if not self._slots.acquire(timeout=limit):
+            raise too_slow
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(*args)
+            except BaseException as exc:  # handed to the caller below
+                outcome["error"] = exc
+            finally:
+                self._slots.release()
+                finished.set()
+
+        threading.Thread(target=run, name="storage-call", daemon=True).start()
+        if not finished.wait(limit):
+            raise too_slow
+        if "error" not in outcome:
+            return outcome["value"]
+        try:
+            raise outcome["error"]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"shared storage at {self.root} is full") from exc
+            if exc.errno in (errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT):
+                raise StorageUnavailable(f"shared storage at {self.root} failed: {exc.strerror}") from exc
+            raise
+
+    # ---- primitives (each one runs inside call()) ----
+
+    def read_json(self, path: Path) -> Any:
+        return self.call(_read_json, path)
+
+    def read_bytes(self, path: Path) -> bytes:
+        return self.call(Path.read_bytes, path)
+
+    def exists(self, path: Path) -> bool:
+        return self.call(os.path.exists, path)
+
+    def listdir(self, path: Path) -> list[str]:
+        return self.call(_listdir, path)
+
+    def makedirs(self, path: Path) -> None:
+        self.call(_makedirs, path)
+
+    def write_replace(self, path: Path, data: bytes) -> None:
+        self.call(_write_replace, path, data)
+
+    def commit_new(self, path: Path, data: bytes) -> bool:
+        """Write data to path only if path does not exist. True if we created it, False if it existed."""
+        return self.call(_commit_new, path, data)
+
+    def free_bytes(self) -> int:
+        return self.call(_free_bytes, self.root)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        return json.loads(fh.read())
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def _makedirs(path: Path) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _write_temp(directory: Path, data: bytes) -> Path:
+    tmp = directory / f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _write_replace(path: Path, data: bytes) -> None:
+    tmp = _write_temp(path.parent, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _commit_new(path: Path, data: bytes) -> bool:
+    tmp = _write_temp(path.parent, data)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    except PermissionError:
+        # sshfs: the loser of a link race may see EPERM. If the name now exists, we lost.
+        if os.path.exists(path):
+            created = False
+        else:
+            raise
+    finally:
+        _unlink_quietly(tmp)
+    if created:
+        _fsync_dir(path.parent)
+    return created
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

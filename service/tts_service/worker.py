@@ -1,0 +1,300 @@
+"""The job runner: one process per node (`tts-worker`), one job at a time.
+
+Each cycle it reads the cluster state. Fenced (standby, or unsure) -> it does nothing. Primary ->
+after a promotion or on start it rebuilds Redis from shared storage, then claims the oldest active
+job whose lease it can take (a job is taken from another node only once that node's lease expired),
+and runs it from the first missing segment:
+
+    for each segment not on storage: synthesise -> pace -> fence check (fresh read) -> commit
+    all present: assemble audio.wav once -> `done` marker -> Redis
+
+A lease-keeper thread renews the lease every lease/3 and re-reads the cluster state; if either
+fails, the job is abandoned at once (within one lease period), never committed by a fenced node.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import redis
+
+from . import audio, heartbeat
+from .config import Settings
+from .engines import EngineError
+from .jobs import FINAL
+from .node import Fenced
+from .recovery import reconcile
+from .runtime import Runtime
+from .storage import StorageFull, StorageUnavailable
+
+log = logging.getLogger("tts.worker")
+
+
+class Abandon(Exception):
+    """Stop working on this job now (lost lease, fenced, shutting down); leave it to be resumed."""
+
+
+class JobRun:
+    """One claimed job: the lease, its keeper thread and the abort flag."""
+
+    def __init__(self, worker: "Worker", job_id: str, token: str, epoch: int):
+        self.worker = worker
+        self.job_id = job_id
+        self.token = token
+        self.epoch = epoch
+        self.abort_reason: str | None = None
+        self._stop = threading.Event()
+        self._keeper = threading.Thread(target=self._keep, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> "JobRun":
+        self._keeper.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._keeper.join(timeout=5)
+        try:
+            self.worker.rt.store.release_lease(self.job_id, self.token)
+        except redis.RedisError:
+            pass  # it expires by itself
+
+    def _keep(self) -> None:
+        rt = self.worker.rt
+        interval = rt.settings.lease_s / 3
+        while not self._stop.wait(interval):
+            try:
+                if not rt.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
+                    self.abort_reason = "lost the job's lease"
+            except redis.RedisError as exc:
+                self.abort_reason = f"cannot renew the lease: {exc}"
+            belief = rt.node.belief(fresh=True)
+            if belief.fenced or belief.epoch != self.epoch:
+                self.abort_reason = f"fenced: {belief.why_fenced()}"
+            if self.worker.stopping.is_set():
+                self.abort_reason = "the worker is shutting down"
+
+    def check(self) -> None:
+        if self.abort_reason:
+            raise Abandon(self.abort_reason)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep (pacing) but wake up at once to abandon the job."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.05, left))
+
+
+class Worker:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.settings: Settings = rt.settings
+        self.stopping = threading.Event()
+        self.histogram = heartbeat.Histogram()
+        self.state = "starting"
+        self.current_job: str | None = None
+        self.engine_loaded = False
+        self.engine_error: str | None = None
+        self.reconciled_epoch: int | None = None
+        self.last_reconcile = 0.0
+        self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
+
+    # ---- lifecycle ----
+
+    def run_forever(self) -> None:
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        self._load_engine()
+        while not self.stopping.is_set():
+            try:
+                self.cycle()
+            except (redis.RedisError, StorageUnavailable) as exc:
+                self.state = f"waiting: {exc}"
+                log.warning("cycle failed: %s", exc)
+                self.stopping.wait(1.0)
+        self._write_heartbeat()
+
+    def _load_engine(self) -> None:
+        self.state = "loading engine"
+        try:
+            self.rt.engine.load()
+            self.engine_loaded = True
+        except Exception as exc:  # a broken model must show up in /ready, not kill the node
+            self.engine_error = f"{type(exc).__name__}: {exc}"
+            log.exception("engine failed to load")
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            self._write_heartbeat()
+            self.stopping.wait(1.0)
+
+    def _write_heartbeat(self) -> None:
+        try:
+            heartbeat.write(self._hb_path, {
+                "ts": time.time(), "pid": os.getpid(), "node": self.settings.node,
+                "engine": self.rt.engine.name, "engine_loaded": self.engine_loaded,
+                "engine_error": self.engine_error, "state": self.state, "job": self.current_job,
+                "synthesis_seconds": self.histogram.to_dict(), "gpu_utilisation": heartbeat.gpu_utilisation(),
+                "stopping": self.stopping.is_set(),
+            })
+        except OSError as exc:
+            log.warning("cannot write heartbeat: %s", exc)
+
+    # ---- one cycle ----
+
+    def cycle(self) -> str:
+        """Do one step of work; returns a sentence saying what was done and why."""
+        belief = self.rt.node.belief(fresh=True)
+        if not self.engine_loaded:
+            self.state = "idle: the engine is not loaded"
+            self.stopping.wait(1.0)
+            return self.state
+        if belief.fenced:
+            self.state = f"idle: fenced because {belief.why_fenced()}"
+            self.stopping.wait(0.5)
+            return self.state
+        if (self.reconciled_epoch != belief.epoch
+                or time.monotonic() - self.last_reconcile > self.settings.reconcile_interval_s):
+            report = reconcile(self.rt.store, self.rt.files, self.rt.sessions)
+            self.reconciled_epoch = belief.epoch
+            self.last_reconcile = time.monotonic()
+            if report.recreated or report.finalised or report.requeued:
+                log.info("%s", report.sentence())
+        claimed = self.claim(belief.epoch)
+        if claimed is None:
+            self.state = "idle: primary with no claimable job"
+            self.rt.store.pop_queue(1.0)  # wakes up as soon as a job is submitted
+            return self.state
+        job_id, token = claimed
+        return self.run_job(job_id, token, belief.epoch)
+
+    def claim(self, epoch: int) -> tuple[str, str] | None:
+        """The oldest active job whose lease this worker could take."""
+        store = self.rt.store
+        ids = store.active_ids()
+        if not ids:
+            return None
+        pipe = store.r.pipeline()
+        for job_id in ids:
+            pipe.hmget(f"tts:job:{job_id}", "created_at", "status")
+        rows = pipe.execute()
+        candidates = sorted((float(row[0] or 0), job_id) for job_id, row in zip(ids, rows)
+                            if row[1] not in FINAL)
+        for _, job_id in candidates:
+            token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s)
+            if token:
+                return job_id, token
+        return None
+
+    # ---- running a job ----
+
+    def run_job(self, job_id: str, token: str, epoch: int) -> str:
+        self.current_job = job_id
+        self.state = f"running {job_id}"
+        try:
+            with JobRun(self, job_id, token, epoch) as run:
+                return self._run(run)
+        except Abandon as exc:
+            log.warning("job %s abandoned: %s", job_id, exc)
+            return f"abandoned {job_id} because {exc}"
+        except Fenced as exc:
+            log.warning("job %s not committed: fenced: %s", job_id, exc)
+            return f"stopped {job_id} because this node is fenced: {exc}"
+        except StorageFull as exc:
+            self._note_error(job_id, "shared storage is full; the job continues when space returns")
+            self.stopping.wait(2.0)
+            return f"paused {job_id} because {exc}"
+        except StorageUnavailable as exc:
+            self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
+            self.stopping.wait(2.0)
+            return f"paused {job_id} because {exc}"
+        finally:
+            self.current_job = None
+
+    def _note_error(self, job_id: str, message: str) -> None:
+        try:
+            self.rt.store.update(job_id, error=message)
+        except redis.RedisError:
+            pass
+
+    def _run(self, run: JobRun) -> str:
+        rt, job_id, epoch = self.rt, run.job_id, run.epoch
+        request = rt.files.request(job_id)
+        markers = rt.files.markers(job_id)
+        final = next((m for m in FINAL if m in markers), None)
+        if final:
+            rt.store.finish(job_id, final)
+            return f"job {job_id} was already {final} on shared storage; nothing to run"
+        segments = request["segments"]
+        total = len(segments)
+        existing = {i: s for i, s in rt.files.segments(job_id).items() if i < total}
+        duration = rt.files.segments_duration(job_id, existing)
+        rt.store.update(job_id, status="running", node=self.settings.node, segments_total=total,
+                        segments_done=len(existing), duration_s=round(duration, 3), error="",
+                        claimed_at=time.time(), epoch=epoch)
+        synthesised = 0
+        for seg in segments:
+            index = int(seg["index"])
+            if index in existing:
+                continue
+            run.check()
+            if "cancelled" in rt.files.markers(job_id):
+                rt.store.finish(job_id, "cancelled", node=self.settings.node)
+                return f"job {job_id} was cancelled; stopped before segment {index}"
+            rt.store.r.hincrby(f"tts:job:{job_id}", "attempts", 1)
+            started = time.monotonic()
+            try:
+                samples = rt.engine.synthesize(seg["text"], seg["voice"])
+            except EngineError as exc:
+                return self._fail(job_id, f"segment {index + 1}: {exc}")
+            seconds = len(samples) / rt.engine.sample_rate
+            run.sleep(self.settings.engine_pace * seconds - (time.monotonic() - started))
+            self.histogram.observe(time.monotonic() - started)
+            wav = audio.encode_wav(samples, rt.engine.sample_rate)
+            run.check()
+            rt.node.assert_primary(epoch)            # fresh read of the state right before commit
+            rt.files.commit_segment(job_id, index, epoch, wav)
+            synthesised += 1
+            existing[index] = True
+            duration += seconds
+            rt.store.update(job_id, segments_done=len(existing), duration_s=round(duration, 3))
+        run.check()
+        rt.node.assert_primary(epoch)
+        final_duration = rt.files.assemble(job_id, total, rt.engine.sample_rate)
+        rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration)
+        rt.store.finish(job_id, "done", node=self.settings.node, segments_done=total,
+                        duration_s=round(final_duration, 3))
+        return (f"finished {job_id}: {synthesised} segments synthesised here, "
+                f"{total - synthesised} found on shared storage")
+
+    def _fail(self, job_id: str, error: str) -> str:
+        self.rt.files.mark(job_id, "failed", node=self.settings.node, error=error)
+        self.rt.store.finish(job_id, "failed", error=error, node=self.settings.node)
+        return f"job {job_id} failed: {error}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("TTS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    settings = Settings()
+    worker = Worker(Runtime.build(settings))
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after the current step", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("worker for node %s, engine %s, pace %s", settings.node, settings.engine, settings.engine_pace)
+    worker.run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
