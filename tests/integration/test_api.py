@@ -1,0 +1,155 @@
+"""The JSON API through Flask's test client, against a real redis-server and a real jobs folder."""
+import json
+
+import pytest
+
+from tts_service.app import create_app
+from tts_service.cluster import Cluster
+from tts_service.config import Settings
+from tts_service.storage import Storage
+
+
+def make_settings(shared, tmp_path, redis_url, node="tts-a", **kw):
+    return Settings(node=node, redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / f"run-{node}",
+                    engine="espeak", **kw)
+
+
+@pytest.fixture
+def cluster(shared):
+    c = Cluster(Storage(shared), shared / "cluster")
+    c.init("tts-a", "tts-b", by="test")
+    return c
+
+
+@pytest.fixture
+def client(shared, tmp_path, redis_url, cluster):
+    return create_app(make_settings(shared, tmp_path, redis_url)).test_client()
+
+
+SCRIPT = "Speaker 1: Hello there.\nSpeaker 2: Hi! How are you?\nSpeaker 1: Fine."
+
+
+def submit(client, script=SCRIPT, voices=None, **kw):
+    body = {"script": script}
+    if voices is not None:
+        body["voices"] = voices
+    return client.post("/api/jobs", json=body, **kw)
+
+
+def test_voices_lists_espeak_voices(client):
+    voices = client.get("/api/voices").get_json()["voices"]
+    assert len(voices) >= 4
+    assert all(v["engine"] == "espeak" and v["id"] and v["name"] for v in voices)
+
+
+def test_submit_is_durable_before_202_and_visible_to_its_session(client, shared):
+    res = submit(client, voices={"1": "espeak-us-m7"})
+    assert res.status_code == 202
+    job_id = res.get_json()["id"]
+    assert res.get_json() == {"id": job_id, "status": "queued"}
+    assert len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+    request = json.loads((shared / "jobs" / job_id / "request.json").read_text())
+    assert [(s["speaker"], s["voice"]) for s in request["segments"]] == [
+        (1, "espeak-us-m7"), (2, "espeak-us-f3"), (1, "espeak-us-m7")]
+    assert res.headers["Set-Cookie"].startswith("tts_session=")
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+    assert (job["status"], job["segments_done"], job["segments_total"]) == ("queued", 0, 3)
+    assert [j["id"] for j in client.get("/api/jobs").get_json()["jobs"]] == [job_id]
+
+
+def test_another_session_cannot_see_the_job(client, shared, tmp_path, redis_url):
+    job_id = submit(client).get_json()["id"]
+    stranger = create_app(make_settings(shared, tmp_path, redis_url)).test_client()
+    assert stranger.get(f"/api/jobs/{job_id}").status_code == 404
+    assert stranger.get(f"/api/jobs/{job_id}/audio").status_code == 404
+    assert stranger.delete(f"/api/jobs/{job_id}").status_code == 404
+    assert stranger.get("/api/jobs").get_json() == {"jobs": []}
+    stranger.set_cookie("tts_session", "forged-token")
+    assert stranger.get(f"/api/jobs/{job_id}").status_code == 404
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"script": ""}, 400, "the script is empty"),
+    ({"script": "just words"}, 400, "does not start with 'Speaker N:'"),
+    ({"script": "Speaker 1: a\nSpeaker 5: b"}, 400, "names Speaker 5"),
+    ({"script": SCRIPT, "voices": {"1": "no-such-voice"}}, 400, "unknown voice 'no-such-voice'"),
+    ({"script": SCRIPT, "voices": {"7": "espeak-us-m3"}}, 400, "speakers are numbered 1 to 4"),
+    ({"script": SCRIPT, "voices": ["espeak-us-m3"]}, 400, "'voices' must be an object"),
+    ({"script": 42}, 400, "'script' must be a string"),
+    ({"text": SCRIPT}, 400, "'script' must be a string"),
+])
+def test_bad_submissions_get_a_clear_error_and_leave_nothing(client, shared, redis_server, body, status, message):
+    res = client.post("/api/jobs", json=body)
+    assert res.status_code == status
+    assert message in res.get_json()["error"]
+    assert not (shared / "jobs").exists() or list((shared / "jobs").iterdir()) == []
+    assert redis_server.client.keys("tts:job:*") == []
+
+
+def test_malformed_json_is_400(client):
+    res = client.post("/api/jobs", data="{not json", content_type="application/json")
+    assert res.status_code == 400 and "JSON object" in res.get_json()["error"]
+
+
+def test_oversize_script_is_413(shared, tmp_path, redis_url, cluster):
+    client = create_app(make_settings(shared, tmp_path, redis_url, max_script_chars=1000)).test_client()
+    res = submit(client, script="Speaker 1: " + "word " * 400)
+    assert res.status_code == 413 and "the limit is 1000" in res.get_json()["error"]
+    huge = client.post("/api/jobs", data=b"x" * 200_000, content_type="application/json")
+    assert huge.status_code == 413 and "error" in huge.get_json()
+
+
+@pytest.mark.parametrize("job_id", ["../../etc/passwd", "..%2F..%2Fcluster", "ABC", "0" * 31, "g" * 32])
+def test_malformed_job_ids_are_404(client, job_id):
+    for method in ("get", "delete"):
+        res = getattr(client, method)(f"/api/jobs/{job_id}")
+        assert res.status_code == 404 and res.get_json()["error"]
+    assert client.get(f"/api/jobs/{job_id}/audio").status_code == 404
+
+
+def test_standby_refuses_writes_with_503_and_retry_after(shared, tmp_path, redis_url, cluster):
+    standby = create_app(make_settings(shared, tmp_path, redis_url, node="tts-b")).test_client()
+    res = submit(standby)
+    assert res.status_code == 503
+    assert res.headers["Retry-After"]
+    assert "tts-a is the primary of epoch 1" in res.get_json()["error"]
+    assert not (shared / "jobs").exists() or list((shared / "jobs").iterdir()) == []
+
+
+def test_rate_limit_per_session_answers_429(shared, tmp_path, redis_url, cluster):
+    client = create_app(make_settings(shared, tmp_path, redis_url, rate_limit_per_session=3)).test_client()
+    codes = [submit(client).status_code for _ in range(5)]
+    assert codes == [202, 202, 202, 429, 429]
+    res = submit(client)
+    assert int(res.headers["Retry-After"]) > 0 and "too many jobs" in res.get_json()["error"]
+
+
+def test_cancel_is_durable_on_shared_storage(client, shared):
+    job_id = submit(client).get_json()["id"]
+    res = client.delete(f"/api/jobs/{job_id}")
+    assert res.status_code == 202 and res.get_json()["status"] == "cancelled"
+    assert (shared / "jobs" / job_id / "state" / "cancelled").exists()
+    assert client.get(f"/api/jobs/{job_id}").get_json()["status"] == "cancelled"
+    again = client.delete(f"/api/jobs/{job_id}")
+    assert again.status_code == 400 and "already cancelled" in again.get_json()["error"]
+
+
+def test_audio_of_an_unfinished_job_is_404_with_a_reason(client):
+    job_id = submit(client).get_json()["id"]
+    res = client.get(f"/api/jobs/{job_id}/audio")
+    assert res.status_code == 404 and "queued" in res.get_json()["error"]
+
+
+def test_ready_without_a_worker_is_503_and_says_why(client):
+    res = client.get("/ready")
+    body = res.get_json()
+    assert res.status_code == 503
+    assert (body["node"], body["role"], body["epoch"], body["fenced"]) == ("tts-a", "primary", 1, False)
+    assert body["checks"]["worker"] is False and body["checks"]["redis"] and body["checks"]["storage"]
+    assert "worker has not started" in body["reason"]
+    assert client.get("/health").status_code == 200
+
+
+def test_page_is_served(client):
+    res = client.get("/")
+    assert res.status_code == 200 and b"Speaker 1:" in res.data and b"app.js" in res.data

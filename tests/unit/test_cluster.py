@@ -1,0 +1,105 @@
+import json
+import time
+
+import pytest
+
+from tests.harness import cluster_cli
+from tts_service.cluster import Cluster, ClusterError, LockHeld
+from tts_service.node import NodeView
+from tts_service.storage import Storage
+
+
+@pytest.fixture
+def cluster(shared):
+    return Cluster(Storage(shared), shared / "cluster")
+
+
+def test_init_only_once(cluster):
+    state = cluster.init("tts-a", "tts-b", by="test")
+    assert (state.epoch, state.primary, state.standby) == (1, "tts-a", "tts-b")
+    with pytest.raises(ClusterError, match="already exists"):
+        cluster.init("tts-b", "tts-a", by="test")
+    assert cluster.read().primary == "tts-a"
+
+
+def test_promote_is_compare_and_swap(cluster):
+    cluster.init("tts-a", "tts-b", by="test")
+    state = cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    assert (state.epoch, state.primary, state.standby, state.updated_by) == (2, "tts-b", "tts-a", "failover.yml")
+    with pytest.raises(ClusterError, match="epoch is 2, not 1"):
+        cluster.promote("tts-a", expect_epoch=1, by="late failover")
+    assert cluster.read().epoch == 2
+
+
+def test_promote_refuses_strangers_and_bad_names(cluster):
+    cluster.init("tts-a", "tts-b", by="test")
+    with pytest.raises(ClusterError, match="neither the primary"):
+        cluster.promote("tts-c", expect_epoch=1, by="test")
+    with pytest.raises(ClusterError, match="not a valid node name"):
+        cluster.promote("../x", expect_epoch=1, by="test")
+
+
+def test_lock_is_exclusive_until_it_expires(cluster):
+    token = cluster.acquire_lock("failover", ttl_s=60)
+    with pytest.raises(LockHeld, match="held by 'failover'"):
+        cluster.acquire_lock("drill")
+    with pytest.raises(LockHeld):
+        cluster.promote("tts-a", expect_epoch=1, by="x")
+    assert cluster.release_lock(token)
+    short = cluster.acquire_lock("dies", ttl_s=0.1)
+    time.sleep(0.2)
+    taken = cluster.acquire_lock("next")     # the dead holder's lock expired and is broken
+    assert taken != short
+    assert not cluster.release_lock(short)   # the old holder cannot release the new lock
+    assert cluster.lock_info()["holder"] == "next"
+
+
+def test_cli_status_init_promote_and_exit_codes(shared):
+    assert cluster_cli(shared, "status").returncode == 3
+    out = cluster_cli(shared, "--by", "site.yml", "init", "tts-a", "--standby", "tts-b")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["updated_by"] == "site.yml"
+    status = json.loads(cluster_cli(shared, "status").stdout)
+    assert (status["epoch"], status["primary"]) == (1, "tts-a")
+    refused = cluster_cli(shared, "promote", "tts-b", "--expect-epoch", "5")
+    assert refused.returncode == 1 and "epoch is 1, not 5" in refused.stderr
+    done = cluster_cli(shared, "promote", "tts-b", "--expect-epoch", "1")
+    assert done.returncode == 0 and json.loads(done.stdout)["epoch"] == 2
+    lock = json.loads(cluster_cli(shared, "lock", "--holder", "drill").stdout)
+    assert cluster_cli(shared, "promote", "tts-a", "--expect-epoch", "2").returncode == 1
+    assert cluster_cli(shared, "unlock", lock["token"]).returncode == 0
+
+
+def test_node_view_roles_and_fencing(cluster, shared):
+    a = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
+    b = NodeView("tts-b", cluster, max_age_s=0.3, cache_s=0)
+    assert a.belief().fenced and "no cluster state exists" in a.belief().why_fenced()
+    cluster.init("tts-a", "tts-b", by="test")
+    assert (a.belief().role, a.belief().fenced) == ("primary", False)
+    assert (b.belief().role, b.belief().fenced) == ("standby", True)
+    cluster.promote("tts-b", expect_epoch=1, by="test")
+    assert a.belief().fenced and "tts-b is the primary of epoch 2" in a.belief().why_fenced()
+    assert not b.belief().fenced
+
+
+def test_node_is_fenced_when_the_state_cannot_be_read_recently(cluster, shared):
+    cluster.init("tts-a", "tts-b", by="test")
+    view = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
+    assert not view.belief().fenced
+    (shared / "cluster" / "state.json").write_text("{ torn")
+    assert not view.belief().fenced          # one bad read: the last good one is recent enough
+    time.sleep(0.4)
+    belief = view.belief()
+    assert belief.fenced and "has not been readable" in belief.why_fenced()
+    assert belief.role == "primary"          # its belief stays, but it will not write
+
+
+def test_node_never_believes_an_older_epoch(cluster, shared):
+    cluster.init("tts-a", "tts-b", by="test")
+    view = NodeView("tts-b", cluster, max_age_s=0.3, cache_s=0)
+    cluster.promote("tts-b", expect_epoch=1, by="test")
+    assert view.belief().epoch == 2
+    stale = {"epoch": 1, "primary": "tts-a", "standby": "tts-b"}
+    (shared / "cluster" / "state.json").write_text(json.dumps(stale))
+    belief = view.belief()
+    assert belief.epoch == 2 and belief.error and "after having seen 2" in belief.error

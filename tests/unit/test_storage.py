@@ -1,0 +1,84 @@
+import os
+import threading
+import time
+
+import pytest
+
+from tts_service.jobfiles import BadJobId, JobFiles, check_job_id, new_job_id
+from tts_service.storage import Storage, StorageUnavailable
+
+
+def test_commit_new_never_overwrites(tmp_path):
+    st = Storage(tmp_path)
+    assert st.commit_new(tmp_path / "a", b"first") is True
+    assert st.commit_new(tmp_path / "a", b"second") is False
+    assert (tmp_path / "a").read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no temp files left behind
+
+
+def test_commit_new_race_has_exactly_one_winner(tmp_path):
+    st = Storage(tmp_path, threads=16)
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def contender(i):
+        barrier.wait()
+        wins.append(st.commit_new(tmp_path / "seg", f"writer {i}".encode()))
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wins.count(True) == 1
+
+
+def test_write_replace_replaces_atomically(tmp_path):
+    st = Storage(tmp_path)
+    st.write_replace(tmp_path / "f", b"one")
+    st.write_replace(tmp_path / "f", b"two")
+    assert (tmp_path / "f").read_bytes() == b"two"
+
+
+def test_a_hung_call_times_out_instead_of_hanging(tmp_path):
+    st = Storage(tmp_path, timeout=0.2, threads=1)
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="did not answer within 0.2 s"):
+        st.call(release.wait, 30)
+    # The only slot is stuck: the next call also gives up in bounded time.
+    with pytest.raises(StorageUnavailable):
+        st.call(os.listdir, tmp_path)
+    assert time.monotonic() - started < 2
+    release.set()
+    time.sleep(0.05)
+    assert st.call(os.listdir, tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "ABCDEF" * 6, "", "0" * 31, "0" * 33, None, 5,
+                                 "0" * 31 + "/"])
+def test_job_ids_are_checked_before_they_touch_a_path(tmp_path, bad):
+    with pytest.raises(BadJobId):
+        check_job_id(bad)
+    with pytest.raises(BadJobId):
+        JobFiles(Storage(tmp_path), tmp_path).dir(bad)
+
+
+def test_newest_epoch_wins_per_segment(tmp_path):
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    assert files.commit_segment(job, 0, 1, b"old")
+    assert files.commit_segment(job, 0, 3, b"new")
+    assert files.commit_segment(job, 0, 2, b"late stale writer")  # a different name: allowed, but loses
+    assert not files.commit_segment(job, 0, 3, b"again")
+    assert files.segments(job)[0].name == "00000.3.wav"
+
+
+def test_markers_are_first_writer_wins(tmp_path):
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    assert files.mark(job, "cancelled", node="tts-a")
+    assert not files.mark(job, "cancelled", node="tts-b")
+    assert files.markers(job)["cancelled"]["node"] == "tts-a"
