@@ -68,7 +68,7 @@ def reconcile(store: JobStore, files: JobFiles, sessions: Sessions) -> Reconcile
             continue
         if truth is None:
             continue  # a folder without request.json: a submission that never completed
-        if not cached:
+        if not cached or not cached.get("session"):  # lost, or only a partial hash re-created by updates
             sessions.ensure(truth["session"])
             store.add(job_id, truth["session"], truth["segments_total"], truth["created_at"],
                       enqueue=truth["status"] not in FINAL)
