@@ -60,6 +60,9 @@ class Settings:
     # Submissions per minute, per session and per client address (429 beyond).
     rate_limit_per_session: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_SESSION", 30))
     rate_limit_per_client: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_CLIENT", 120))
+    # "pair": each node has its own Redis, the standby's a replica of the primary's (the deploy);
+    # "shared": both nodes talk to one Redis (make serve, the tests).
+    redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))
     # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
     trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
     # How often the worker rescans shared storage for jobs Redis does not know about.

@@ -21,6 +21,19 @@ def _rt() -> Runtime:
     return current_app.extensions["tts"]
 
 
+def redis_fits_role(info: dict, role: str, topology: str) -> tuple[bool, str]:
+    """In a pair, the primary's Redis must be a master and the standby's a replica with a live link."""
+    redis_role = info.get("role")
+    if role == "primary" and redis_role != "master":
+        return False, "local Redis is a replica, but this node is the primary"
+    if topology == "pair" and role == "standby":
+        if redis_role != "slave":
+            return False, "local Redis is a master, but this node is the standby (rejoin it)"
+        if info.get("master_link_status") != "up":
+            return False, f"local Redis has no live link to the primary's ({info.get('master_host')})"
+    return True, "ok"
+
+
 def readiness(rt: Runtime) -> tuple[bool, dict]:
     settings = rt.settings
     belief = rt.node.belief()
@@ -45,11 +58,10 @@ def readiness(rt: Runtime) -> tuple[bool, dict]:
         reasons.append(f"shared storage is unavailable: {exc}")
 
     try:
-        info = rt.redis.info("replication")
-        redis_role = info.get("role")
-        checks["redis"] = belief.role != "primary" or redis_role == "master"
-        if not checks["redis"]:
-            reasons.append(f"local Redis is a {redis_role}, but this node is the primary")
+        ok, why = redis_fits_role(rt.redis.info("replication"), belief.role, settings.redis_topology)
+        checks["redis"] = ok
+        if not ok:
+            reasons.append(why)
     except redis.RedisError as exc:
         checks["redis"] = False
         reasons.append(f"Redis is unreachable: {exc}")
@@ -139,6 +151,28 @@ class _Collector:
             g = GaugeMetricFamily("tts_queue_depth", "Job ids waiting in the queue")
             g.add_metric([], depth)
             yield g
+        try:
+            info = rt.redis.info("replication")
+        except redis.RedisError:
+            info = None
+        if info is not None:
+            g = GaugeMetricFamily("tts_redis_is_master", "1 if the local Redis is a master")
+            g.add_metric([], 1.0 if info.get("role") == "master" else 0.0)
+            yield g
+            if info.get("role") == "master":
+                g = GaugeMetricFamily("tts_redis_connected_replicas", "Replicas connected to the local Redis")
+                g.add_metric([], int(info.get("connected_slaves", 0)))
+                yield g
+                lag = max((int(info["master_repl_offset"]) - int(v.get("offset", 0))
+                           for k_, v in info.items() if k_.startswith("slave") and isinstance(v, dict)),
+                          default=0)
+                g = GaugeMetricFamily("tts_redis_replication_lag_bytes", "Replication offset behind, worst replica")
+                g.add_metric([], lag)
+                yield g
+            else:
+                g = GaugeMetricFamily("tts_redis_master_link_up", "1 if the local replica's link to its master is up")
+                g.add_metric([], 1.0 if info.get("master_link_status") == "up" else 0.0)
+                yield g
         hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, node))
         g = GaugeMetricFamily("tts_engine_loaded", "1 if the worker has its engine loaded", labels=["engine"])
         g.add_metric([rt.settings.engine], 1.0 if hb and hb.get("engine_loaded") else 0.0)

@@ -103,3 +103,16 @@ def test_node_never_believes_an_older_epoch(cluster, shared):
     (shared / "cluster" / "state.json").write_text(json.dumps(stale))
     belief = view.belief()
     assert belief.epoch == 2 and belief.error and "after having seen 2" in belief.error
+
+
+def test_redis_must_fit_the_nodes_role_in_a_pair():
+    from tts_service.probes import redis_fits_role
+    master = {"role": "master"}
+    replica = {"role": "slave", "master_link_status": "up", "master_host": "10.0.0.1"}
+    broken = {"role": "slave", "master_link_status": "down", "master_host": "10.0.0.1"}
+    assert redis_fits_role(master, "primary", "pair") == (True, "ok")
+    assert redis_fits_role(replica, "primary", "pair")[0] is False
+    assert redis_fits_role(replica, "standby", "pair") == (True, "ok")
+    assert "rejoin" in redis_fits_role(master, "standby", "pair")[1]
+    assert "no live link" in redis_fits_role(broken, "standby", "pair")[1]
+    assert redis_fits_role(master, "standby", "shared") == (True, "ok")
