@@ -5,13 +5,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch that this platform carries; an open range would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-APT_PACKAGES := redis-server espeak-ng chromium chromium-driver
+APT_PACKAGES := redis-server espeak-ng chromium chromium-driver podman runc debootstrap iptables openssh-client
 PYTEST_ARGS ?=
+WHEEL := dist/tts_service-0.1.0-py3-none-any.whl
+SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name pyproject.toml | grep -v egg-info)
+# Ansible, Molecule and podman see the venv's tools and the lab's podman settings.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+LAB_URL := http://10.89.60.100/
 
-.PHONY: help deps system-deps venv test test-unit test-integration serve bench-resume clean
+.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image bench-resume clean
 
 help:
-	@echo "make test          install what tests need, run every test"
+	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
+	@echo "make lab-down      remove the lab containers and network"
+	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
 	@echo "make serve         run the app at http://127.0.0.1:8000 with a local redis (state in .run/)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
 
@@ -33,11 +42,40 @@ venv: $(VENV)/.installed
 
 deps: system-deps venv
 
-test: deps
+$(WHEEL): $(SERVICE_SOURCES) | venv
+	rm -rf dist service/build
+	$(PY) -m pip wheel -q --no-deps -w dist ./service
+
+.lab/ssh/id_ed25519:
+	mkdir -p .lab/ssh && ssh-keygen -q -t ed25519 -N '' -C ttslab -f $@
+
+.lab/secrets.yml:
+	lab/secrets.sh $@
+
+.lab/molecule-secrets.yml:
+	lab/secrets.sh $@
+
+image: system-deps
+	lab/build-image.sh
+
+lab: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/secrets.yml image
+	ansible-playbook lab/containers.yml
+	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
+	@echo; echo "The TTS lab is up: $(LAB_URL)  (Prometheus http://10.89.60.10:9090, Alertmanager http://10.89.60.10:9093)"
+
+lab-down: venv
+	ansible-playbook lab/containers.yml -e lab_state=absent
+
+test: deps pytest lint molecule
+
+pytest: deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
-test-unit: deps
-	$(PY) -m pytest $(PYTEST_ARGS) tests/unit
+lint: deps
+	ansible-lint
+
+molecule: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
+	molecule test
 
 serve: deps
 	scripts/serve-local.sh
@@ -46,4 +84,4 @@ bench-resume: deps
 	$(PY) bench/resume_failover.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .run .pytest_cache dist service/build

@@ -1,0 +1,110 @@
+"""Verify the converged pair (testinfra, run by `molecule verify`): services on the right hosts,
+Redis replicating, shared storage writable and shared, the VIP answering, and one real 2-speaker
+job through the VIP finishing with audio."""
+import io
+import json
+import time
+import uuid
+import wave
+
+import pytest
+import requests
+
+VIP = "http://10.89.61.100"
+
+
+def name(host):
+    return host.ansible.get_variables()["inventory_hostname"]
+
+
+def redis_cli(host, *args):
+    cmd = host.run("REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) redis-cli -p 6379 "
+                   + " ".join(args))
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout
+
+
+def test_services_run_where_they_belong(host):
+    services = {
+        "tts-a": ["redis-server", "tts-web", "tts-worker", "nginx", "keepalived"],
+        "tts-b": ["redis-server", "tts-web", "tts-worker", "nginx", "keepalived"],
+        "ctl": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "tts-operators-sink"],
+        "nas": ["ssh"],
+    }[name(host)]
+    for service in services:
+        assert host.service(service).is_running, f"{service} is not running on {name(host)}"
+        assert host.service(service).is_enabled, f"{service} is not enabled on {name(host)}"
+
+
+def test_redis_primary_is_writable_and_the_standby_replicates(host):
+    if name(host) not in ("tts-a", "tts-b"):
+        pytest.skip("TTS nodes only")
+    info = redis_cli(host, "INFO", "replication")
+    if name(host) == "tts-a":
+        assert "role:master" in info and "connected_slaves:1" in info
+    else:
+        assert "role:slave" in info and "master_link_status:up" in info
+        assert "master_host:10.89.61.11" in info
+    assert "requirepass" not in host.run("redis-cli -p 6379 PING").stdout  # needs the password
+    assert "NOAUTH" in host.run("redis-cli -p 6379 PING").stdout
+    config = host.file("/etc/redis/redis.conf")
+    assert config.mode == 0o640 and config.contains("^appendonly yes")
+
+
+def test_shared_storage_is_mounted_writable_and_shared(host):
+    if name(host) == "nas":
+        pytest.skip("clients only")
+    assert host.mount_point("/mnt/nas").exists
+    assert host.mount_point("/mnt/nas").filesystem == "fuse.sshfs"
+    marker = f"/mnt/nas/tts/.verify-{name(host)}-{uuid.uuid4().hex[:6]}"
+    user = "tts" if name(host) != "ctl" else "root"
+    assert host.run("runuser -u %s -- sh -c 'echo %s > %s'", user, name(host), marker).rc == 0
+    # The NAS itself sees what the client wrote (the export is the truth for every client).
+    nas = host.get_host("ansible://nas?force_ansible=true", ansible_inventory=host.backend.ansible_inventory)
+    assert nas.file(marker.replace("/mnt/nas", "/export/shared")).content_string.strip() == name(host)
+    host.run("rm -f %s", marker)
+
+
+def test_cluster_state_names_the_primary(host):
+    if name(host) != "tts-a":
+        pytest.skip("once")
+    state = json.loads(host.check_output("tts-cluster --shared-dir /mnt/nas/tts status"))
+    assert (state["primary"], state["standby"]) == ("tts-a", "tts-b")
+
+
+def test_nodes_are_ready_for_their_roles(host):
+    if name(host) != "ctl":
+        pytest.skip("probe from the control host, as Prometheus does")
+    for node, addr, role in (("tts-a", "10.89.61.11", "primary"), ("tts-b", "10.89.61.12", "standby")):
+        body = json.loads(host.check_output("curl -s -m 3 http://%s:8000/ready", addr))
+        assert (body["node"], body["role"], body["checks"]["redis"]) == (node, role, True), body
+    targets = json.loads(host.check_output("curl -s http://10.89.61.10:9090/api/v1/targets"))
+    jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
+    assert {"tts_ready", "tts_health", "tts_vip", "tts_app"} <= jobs
+
+
+def test_a_two_speaker_job_through_the_vip_finishes_with_audio(host):
+    if name(host) != "tts-a":
+        pytest.skip("once")
+    s = requests.Session()
+    ready = s.get(f"{VIP}/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json()["role"] == "primary"
+    res = s.post(f"{VIP}/api/jobs", timeout=10, json={
+        "script": "Speaker 1: Hello from the molecule pair.\nSpeaker 2: And hello back from the second voice.",
+        "voices": {"1": "espeak-us-m3", "2": "espeak-us-f3"}})
+    assert res.status_code == 202, res.text
+    job_id = res.json()["id"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        job = s.get(f"{VIP}/api/jobs/{job_id}", timeout=5).json()
+        if job["status"] in ("done", "failed"):
+            break
+        time.sleep(0.5)
+    assert job["status"] == "done" and job["segments_done"] == 2, job
+    audio = s.get(f"{VIP}/api/jobs/{job_id}/audio", timeout=10)
+    with wave.open(io.BytesIO(audio.content)) as w:
+        assert w.getframerate() == 22050
+        assert abs(w.getnframes() / w.getframerate() - job["duration_s"]) < 0.01
+    # The standby refuses writes even when asked directly; nginx would retry on the primary.
+    direct = s.post("http://10.89.61.12:8000/api/jobs", json={"script": "Speaker 1: hi"}, timeout=5)
+    assert direct.status_code == 503 and direct.headers["Retry-After"]
