@@ -63,10 +63,19 @@ class Settings:
     # "pair": each node has its own Redis, the standby's a replica of the primary's (the deploy);
     # "shared": both nodes talk to one Redis (make serve, the tests).
     redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))
+    # The pair's apps, "tts-a=http://10.89.60.11:8000,tts-b=...": the only targets of /peer/<node>/ready.
+    peers: str = field(default_factory=lambda: _env("TTS_PEERS", ""))
     # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
     trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
     # How often the worker rescans shared storage for jobs Redis does not know about.
     reconcile_interval_s: float = field(default_factory=lambda: _float("TTS_RECONCILE_INTERVAL", 15.0))
+
+    def peer_urls(self) -> dict[str, str]:
+        urls = {}
+        for item in filter(None, (part.strip() for part in self.peers.split(","))):
+            name, _, url = item.partition("=")
+            urls[name] = url.rstrip("/")
+        return urls
 
     @property
     def jobs_dir(self) -> Path:

@@ -5,6 +5,9 @@ healthy standby, 503 otherwise, always with the JSON that says why.
 """
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
@@ -97,6 +100,22 @@ def health():
 def ready():
     ok, body = readiness(_rt())
     return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/peer/<node>/ready")
+def peer_ready(node: str):
+    """Witness probe: this node asks a peer's /ready itself (the receiver asks the standby about the
+    primary, over a path that avoids the monitor's). Only configured peers can be named."""
+    url = _rt().settings.peer_urls().get(node)
+    if url is None:
+        return jsonify({"error": f"{node[:64]!r} is not a configured peer"}), 404
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2) as res:
+            return jsonify({"node": node, "ready": res.status == 200, "status": res.status})
+    except urllib.error.HTTPError as exc:
+        return jsonify({"node": node, "ready": False, "status": exc.code})
+    except OSError as exc:
+        return jsonify({"node": node, "ready": False, "status": None, "error": str(exc)[:200]})
 
 
 @bp.get("/primary")

@@ -1,0 +1,122 @@
+"""The alert receiver (`gunicorn 'tts_service.receiver.app:create_app()'`, one process): Alertmanager
+calls POST /alerts; the controller decides and runs failover.yml / rejoin.yml in the background.
+
+Environment: TTS_ALERT_TOKEN or TTS_ALERT_TOKEN_FILE (bearer token), TTS_RECEIVER_DB (sqlite file),
+TTS_SHARED_DIR (cluster state), TTS_RECEIVER_NODES ("tts-a=http://10.89.60.11:8000,tts-b=..."),
+TTS_RECEIVER_PROJECT (this repository on ctl: playbooks, roles, inventory), TTS_RECEIVER_INVENTORY,
+TTS_RECEIVER_EXTRAVARS_FILE (secrets for the playbooks), TTS_FAILOVER_COOLDOWN, TTS_OPERATORS_URL.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..cluster import NODE_RE, Cluster
+from ..storage import Storage
+from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier
+from .store import Store
+from .webhook import WebhookError, parse
+
+
+def parse_nodes(raw: str) -> dict[str, str]:
+    nodes = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, url = item.partition("=")
+        if not NODE_RE.match(name) or not url.startswith("http"):
+            raise ValueError(f"TTS_RECEIVER_NODES entry {item!r} is not NODE=http://ADDRESS:PORT")
+        nodes[name] = url.rstrip("/")
+    return nodes
+
+
+def _token() -> str:
+    path = os.environ.get("TTS_ALERT_TOKEN_FILE")
+    token = Path(path).read_text().strip() if path else os.environ.get("TTS_ALERT_TOKEN", "")
+    if len(token) < 16:
+        raise RuntimeError("the alert token (TTS_ALERT_TOKEN or TTS_ALERT_TOKEN_FILE) must have 16+ characters")
+    return token
+
+
+def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
+    env = os.environ
+    token = _token().encode()
+    shared = Path(env.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
+    store = Store(Path(env.get("TTS_RECEIVER_DB", "/var/lib/tts-receiver/receiver.db")))
+    if runner is None:
+        project = env.get("TTS_RECEIVER_PROJECT", "/opt/tts/ansible")
+        runner = ansible_runner(project, env.get("TTS_RECEIVER_INVENTORY", f"{project}/inventory/hosts.yml"),
+                                env.get("TTS_RECEIVER_RUNNER_DIR", "/var/lib/tts-receiver/runner"),
+                                env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
+    controller = Controller(
+        store, Cluster(Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3"))), shared / "cluster"),
+        NodeProbe(parse_nodes(env.get("TTS_RECEIVER_NODES", ""))), runner,
+        cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")))
+    if start:
+        controller.start()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    app.extensions["tts_receiver"] = controller
+
+    @app.post("/alerts")
+    def alerts():
+        header = request.headers.get("Authorization", "")
+        given = header[7:].encode() if header.startswith("Bearer ") else b""
+        if not hmac.compare_digest(given, token):
+            return jsonify({"error": "missing or wrong bearer token"}), 401
+        body = request.get_json(silent=True, force=True)
+        try:
+            parse(body)
+        except WebhookError as exc:
+            return jsonify({"error": str(exc)}), 400
+        notification_id = store.add_notification(body)   # durable before we answer
+        controller.wake()
+        return jsonify({"stored": notification_id}), 200
+
+    @app.get("/runs")
+    def runs():
+        return jsonify({"runs": store.runs(), "decisions": store.decisions(50)})
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok", "notifications": store.count_notifications()})
+
+    @app.get("/metrics")
+    def metrics():
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(store))
+        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
+
+    @app.errorhandler(413)
+    def too_large(_exc):
+        return jsonify({"error": "the notification is too large"}), 413
+
+    return app
+
+
+class _Collector:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self):
+        c = CounterMetricFamily("tts_receiver_decisions", "Decisions by outcome", labels=["action"])
+        for action, n in self.store.decision_counts().items():
+            c.add_metric([action], n)
+        yield c
+        c = CounterMetricFamily("tts_receiver_runs", "Playbook runs by result", labels=["playbook", "result"])
+        for key, n in self.store.run_counts().items():
+            playbook, result = key.split(":")
+            c.add_metric([playbook, result], n)
+        yield c
+        c = CounterMetricFamily("tts_receiver_notifications", "Notifications stored")
+        c.add_metric([], self.store.count_notifications())
+        yield c
+        duration = self.store.last_failover_duration()
+        if duration is not None:
+            g = GaugeMetricFamily("tts_receiver_last_failover_seconds", "Duration of the last successful failover.yml")
+            g.add_metric([], duration)
+            yield g

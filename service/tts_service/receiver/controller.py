@@ -1,0 +1,245 @@
+"""The receiver's control loop: stored notifications -> inputs -> decide() -> recorded decision ->
+at most one playbook run at a time (through ansible-runner), escalations to the operators.
+
+Notifications are processed one by one, in arrival order, by a single thread; a run is recorded as
+`running` before the next notification is looked at, so a storm of duplicates yields one action.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import urllib.error
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from ..cluster import Cluster as ClusterFiles
+from ..cluster import ClusterError
+from ..storage import StorageUnavailable
+from . import decision as d
+from .store import Store
+from .webhook import WebhookError, parse
+
+log = logging.getLogger("tts.receiver")
+
+PLAYBOOKS = {d.FAILOVER: "failover.yml", d.REJOIN: "rejoin.yml"}
+
+# (playbook, extravars) -> (succeeded, detail)
+Runner = Callable[[str, dict], "tuple[bool, str]"]
+
+
+@dataclass
+class NodeProbe:
+    """Asks the TTS nodes over HTTP. The witness question goes to the standby, which probes the
+    primary itself (GET /peer/<primary>/ready on the standby): a path that avoids the monitor's."""
+    nodes: dict[str, str]          # node id -> base URL of its app
+    timeout_s: float = 2.0
+
+    def _get(self, url: str) -> tuple[int | None, dict]:
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as res:
+                return res.status, json.loads(res.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+        except (OSError, ValueError):
+            return None, {}
+
+    def probes(self, cluster: d.Cluster, alert: d.Alert) -> "LazyProbes":
+        return LazyProbes(self, cluster, alert)
+
+
+class LazyProbes:
+    """The probes decide() may read, asked only when a rule actually reads them (a storm of
+    duplicates is mostly decided by cheap rules: run in progress, already failed over) and at most
+    once each."""
+
+    def __init__(self, probe: NodeProbe, cluster: d.Cluster, alert: d.Alert):
+        self._probe, self._cluster, self._alert = probe, cluster, alert
+        self._cache: dict[str, bool | None] = {}
+
+    def _ask(self, key: str, path_of: Callable[[], "tuple[str | None, str]"]) -> bool | None:
+        if key not in self._cache:
+            node, path = path_of()
+            url = self._probe.nodes.get(node or "")
+            if url is None:
+                self._cache[key] = None
+            else:
+                code, body = self._probe._get(f"{url}{path}")
+                if code is None:
+                    self._cache[key] = None
+                elif key == "witness":
+                    self._cache[key] = bool(body.get("ready")) if code == 200 else None
+                else:
+                    self._cache[key] = code == 200
+        return self._cache[key]
+
+    @property
+    def standby_ready(self) -> bool | None:
+        return self._ask("standby", lambda: (self._cluster.standby, "/standby"))
+
+    @property
+    def standby_sees_primary_ready(self) -> bool | None:
+        return self._ask("witness", lambda: (self._cluster.standby, f"/peer/{self._cluster.primary}/ready"))
+
+    @property
+    def node_in_role(self) -> bool | None:
+        return self._ask("in_role", lambda: (self._alert.node, "/ready"))
+
+
+class Controller:
+    def __init__(self, store: Store, cluster: ClusterFiles, probe: NodeProbe, runner: Runner,
+                 cooldown_s: float = 60.0, notify: Callable[[dict], None] | None = None):
+        self.store = store
+        self.cluster = cluster
+        self.probe = probe
+        self.runner = runner
+        self.cooldown_s = cooldown_s
+        self.notify = notify or (lambda _msg: None)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._run_thread: threading.Thread | None = None
+
+    # ---- lifecycle ----
+
+    def start(self) -> "Controller":
+        interrupted = self.store.mark_interrupted()
+        if interrupted:
+            log.warning("%d run(s) were interrupted by a restart; marked so", interrupted)
+            self.notify({"event": "runs_interrupted", "count": interrupted})
+        threading.Thread(target=self._loop, name="receiver-loop", daemon=True).start()
+        self._wake.set()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            for notification in self.store.unprocessed():
+                try:
+                    self.process(notification)
+                except Exception:  # one bad notification must not stop the loop
+                    log.exception("notification %s could not be processed", notification["id"])
+                self.store.mark_processed(notification["id"])
+
+    # ---- one notification ----
+
+    def process(self, notification: dict) -> list[d.Decision]:
+        try:
+            alerts = parse(notification["body"])
+        except WebhookError as exc:  # stored bodies were validated before; be safe anyway
+            log.warning("notification %s is invalid: %s", notification["id"], exc)
+            return []
+        return [self.handle(notification["id"], alert) for alert in alerts]
+
+    def handle(self, notification_id: int, alert: d.Alert) -> d.Decision:
+        cluster = self._cluster()
+        if cluster is None:
+            decision = d.Decision(d.ESCALATE, "the cluster state cannot be read from shared storage; "
+                                              "not acting blind")
+            epoch = None
+        else:
+            running = self.store.running()
+            facts = self.store.history_facts()
+            history = d.History(now=time.time(), run_in_progress=(
+                f"{running['playbook']} #{running['id']}" if running else None), **facts)
+            probes = self.probe.probes(cluster, alert)
+            decision = d.decide(alert, cluster, probes, history, self.cooldown_s)
+            epoch = cluster.epoch
+        decision_id = self.store.add_decision(notification_id, alert.name, alert.node, alert.status, epoch,
+                                              decision.action, decision.target, decision.reason)
+        log.info("%s %s %s: %s", alert.name, alert.node, alert.status, decision.reason)
+        if decision.action in PLAYBOOKS:
+            self._start_run(decision_id, decision, epoch)
+        elif decision.action == d.ESCALATE:
+            self.notify({"event": "escalation", "alert": alert.name, "node": alert.node, "reason": decision.reason})
+        return decision
+
+    def _cluster(self) -> d.Cluster | None:
+        try:
+            state = self.cluster.read()
+            if state is None:
+                return None
+            lock = self.cluster.lock_info()
+            holder = lock.get("holder") if lock and lock.get("expires_at", 0) > time.time() else None
+            return d.Cluster(state.epoch, state.primary, state.standby, holder)
+        except (StorageUnavailable, ClusterError, OSError):
+            return None
+
+    def _start_run(self, decision_id: int, decision: d.Decision, epoch: int | None) -> None:
+        playbook = PLAYBOOKS[decision.action]
+        run_id = self.store.start_run(decision_id, playbook, decision.target, epoch)
+        extravars = {"tts_target": decision.target}
+        if decision.action == d.FAILOVER:
+            extravars["tts_expect_epoch"] = decision.expect_epoch
+
+        def run() -> None:
+            try:
+                ok, detail = self.runner(playbook, extravars)
+            except Exception as exc:
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            self.store.end_run(run_id, "succeeded" if ok else "failed", detail)
+            log.info("%s #%d %s", playbook, run_id, "succeeded" if ok else f"failed: {detail[-300:]}")
+            if not ok:
+                self.notify({"event": "run_failed", "playbook": playbook, "target": decision.target,
+                             "detail": detail[-500:]})
+            self.wake()  # reconsider anything that arrived meanwhile
+
+        self._run_thread = threading.Thread(target=run, name=f"run-{run_id}", daemon=True)
+        self._run_thread.start()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """For tests and shutdown: wait until no run is in progress."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.store.running() is None:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def ansible_runner(project_dir: str, inventory: str, private_dir: str, extravars_file: str = "") -> Runner:
+    """A Runner that runs playbooks from project_dir with ansible-runner (no shell involved). The
+    only extra vars are the validated ones from the decision, plus the secrets file if given."""
+    def run(playbook: str, extravars: dict) -> tuple[bool, str]:
+        import ansible_runner as ar
+        import yaml
+        secrets = yaml.safe_load(open(extravars_file)) if extravars_file else {}
+        os.makedirs(private_dir, exist_ok=True)
+        result = ar.run(private_data_dir=private_dir, project_dir=project_dir, playbook=playbook,
+                        inventory=inventory, extravars={**secrets, **extravars}, quiet=True,
+                        envvars={"ANSIBLE_CONFIG": f"{project_dir}/ansible.cfg",
+                                 # ansible-playbook from the receiver's own virtualenv
+                                 "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"})
+        return result.rc == 0, f"status={result.status} rc={result.rc}"
+    return run
+
+
+def http_notifier(url: str) -> Callable[[dict], None]:
+    """Tell the operators (the `operators` receiver's URL) — best effort, never raises."""
+    def notify(message: dict) -> None:
+        if not url:
+            return
+        body = json.dumps({"version": "4", "status": "firing", "receiver": "tts-receiver",
+                           "alerts": [{"status": "firing", "labels": {"alertname": "TTSReceiverEvent",
+                                                                      "node": "ctl"},
+                                       "annotations": {k: str(v) for k, v in message.items()}}]}).encode()
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=3).close()
+        except OSError as exc:
+            log.warning("could not notify the operators: %s", exc)
+    return notify

@@ -1,0 +1,207 @@
+"""Should we fail over?" — one pure function of (alert, cluster state, fresh probes, history).
+
+Like Patroni's HA loop, every call returns a decision *and* a sentence saying why. Nothing here does
+I/O: the receiver gathers the inputs, calls decide(), records the Decision, and acts on it.
+Each branch is a small named function; decide() tries them in order and the first that applies wins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+FAILOVER = "failover"
+REJOIN = "rejoin"
+NONE = "none"
+ESCALATE = "escalate"   # do nothing automatically; tell the operators
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    node: str
+    status: str                      # "firing" | "resolved"
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    epoch: int
+    primary: str
+    standby: str | None
+    lock_holder: str | None = None   # who holds the shared lock now (None: free)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Taken just now, from the standby's side (a witness that does not share the monitor's path)."""
+    standby_ready: bool | None = None                 # the standby's own /standby answered 200
+    standby_sees_primary_ready: bool | None = None    # the standby reached the primary's /ready = 200
+    node_in_role: bool | None = None                  # for a rejoin: the node's /ready answers 200 now
+
+
+@dataclass(frozen=True)
+class History:
+    now: float
+    run_in_progress: str | None = None                # description of a playbook run not finished
+    last_failover_at: float | None = None             # end of the last successful failover
+    failover_epochs: frozenset[int] = field(default_factory=frozenset)  # epochs already failed over from
+    failed_failover_epochs: frozenset[int] = field(default_factory=frozenset)
+    rejoins_failed: frozenset[tuple[str, int]] = field(default_factory=frozenset)  # (node, epoch)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str
+    target: str | None = None        # the node acted on: the one promoted, or the one rejoined
+    expect_epoch: int | None = None  # the epoch the failover must find (compare-and-swap)
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "reason": self.reason, "target": self.target,
+                "expect_epoch": self.expect_epoch}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    alert: Alert
+    cluster: Cluster
+    probes: Probes
+    history: History
+    cooldown_s: float
+
+
+Rule = Callable[[Inputs], "Decision | None"]
+
+
+def _resolved(i: Inputs) -> Decision | None:
+    if i.alert.status != "firing":
+        return Decision(NONE, f"{i.alert.name} for {i.alert.node} resolved: resolved notifications never "
+                              "start or stop anything")
+    return None
+
+
+def _unknown_alert(i: Inputs) -> Decision | None:
+    if i.alert.name not in ("TTSNodeDown", "TTSNodeNotInRole"):
+        return Decision(NONE, f"{i.alert.name} is not an alert this receiver acts on")
+    return None
+
+
+def _stranger(i: Inputs) -> Decision | None:
+    if i.alert.node not in (i.cluster.primary, i.cluster.standby):
+        return Decision(NONE, f"{i.alert.node!r} is not a member of the cluster "
+                              f"({i.cluster.primary}, {i.cluster.standby})")
+    return None
+
+
+def _busy(i: Inputs) -> Decision | None:
+    if i.history.run_in_progress:
+        return Decision(NONE, f"not acting because a run is in progress ({i.history.run_in_progress}); "
+                              "a run in progress is never interrupted")
+    if i.cluster.lock_holder:
+        return Decision(NONE, f"not acting because the cluster lock is held by {i.cluster.lock_holder}")
+    return None
+
+
+# ---- TTSNodeDown ----
+
+def _down_standby(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown" and i.alert.node != i.cluster.primary:
+        return Decision(NONE, f"{i.alert.node} is the standby, not the primary ({i.cluster.primary} is): "
+                              "losing the standby needs no failover")
+    return None
+
+
+def _already_failed_over(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown" and i.cluster.epoch in i.history.failover_epochs:
+        return Decision(NONE, f"a failover from epoch {i.cluster.epoch} was already done: at most one "
+                              "failover per epoch")
+    return None
+
+
+def _second_failure(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown" and i.cluster.epoch in i.history.failed_failover_epochs:
+        return Decision(ESCALATE, f"a failover from epoch {i.cluster.epoch} already failed: stopping here "
+                                  "and telling the operators rather than trying again")
+    return None
+
+
+def _cooldown(i: Inputs) -> Decision | None:
+    last = i.history.last_failover_at
+    if i.alert.name == "TTSNodeDown" and last is not None and i.history.now - last < i.cooldown_s:
+        left = i.cooldown_s - (i.history.now - last)
+        return Decision(NONE, f"not failing over because the last failover ended {i.history.now - last:.0f} s "
+                              f"ago (cooldown {i.cooldown_s:.0f} s, {left:.0f} s left)")
+    return None
+
+
+def _witness_sees_primary(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown" and i.probes.standby_sees_primary_ready:
+        return Decision(NONE, f"not failing over because the standby {i.cluster.standby} still reaches a "
+                              f"ready primary {i.cluster.primary}: the monitor may be the partitioned one")
+    return None
+
+
+def _standby_unfit(i: Inputs) -> Decision | None:
+    if i.alert.name != "TTSNodeDown":
+        return None
+    if i.cluster.standby is None:
+        return Decision(ESCALATE, f"{i.cluster.primary} is down and there is no standby to promote")
+    if not i.probes.standby_ready:
+        why = "could not be asked" if i.probes.standby_ready is None else "is not ready"
+        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} {why}: "
+                                  "a failover would not help")
+    return None
+
+
+def _failover(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown":
+        return Decision(FAILOVER, f"failing over to {i.cluster.standby} because the primary {i.cluster.primary} "
+                                  f"is down, the standby cannot reach it either, and the standby is ready",
+                        target=i.cluster.standby, expect_epoch=i.cluster.epoch)
+    return None
+
+
+# ---- TTSNodeNotInRole ----
+
+def _primary_not_in_role(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeNotInRole" and i.alert.node == i.cluster.primary:
+        return Decision(ESCALATE, f"the primary {i.alert.node} is up but not fit for its role: rejoin is for "
+                                  "standbys; telling the operators")
+    return None
+
+
+def _already_in_role(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeNotInRole" and i.probes.node_in_role:
+        return Decision(NONE, f"{i.alert.node} is ready for its role again: nothing to rejoin")
+    return None
+
+
+def _rejoin_failed_before(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeNotInRole" and (i.alert.node, i.cluster.epoch) in i.history.rejoins_failed:
+        return Decision(ESCALATE, f"rejoining {i.alert.node} already failed in epoch {i.cluster.epoch}: "
+                                  "telling the operators rather than looping")
+    return None
+
+
+def _rejoin(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeNotInRole":
+        return Decision(REJOIN, f"rejoining {i.alert.node} as the standby of {i.cluster.primary} because it "
+                                "is up but not following the current primary", target=i.alert.node)
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    _resolved, _unknown_alert, _stranger, _busy,
+    _down_standby, _already_failed_over, _second_failure, _cooldown, _witness_sees_primary, _standby_unfit,
+    _failover,
+    _primary_not_in_role, _already_in_role, _rejoin_failed_before, _rejoin,
+)
+
+
+def decide(alert: Alert, cluster: Cluster, probes: Probes, history: History, cooldown_s: float) -> Decision:
+    inputs = Inputs(alert, cluster, probes, history, cooldown_s)
+    for rule in RULES:
+        decision = rule(inputs)
+        if decision is not None:
+            return decision
+    return Decision(NONE, "no rule applies")  # unreachable: _unknown_alert filters the rest

@@ -1,0 +1,219 @@
+"""The alert receiver against real parts: two TTS nodes (gunicorn + worker), the cluster state on a
+real folder, sqlite, and ansible-runner running a real (local) playbook that promotes with
+`tts-cluster promote --expect-epoch`, as failover.yml does first."""
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import BIN, Node, cluster_cli, node_env, wait_for
+from tts_service.receiver.controller import ansible_runner
+
+TOKEN = "test-alert-token-0123456789"
+
+
+def notification(name="TTSNodeDown", node="tts-a", status="firing"):
+    return {"version": "4", "status": status, "receiver": "failover", "groupKey": f"{{}}:{{alertname=\"{name}\"}}",
+            "alerts": [{"status": status, "labels": {"alertname": name, "node": node, "severity": "critical"},
+                        "annotations": {"summary": "x"}, "fingerprint": "abc"}]}
+
+
+@pytest.fixture
+def project(tmp_path, shared):
+    """A playbook project like the one on ctl, with a failover.yml that does the promotion step."""
+    proj = tmp_path / "project"
+    proj.mkdir()
+    (proj / "ansible.cfg").write_text("[defaults]\ngathering = explicit\n")
+    (proj / "inventory.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                                        f"      ansible_python_interpreter: {sys.executable}\n")
+    (proj / "failover.yml").write_text(textwrap.dedent(f"""\
+        - name: Promote the standby (the first step of the real failover.yml)
+          hosts: localhost
+          gather_facts: false
+          tasks:
+            - name: Bump the epoch with compare-and-swap
+              ansible.builtin.command:
+                argv: [{BIN}/tts-cluster, --shared-dir, {shared}, --by, failover.yml, promote,
+                       "{{{{ tts_target }}}}", --expect-epoch, "{{{{ tts_expect_epoch }}}}"]
+        """))
+    (proj / "rejoin.yml").write_text("- hosts: localhost\n  gather_facts: false\n  tasks: []\n")
+    return proj
+
+
+@pytest.fixture
+def pair(shared, tmp_path, redis_url):
+    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
+    ports = {}
+    nodes = {}
+    for name in ("tts-a", "tts-b"):
+        n = Node(name, {}, tmp_path / "logs")
+        ports[name] = n.port
+        nodes[name] = n
+    peers = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in ports.items())
+    for name, n in nodes.items():
+        n.env = node_env(name, redis_url, shared, tmp_path / f"run-{name}", TTS_PEERS=peers)
+        n.start()
+    for n in nodes.values():
+        wait_for(lambda n=n: n.ready()[0] == 200, 20, what=f"{n.name} ready")
+    yield nodes, peers
+    for n in nodes.values():
+        n.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path, shared, project, pair, monkeypatch):
+    nodes, peers = pair
+    monkeypatch.setenv("TTS_ALERT_TOKEN", TOKEN)
+    monkeypatch.setenv("TTS_RECEIVER_DB", str(tmp_path / "receiver.db"))
+    monkeypatch.setenv("TTS_SHARED_DIR", str(shared))
+    monkeypatch.setenv("TTS_RECEIVER_NODES", peers)
+    monkeypatch.setenv("TTS_FAILOVER_COOLDOWN", "300")
+    from tts_service.receiver.app import create_app
+
+    runner = ansible_runner(str(project), str(project / "inventory.yml"), str(tmp_path / "runner"))
+
+    def make(start=True):
+        return create_app(runner=runner, start=start)
+    return make
+
+
+def post(client, body, token=TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return client.post("/alerts", data=json.dumps(body), headers=headers, content_type="application/json")
+
+
+def runs(client):
+    return client.get("/runs").get_json()
+
+
+def decisions_total(client):
+    text = client.get("/metrics").get_data(as_text=True)
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("tts_receiver_decisions_total{"))
+
+
+def kill_node(node):
+    for proc in (node.worker, node.web):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def state(shared):
+    return json.loads((shared / "cluster" / "state.json").read_text())
+
+
+def test_unauthenticated_wrong_token_and_malformed_webhooks_store_nothing(receiver):
+    app = receiver()
+    c = app.test_client()
+    assert post(c, notification(), token=None).status_code == 401
+    assert post(c, notification(), token="wrong-token-wrong-token").status_code == 401
+    assert post(c, notification(), token=TOKEN + "x").status_code == 401
+    for bad in ([], {"version": "3", "alerts": []}, {"version": "4"},
+                {"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "TTSNodeDown",
+                                                                          "node": "tts-a; rm -rf /"}}]},
+                {"version": "4", "alerts": [{"status": "maybe", "labels": {"alertname": "X", "node": "tts-a"}}]}):
+        res = post(c, bad)
+        assert res.status_code == 400 and res.get_json()["error"]
+    res = c.post("/alerts", data="{not json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert res.status_code == 400
+    assert c.get("/health").get_json()["notifications"] == 0
+    assert runs(c)["decisions"] == []
+
+
+def test_primary_really_down_fails_over_once_through_ansible_runner(receiver, pair, shared):
+    nodes, _ = pair
+    app = receiver()
+    c = app.test_client()
+    kill_node(nodes["tts-a"])
+    assert post(c, notification()).status_code == 200
+    controller = app.extensions["tts_receiver"]
+    wait_for(lambda: runs(c)["runs"] and runs(c)["runs"][0]["result"] != "running", 60, what="run finished")
+    run = runs(c)["runs"][0]
+    assert (run["playbook"], run["target"], run["result"], run["epoch_before"]) == ("failover.yml", "tts-b",
+                                                                                    "succeeded", 1)
+    assert "failing over to tts-b" in run["reason"]
+    assert (state(shared)["primary"], state(shared)["epoch"]) == ("tts-b", 2)
+    # The same alert again (at-least-once delivery): decided again, nothing run again.
+    assert post(c, notification()).status_code == 200
+    wait_for(lambda: len(runs(c)["decisions"]) == 2, 10, what="second decision")
+    assert len(runs(c)["runs"]) == 1
+    assert "not the primary" in runs(c)["decisions"][0]["reason"] or "cooldown" in runs(c)["decisions"][0]["reason"]
+    controller.stop()
+
+
+def test_a_storm_of_duplicates_gives_exactly_one_failover(receiver, pair, shared):
+    nodes, _ = pair
+    app = receiver()
+    kill_node(nodes["tts-a"])
+    body = notification()
+    codes = []
+
+    def deliver():
+        client = app.test_client()
+        for _ in range(25):
+            codes.append(post(client, body).status_code)
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes.count(200) == 200
+    c = app.test_client()
+    wait_for(lambda: decisions_total(c) == 200, 60, what="all 200 decided")
+    app.extensions["tts_receiver"].wait_idle(60)
+    assert len(runs(c)["runs"]) == 1 and runs(c)["runs"][0]["result"] == "succeeded"
+    assert state(shared)["epoch"] == 2
+
+
+def test_no_failover_while_the_standby_still_reaches_the_primary(receiver, shared):
+    app = receiver()
+    c = app.test_client()
+    assert post(c, notification()).status_code == 200     # the monitor says down; tts-a is fine
+    wait_for(lambda: runs(c)["decisions"], 10, what="decision")
+    decision = runs(c)["decisions"][0]
+    assert decision["action"] == "none" and "still reaches a ready primary" in decision["reason"]
+    assert runs(c)["runs"] == [] and state(shared)["epoch"] == 1
+
+
+def test_resolved_and_standby_alerts_never_start_anything(receiver, shared):
+    app = receiver()
+    c = app.test_client()
+    post(c, notification(status="resolved"))
+    post(c, notification(node="tts-b"))
+    wait_for(lambda: len(runs(c)["decisions"]) == 2, 10, what="decisions")
+    assert {d["action"] for d in runs(c)["decisions"]} == {"none"}
+    assert runs(c)["runs"] == []
+
+
+def test_notifications_stored_before_a_restart_are_acted_on_after_it(receiver, pair, shared, tmp_path):
+    nodes, _ = pair
+    down = receiver(start=False)                          # stores, but its loop never runs ("crashed")
+    assert post(down.test_client(), notification()).status_code == 200
+    kill_node(nodes["tts-a"])
+    from tts_service.receiver.store import Store
+    store = Store(tmp_path / "receiver.db")
+    fake_running = store.start_run(store.add_decision(1, "TTSNodeDown", "tts-a", "firing", 1, "failover",
+                                                      "tts-b", "left running by a crash"), "failover.yml", "tts-b", 99)
+    app = receiver()                                      # the restart
+    c = app.test_client()
+    wait_for(lambda: any(r["playbook"] == "failover.yml" and r["epoch_before"] == 1 for r in runs(c)["runs"]),
+             20, what="acted on after restart")
+    interrupted = [r for r in runs(c)["runs"] if r["id"] == fake_running][0]
+    assert interrupted["result"] == "interrupted" and "restarted" in interrupted["detail"]
+    app.extensions["tts_receiver"].wait_idle(60)
+    assert state(shared)["primary"] == "tts-b"
+
+
+def test_metrics_count_decisions_and_runs(receiver):
+    app = receiver()
+    c = app.test_client()
+    post(c, notification(status="resolved"))
+    wait_for(lambda: runs(c)["decisions"], 10, what="decision")
+    text = c.get("/metrics").get_data(as_text=True)
+    assert 'tts_receiver_decisions_total{action="none"} 1.0' in text
+    assert "tts_receiver_notifications_total 1.0" in text

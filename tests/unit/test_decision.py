@@ -1,0 +1,115 @@
+"""Every branch of the failover decision, with the sentence it gives."""
+import pytest
+
+from tts_service.receiver.decision import (ESCALATE, FAILOVER, NONE, REJOIN, Alert, Cluster, History, Probes,
+                                           decide)
+
+CLUSTER = Cluster(epoch=3, primary="tts-a", standby="tts-b")
+HEALTHY_WITNESS = Probes(standby_ready=True, standby_sees_primary_ready=False)
+NOW = 1_000_000.0
+
+
+def down(node="tts-a", status="firing"):
+    return Alert("TTSNodeDown", node, status)
+
+
+def not_in_role(node="tts-b"):
+    return Alert("TTSNodeNotInRole", node, "firing")
+
+
+def run(alert, cluster=CLUSTER, probes=HEALTHY_WITNESS, history=None, cooldown=60.0):
+    return decide(alert, cluster, probes, history or History(now=NOW), cooldown)
+
+
+def test_primary_down_with_a_ready_standby_fails_over_with_compare_and_swap_epoch():
+    d = run(down())
+    assert (d.action, d.target, d.expect_epoch) == (FAILOVER, "tts-b", 3)
+    assert "failing over to tts-b because the primary tts-a is down" in d.reason
+
+
+def test_resolved_notifications_never_act():
+    d = run(down(status="resolved"))
+    assert d.action == NONE and "never start or stop anything" in d.reason
+
+
+def test_other_alerts_are_ignored():
+    assert run(Alert("Watchdog", "ctl", "firing")).action == NONE
+
+
+def test_unknown_node_is_ignored():
+    d = run(down(node="tts-z"))
+    assert d.action == NONE and "not a member" in d.reason
+
+
+def test_a_down_standby_needs_no_failover():
+    d = run(down(node="tts-b"))
+    assert d.action == NONE and "losing the standby needs no failover" in d.reason
+
+
+def test_a_run_in_progress_is_never_interrupted():
+    d = run(down(), history=History(now=NOW, run_in_progress="failover.yml #4"))
+    assert d.action == NONE and "never interrupted" in d.reason
+
+
+def test_the_lock_held_by_a_drill_blocks_action():
+    d = run(down(), cluster=Cluster(3, "tts-a", "tts-b", lock_holder="drill"))
+    assert d.action == NONE and "held by drill" in d.reason
+
+
+def test_at_most_one_failover_per_epoch():
+    d = run(down(), history=History(now=NOW, failover_epochs=frozenset({3})))
+    assert d.action == NONE and "at most one failover per epoch" in d.reason
+
+
+def test_a_failed_failover_is_not_retried_but_escalated():
+    d = run(down(), history=History(now=NOW, failed_failover_epochs=frozenset({3})))
+    assert d.action == ESCALATE and "rather than trying again" in d.reason
+
+
+def test_cooldown_after_a_failover():
+    d = run(down(), history=History(now=NOW, last_failover_at=NOW - 20), cooldown=60)
+    assert d.action == NONE and "cooldown 60 s, 40 s left" in d.reason
+    assert run(down(), history=History(now=NOW, last_failover_at=NOW - 61), cooldown=60).action == FAILOVER
+
+
+def test_witness_still_reaching_the_primary_means_no_failover():
+    d = run(down(), probes=Probes(standby_ready=True, standby_sees_primary_ready=True))
+    assert d.action == NONE and "the monitor may be the partitioned one" in d.reason
+
+
+@pytest.mark.parametrize("ready, words", [(False, "is not ready"), (None, "could not be asked")])
+def test_an_unfit_standby_is_escalated_not_promoted(ready, words):
+    d = run(down(), probes=Probes(standby_ready=ready, standby_sees_primary_ready=False))
+    assert d.action == ESCALATE and words in d.reason
+
+
+def test_no_standby_at_all_is_escalated():
+    d = run(down(), cluster=Cluster(3, "tts-a", None))
+    assert d.action == ESCALATE and "no standby to promote" in d.reason
+
+
+def test_not_in_role_standby_is_rejoined():
+    d = run(not_in_role("tts-b"), probes=Probes(node_in_role=False))
+    assert (d.action, d.target) == (REJOIN, "tts-b")
+    assert "rejoining tts-b as the standby of tts-a" in d.reason
+
+
+def test_not_in_role_primary_is_escalated():
+    d = run(not_in_role("tts-a"), probes=Probes(node_in_role=False))
+    assert d.action == ESCALATE and "rejoin is for standbys" in d.reason
+
+
+def test_a_node_back_in_role_is_left_alone():
+    d = run(not_in_role("tts-b"), probes=Probes(node_in_role=True))
+    assert d.action == NONE and "ready for its role again" in d.reason
+
+
+def test_a_failed_rejoin_is_escalated_not_looped():
+    d = run(not_in_role("tts-b"), probes=Probes(node_in_role=False),
+            history=History(now=NOW, rejoins_failed=frozenset({("tts-b", 3)})))
+    assert d.action == ESCALATE and "rather than looping" in d.reason
+
+
+def test_decisions_serialise_for_the_run_history():
+    assert run(down()).to_dict() == {"action": "failover", "reason": run(down()).reason, "target": "tts-b",
+                                     "expect_epoch": 3}
