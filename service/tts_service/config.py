@@ -29,6 +29,18 @@ def _int(name: str, default: int) -> int:
     return int(_float(name, default))
 
 
+def parse_node_urls(raw: str, variable: str) -> dict[str, str]:
+    """"tts-a=http://10.89.60.11:8000,tts-b=http://..." -> {node: base URL}; bad entries are errors."""
+    from .cluster import NODE_RE
+    urls = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, url = item.partition("=")
+        if not NODE_RE.match(name) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"{variable} entry {item!r} is not NODE=http://ADDRESS:PORT")
+        urls[name] = url.rstrip("/")
+    return urls
+
+
 @dataclass(frozen=True)
 class Settings:
     # Who this node is: an inventory host name (tts-a, tts-b).
@@ -71,11 +83,7 @@ class Settings:
     reconcile_interval_s: float = field(default_factory=lambda: _float("TTS_RECONCILE_INTERVAL", 15.0))
 
     def peer_urls(self) -> dict[str, str]:
-        urls = {}
-        for item in filter(None, (part.strip() for part in self.peers.split(","))):
-            name, _, url = item.partition("=")
-            urls[name] = url.rstrip("/")
-        return urls
+        return parse_node_urls(self.peers, "TTS_PEERS")
 
     @property
     def jobs_dir(self) -> Path:

@@ -16,21 +16,12 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..cluster import NODE_RE, Cluster
+from ..cluster import Cluster
+from ..config import parse_node_urls
 from ..storage import Storage
 from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier
 from .store import Store
 from .webhook import WebhookError, parse
-
-
-def parse_nodes(raw: str) -> dict[str, str]:
-    nodes = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, _, url = item.partition("=")
-        if not NODE_RE.match(name) or not url.startswith("http"):
-            raise ValueError(f"TTS_RECEIVER_NODES entry {item!r} is not NODE=http://ADDRESS:PORT")
-        nodes[name] = url.rstrip("/")
-    return nodes
 
 
 def _token() -> str:
@@ -53,7 +44,7 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
                                 env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
     controller = Controller(
         store, Cluster(Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3"))), shared / "cluster"),
-        NodeProbe(parse_nodes(env.get("TTS_RECEIVER_NODES", ""))), runner,
+        NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES")), runner,
         cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")))
     if start:
         controller.start()
