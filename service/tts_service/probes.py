@@ -24,20 +24,21 @@ def _rt() -> Runtime:
     return current_app.extensions["tts"]
 
 
-def redis_fits_role(info: dict, role: str, topology: str) -> tuple[bool, str]:
-    """In a pair, the primary's Redis must be a master and the standby's a replica with a live link."""
+def redis_fits_role(info: dict, role: str, topology: str, require_link: bool = True) -> tuple[bool, str]:
+    """In a pair, the primary's Redis must be a master and the standby's a replica with a live link.
+    For promotion (/standby) the link may be down: the primary being gone is why we promote."""
     redis_role = info.get("role")
     if role == "primary" and redis_role != "master":
         return False, "local Redis is a replica, but this node is the primary"
     if topology == "pair" and role == "standby":
         if redis_role != "slave":
             return False, "local Redis is a master, but this node is the standby (rejoin it)"
-        if info.get("master_link_status") != "up":
+        if require_link and info.get("master_link_status") != "up":
             return False, f"local Redis has no live link to the primary's ({info.get('master_host')})"
     return True, "ok"
 
 
-def readiness(rt: Runtime) -> tuple[bool, dict]:
+def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     settings = rt.settings
     belief = rt.node.belief()
     checks: dict[str, bool] = {}
@@ -61,7 +62,8 @@ def readiness(rt: Runtime) -> tuple[bool, dict]:
         reasons.append(f"shared storage is unavailable: {exc}")
 
     try:
-        ok, why = redis_fits_role(rt.redis.info("replication"), belief.role, settings.redis_topology)
+        ok, why = redis_fits_role(rt.redis.info("replication"), belief.role, settings.redis_topology,
+                                  require_link=not for_promotion)
         checks["redis"] = ok
         if not ok:
             reasons.append(why)
@@ -127,7 +129,8 @@ def primary():
 
 @bp.get("/standby")
 def standby():
-    ok, body = readiness(_rt())
+    """A healthy standby, fit to be promoted (its replica link may be down: the primary may be gone)."""
+    ok, body = readiness(_rt(), for_promotion=True)
     ok = ok and body["role"] == "standby"
     return jsonify(body), 200 if ok else 503
 

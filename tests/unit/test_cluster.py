@@ -115,4 +115,5 @@ def test_redis_must_fit_the_nodes_role_in_a_pair():
     assert redis_fits_role(replica, "standby", "pair") == (True, "ok")
     assert "rejoin" in redis_fits_role(master, "standby", "pair")[1]
     assert "no live link" in redis_fits_role(broken, "standby", "pair")[1]
+    assert redis_fits_role(broken, "standby", "pair", require_link=False) == (True, "ok")  # promotable
     assert redis_fits_role(master, "standby", "shared") == (True, "ok")

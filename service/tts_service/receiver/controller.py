@@ -219,7 +219,10 @@ def ansible_runner(project_dir: str, inventory: str, private_dir: str, extravars
         import yaml
         secrets = yaml.safe_load(open(extravars_file)) if extravars_file else {}
         os.makedirs(private_dir, exist_ok=True)
-        result = ar.run(private_data_dir=private_dir, project_dir=project_dir, playbook=playbook,
+        # This repository keeps its playbooks under playbooks/.
+        in_subdir = os.path.join(project_dir, "playbooks", playbook)
+        result = ar.run(private_data_dir=private_dir, project_dir=project_dir,
+                        playbook=in_subdir if os.path.exists(in_subdir) else playbook,
                         inventory=inventory, extravars={**secrets, **extravars}, quiet=True,
                         envvars={"ANSIBLE_CONFIG": f"{project_dir}/ansible.cfg",
                                  # ansible-playbook from the receiver's own virtualenv
