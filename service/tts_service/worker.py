@@ -10,6 +10,8 @@ and runs it from the first missing segment:
 
 A lease-keeper thread renews the lease every lease/3 and re-reads the cluster state; if either
 fails, the job is abandoned at once (within one lease period), never committed by a fenced node.
+SIGTERM (systemctl stop, a planned switchover) lets the segment in hand finish and commit, then
+releases the lease so the job resumes elsewhere at once; SIGKILL loses that one segment.
 """
 from __future__ import annotations
 
@@ -74,8 +76,6 @@ class JobRun:
             belief = rt.node.belief(fresh=True)
             if belief.fenced or belief.epoch != self.epoch:
                 self.abort_reason = f"fenced: {belief.why_fenced()}"
-            if self.worker.stopping.is_set():
-                self.abort_reason = "the worker is shutting down"
 
     def check(self) -> None:
         if self.abort_reason:
@@ -244,6 +244,8 @@ class Worker:
             if index in existing:
                 continue
             run.check()
+            if self.stopping.is_set():  # SIGTERM: the segment in hand was finished; start no new one
+                raise Abandon(f"the worker is shutting down; segment {index} and later are left to resume")
             if "cancelled" in rt.files.markers(job_id):
                 rt.store.finish(job_id, "cancelled", node=self.settings.node)
                 return f"job {job_id} was cancelled; stopped before segment {index}"

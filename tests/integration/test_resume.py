@@ -179,3 +179,21 @@ def test_cancel_on_shared_storage_is_honoured_by_the_node_that_resumes(pair, sha
     time.sleep(3)
     assert not by_epoch(segment_files(shared, job_id), 2)     # B never worked on it
     assert job["segments_done"] < TURNS
+
+
+def test_sigterm_finishes_the_segment_in_hand_and_hands_the_job_over_at_once(pair, shared, redis_server):
+    """What a planned switchover relies on: systemctl stop (SIGTERM) loses nothing."""
+    a, b = pair
+    session = requests.Session()
+    job_id = submit(a, session)
+    wait_segments(shared, job_id, 3)
+    signal_worker(a, signal.SIGTERM)
+    assert a.worker.wait(30) == 0                              # exits by itself after its segment
+    committed_by_a = by_epoch(segment_files(shared, job_id), 1)
+    assert redis_server.client.get(f"tts:lease:{job_id}") is None   # lease handed back, not left to expire
+    assert cluster_cli(shared, "promote", "tts-b", "--expect-epoch", "1").returncode == 0
+    job = wait_done(b, session, job_id)
+    assert job["node"] == "tts-b"
+    assert by_epoch(segment_files(shared, job_id), 1) == committed_by_a
+    attempts = int(redis_server.client.hget(f"tts:job:{job_id}", "attempts"))
+    assert attempts == TURNS                                   # nothing synthesised twice
