@@ -149,10 +149,19 @@ class Cluster:
             self._write(state)
             return state
 
-    def promote(self, node: str, expect_epoch: int, by: str) -> ClusterState:
-        """Compare-and-swap: make `node` primary of epoch expect_epoch+1, only if the epoch is expect_epoch."""
+    @contextmanager
+    def _held(self, token: str) -> Iterator[str]:
+        """Use a lock the caller already holds (a switchover or drill holds it for its whole run)."""
+        info = self.lock_info()
+        if info is None or info.get("token") != token or info.get("expires_at", 0) <= time.time():
+            raise LockHeld("the given lock token does not hold the cluster lock (expired or taken over)")
+        yield token
+
+    def promote(self, node: str, expect_epoch: int, by: str, lock_token: str | None = None) -> ClusterState:
+        """Compare-and-swap: make `node` primary of epoch expect_epoch+1, only if the epoch is expect_epoch.
+        Takes the lock for the change, or uses the one `lock_token` already holds."""
         validate_node(node)
-        with self.locked(f"promote {node} by {by}"):
+        with (self._held(lock_token) if lock_token else self.locked(f"promote {node} by {by}")):
             current = self.read()
             if current is None:
                 raise ClusterError("no cluster state exists; run `tts-cluster init` first")

@@ -2,7 +2,8 @@
 
     tts-cluster status                              print state.json (exit 3 if none exists)
     tts-cluster init NODE [--standby OTHER]         first state, epoch 1, only when none exists
-    tts-cluster promote NODE --expect-epoch N       compare-and-swap: epoch N -> N+1, NODE primary
+    tts-cluster promote NODE --expect-epoch N [--lock-token T]
+                                                    compare-and-swap: epoch N -> N+1, NODE primary
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote = sub.add_parser("promote")
     promote.add_argument("node")
     promote.add_argument("--expect-epoch", type=int, required=True)
+    promote.add_argument("--lock-token", help="promote under a lock already taken with `tts-cluster lock`")
     lock = sub.add_parser("lock")
     lock.add_argument("--holder", required=True)
     lock.add_argument("--ttl", type=float, default=300.0)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "init":
             _print(cluster.init(args.node, args.standby, args.by).to_dict())
         elif args.command == "promote":
-            _print(cluster.promote(args.node, args.expect_epoch, args.by).to_dict())
+            _print(cluster.promote(args.node, args.expect_epoch, args.by, lock_token=args.lock_token).to_dict())
         elif args.command == "lock":
             _print({"token": cluster.acquire_lock(args.holder, args.ttl)})
         elif args.command == "unlock":

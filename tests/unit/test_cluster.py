@@ -54,6 +54,18 @@ def test_lock_is_exclusive_until_it_expires(cluster):
     assert cluster.lock_info()["holder"] == "next"
 
 
+def test_promote_under_a_lock_held_for_a_whole_switchover(cluster):
+    cluster.init("tts-a", "tts-b", by="test")
+    token = cluster.acquire_lock("switchover.yml", ttl_s=60)
+    with pytest.raises(LockHeld):
+        cluster.promote("tts-b", expect_epoch=1, by="receiver")        # anyone else is kept out
+    with pytest.raises(LockHeld, match="does not hold"):
+        cluster.promote("tts-b", expect_epoch=1, by="x", lock_token="forged")
+    assert cluster.promote("tts-b", expect_epoch=1, by="switchover.yml", lock_token=token).epoch == 2
+    assert cluster.lock_info()["holder"] == "switchover.yml"           # still held until released
+    assert cluster.release_lock(token)
+
+
 def test_cli_status_init_promote_and_exit_codes(shared):
     assert cluster_cli(shared, "status").returncode == 3
     out = cluster_cli(shared, "--by", "site.yml", "init", "tts-a", "--standby", "tts-b")
