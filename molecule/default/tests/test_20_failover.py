@@ -192,3 +192,26 @@ def test_host_of_the_new_primary_lost(watcher):
         podman("start", PREFIX + primary)
     follow_rejoin(primary, runs_before)
     assert cluster_state()["primary"] == standby
+
+
+def test_planned_switchover_loses_nothing(watcher):
+    """An operator on ctl runs switchover.yml (as the receiver's user, with its key and inventory)."""
+    state = cluster_state()
+    primary, standby = state["primary"], state["standby"]
+    runs_before = {r["id"] for r in receiver_runs()}
+    session = requests.Session()
+    job_id = start_job(session)
+    started = time.time()
+    on("ctl", "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
+              "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
+              "/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/switchover.yml "
+              f"-e @/etc/tts-receiver/secrets.yml -e tts_target={standby}")
+    took = time.time() - started
+    assert cluster_state()["primary"] == standby
+    job = wait(lambda: (j := session.get(f"{VIP}/api/jobs/{job_id}", timeout=3).json())["status"] == "done" and j,
+               180, "the job to finish")
+    assert job["node"] == standby
+    assert int(redis_hget(standby, f"tts:job:{job_id}", "attempts")) == TURNS   # nothing recomputed
+    assert requests.get(f"{NODES[primary]}/standby", timeout=2).status_code == 200
+    assert [r for r in receiver_runs() if r["id"] not in runs_before] == []     # the receiver kept out
+    print(f"\nswitchover {primary} -> {standby}: {took:.1f} s, 0 segments recomputed")
