@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import audio
-from .storage import Storage
+from .storage import Storage, link_new
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
@@ -152,13 +152,7 @@ def _assemble(parts: list[Path], target: Path, sample_rate: int) -> float:
         frames = audio.concat_wavs(parts, tmp, sample_rate)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            pass
-        except PermissionError:
-            if not target.exists():
-                raise
+        link_new(tmp, target)  # an audio.wav that won the race stands
     finally:
         try:
             os.unlink(tmp)

@@ -143,6 +143,20 @@ class JobStore:
             pipe.hgetall(k("job", job_id))
         return [h for h in pipe.execute() if h]
 
+    def count_attempt(self, job_id: str) -> None:
+        """One more synthesis of a segment of this job (attempts - segments = segments recomputed)."""
+        self.r.hincrby(k("job", job_id), "attempts", 1)
+
+    def claimable(self) -> list[str]:
+        """Active jobs not finished, oldest first: the order a worker tries to lease them in."""
+        ids = self.active_ids()
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hmget(k("job", job_id), "created_at", "status")
+        rows = pipe.execute()
+        return [job_id for _, job_id in sorted((float(row[0] or 0), job_id) for job_id, row in zip(ids, rows)
+                                               if row[1] not in FINAL)]
+
     def active_ids(self) -> list[str]:
         return sorted(self.r.smembers(k("active")))
 

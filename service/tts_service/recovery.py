@@ -56,6 +56,7 @@ def job_from_storage(files: JobFiles, job_id: str) -> dict | None:
 
 def reconcile(store: JobStore, files: JobFiles, sessions: Sessions) -> ReconcileReport:
     report = ReconcileReport()
+    active = set(store.active_ids())
     for job_id in files.list_ids():
         report.scanned += 1
         cached = store.get(job_id)
@@ -80,7 +81,7 @@ def reconcile(store: JobStore, files: JobFiles, sessions: Sessions) -> Reconcile
             store.finish(job_id, truth["status"], error=truth["error"],
                          segments_done=truth["segments_done"], duration_s=truth["duration_s"])
             report.finalised.append(job_id)
-        elif job_id not in set(store.active_ids()):
+        elif job_id not in active:
             store.r.sadd(k("active"), job_id)
             report.requeued.append(job_id)
     # Active ids whose request is gone from storage were never durable: drop them.

@@ -150,21 +150,24 @@ def _write_replace(path: Path, data: bytes) -> None:
 def _commit_new(path: Path, data: bytes) -> bool:
     tmp = _write_temp(path.parent, data)
     try:
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    except PermissionError:
-        # sshfs: the loser of a link race may see EPERM. If the name now exists, we lost.
-        if os.path.exists(path):
-            created = False
-        else:
-            raise
+        return link_new(tmp, path)
     finally:
         _unlink_quietly(tmp)
-    if created:
-        _fsync_dir(path.parent)
-    return created
+
+
+def link_new(tmp: Path, path: Path) -> bool:
+    """Give the fsynced file tmp the name path unless path exists; True if we created it.
+    On sshfs the loser of a link race sometimes gets EPERM instead of EEXIST: re-check with stat."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except PermissionError:
+        if os.path.exists(path):
+            return False
+        raise
+    _fsync_dir(path.parent)
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

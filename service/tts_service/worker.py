@@ -177,16 +177,7 @@ class Worker:
     def claim(self, epoch: int) -> tuple[str, str] | None:
         """The oldest active job whose lease this worker could take."""
         store = self.rt.store
-        ids = store.active_ids()
-        if not ids:
-            return None
-        pipe = store.r.pipeline()
-        for job_id in ids:
-            pipe.hmget(f"tts:job:{job_id}", "created_at", "status")
-        rows = pipe.execute()
-        candidates = sorted((float(row[0] or 0), job_id) for job_id, row in zip(ids, rows)
-                            if row[1] not in FINAL)
-        for _, job_id in candidates:
+        for job_id in store.claimable():
             token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s)
             if token:
                 return job_id, token
@@ -249,7 +240,7 @@ class Worker:
             if "cancelled" in rt.files.markers(job_id):
                 rt.store.finish(job_id, "cancelled", node=self.settings.node)
                 return f"job {job_id} was cancelled; stopped before segment {index}"
-            rt.store.r.hincrby(f"tts:job:{job_id}", "attempts", 1)
+            rt.store.count_attempt(job_id)
             started = time.monotonic()
             try:
                 samples = rt.engine.synthesize(seg["text"], seg["voice"])
