@@ -15,13 +15,19 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_URL := http://10.89.60.100/
 
-.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image bench-resume clean
+.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume clean
+# make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill
+MODE ?= switchover
+RUNS ?= 5
+MODES ?= switchover,kill
 
 help:
 	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
 	@echo "make lab-down      remove the lab containers and network"
 	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
 	@echo "make serve         run the app at http://127.0.0.1:8000 with a local redis (state in .run/)"
+	@echo "make drill         one failover drill on the lab (MODE=switchover|kill), prints the report"
+	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
 
 system-deps:
@@ -79,6 +85,13 @@ molecule: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
 
 serve: deps
 	scripts/serve-local.sh
+
+# A drill exactly as ctl's timer runs it (as the receiver's user, its key, its copy of the project).
+drill:
+	podman exec ctl /usr/local/bin/tts-drill-run $(MODE)
+
+bench: deps
+	$(PY) bench/failover_rto.py --runs $(RUNS) --modes $(MODES)
 
 bench-resume: deps
 	$(PY) bench/resume_failover.py

@@ -3,12 +3,24 @@
 A node may write (accept jobs, commit segments) only while it is the primary of the newest epoch
 it could read, and only if that read is recent (state_max_age_s). Anything else is `fenced`.
 The worker asks `assert_primary(epoch)` right before every commit, with a fresh read.
+
+Handover: a node that finds itself primary of a new epoch (> 1) does not act as primary at once. The
+previous primary may not have read the new state yet, and may go on believing it is primary for up to
+state_max_age_s after its last read. So the new primary waits until either that much time has passed
+since it first saw its new epoch, or the previous primary (the new state's standby) answers /ready
+saying it is fenced in an epoch at least as new. No two nodes ever report themselves unfenced
+primaries at the same time; a planned switchover (the old primary alive) takes a moment, a failover
+from a dead primary takes state_max_age_s more.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 
 from .cluster import Cluster, ClusterError, ClusterState
 from .storage import StorageUnavailable
@@ -25,6 +37,7 @@ class Belief:
     age_s: float                    # seconds since that read (inf if never)
     error: str | None               # why the last read failed, if it did
     max_age_s: float
+    handover_s: float = 0.0         # > 0: primary of a new epoch, waiting this much longer for the old one
 
     @property
     def role(self) -> str:
@@ -46,7 +59,7 @@ class Belief:
 
     @property
     def fenced(self) -> bool:
-        return not (self.role == "primary" and self.fresh)
+        return not (self.role == "primary" and self.fresh and self.handover_s <= 0)
 
     def why_fenced(self) -> str:
         if self.state is None:
@@ -57,15 +70,27 @@ class Belief:
                     f"(limit {self.max_age_s:g} s): {self.error}")
         if self.role != "primary":
             return f"{self.state.primary} is the primary of epoch {self.state.epoch}"
+        if self.handover_s > 0:
+            return (f"taking over as primary of epoch {self.state.epoch}: {self.state.standby} may still act "
+                    f"as primary for up to {self.handover_s:.1f} s (it has not confirmed it is fenced)")
         return "not fenced"
 
 
+PeerFenced = Callable[[str, int], bool]
+
+
 class NodeView:
-    def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.5):
+    def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.5,
+                 peer_fenced: PeerFenced | None = None):
         self.node = node
         self.cluster = cluster
         self.max_age_s = max_age_s
         self.cache_s = cache_s
+        # Asks a peer whether it is fenced in an epoch >= the given one (see peer_fenced_by_http).
+        self.peer_fenced = peer_fenced
+        self._takeover: tuple[int, float] | None = None   # (epoch, monotonic time first seen as its primary)
+        self._handed_over = 0                             # newest epoch whose handover is complete
+        self._peer_asked_at = float("-inf")
         self._lock = threading.Lock()
         self._state: ClusterState | None = None
         self._read_at = float("-inf")    # monotonic time of the last successful read
@@ -93,7 +118,25 @@ class NodeView:
                 except (StorageUnavailable, ClusterError, OSError) as exc:
                     self._error = str(exc)
             age = time.monotonic() - self._read_at
-            return Belief(self.node, self._state, age, self._error, self.max_age_s)
+            handover = self._handover_left(self._state) if age <= self.max_age_s else 0.0
+            return Belief(self.node, self._state, age, self._error, self.max_age_s, handover)
+
+    def _handover_left(self, state: ClusterState | None) -> float:
+        """Seconds this node must still wait before acting as primary of state's epoch (0: go)."""
+        if state is None or state.primary != self.node or state.epoch <= max(1, self._handed_over):
+            return 0.0
+        now = time.monotonic()
+        if self._takeover is None or self._takeover[0] != state.epoch:
+            self._takeover = (state.epoch, now)
+        left = self._takeover[1] + self.max_age_s + self.cache_s - now
+        if left > 0 and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
+            self._peer_asked_at = now
+            if self.peer_fenced(state.standby, state.epoch):
+                left = 0.0
+        if left <= 0:
+            self._handed_over = state.epoch
+            return 0.0
+        return left
 
     def assert_primary(self, epoch: int | None = None) -> Belief:
         """Read the state now; raise Fenced unless this node is the primary (of `epoch`, if given)."""
@@ -103,3 +146,24 @@ class NodeView:
         if epoch is not None and belief.epoch != epoch:
             raise Fenced(f"the epoch moved from {epoch} to {belief.epoch}")
         return belief
+
+
+def peer_fenced_by_http(peer_urls: dict[str, str], timeout: float = 0.5) -> PeerFenced:
+    """A PeerFenced that asks the peer's /ready: fenced (or not primary) in an epoch >= ours."""
+    def ask(peer: str, epoch: int) -> bool:
+        url = peer_urls.get(peer)
+        if not url:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as res:
+                body = json.loads(res.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read())
+            except ValueError:
+                return False
+        except (OSError, ValueError):
+            return False
+        return (isinstance(body, dict) and int(body.get("epoch") or 0) >= epoch
+                and (body.get("fenced") is True or body.get("role") != "primary"))
+    return ask

@@ -10,7 +10,7 @@ from .config import Settings
 from .engines import Engine, create_engine
 from .jobfiles import JobFiles
 from .jobs import JobStore, Sessions, connect
-from .node import NodeView
+from .node import NodeView, peer_fenced_by_http
 from .storage import Storage
 
 
@@ -36,7 +36,9 @@ class Runtime:
             settings=settings,
             storage=storage,
             cluster=cluster,
-            node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s),
+            node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s,
+                          peer_fenced=peer_fenced_by_http({n: u for n, u in settings.peer_urls().items()
+                                                           if n != settings.node})),
             redis=r,
             files=files,
             store=JobStore(r, files),

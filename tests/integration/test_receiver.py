@@ -217,3 +217,21 @@ def test_metrics_count_decisions_and_runs(receiver):
     text = c.get("/metrics").get_data(as_text=True)
     assert 'tts_receiver_decisions_total{action="none"} 1.0' in text
     assert "tts_receiver_notifications_total 1.0" in text
+
+
+def test_metrics_show_the_latest_drill_report_from_shared_storage(receiver, shared):
+    from tts_service.drill import report
+    c = receiver(start=False).test_client()
+    assert "tts_drill_last_success " not in c.get("/metrics").get_data(as_text=True)   # no drill yet
+    meta = {"id": "20261101T030000Z", "mode": "switchover", "fault_at": 10.0, "playbook_started_at": 10.0,
+            "playbook_ended_at": 20.0, "ended_at": 1000.0, "before": {"primary": "tts-a", "standby": "tts-b"},
+            "after": {"primary": "tts-b", "standby": "tts-a"}}
+    watch = {"job_id": "b" * 32, "vip_target_at": 15.5, "job_done_at": 40.0, "job": {"status": "done"}}
+    report.write(report.build(meta, watch, {"ok": True, "recomputed": 0}, None), shared / "drills")
+    text = c.get("/metrics").get_data(as_text=True)
+    assert "tts_drill_last_success 1.0" in text and "tts_drill_last_rto_seconds 5.5" in text
+    failed = {**meta, "id": "20261102T030000Z", "ended_at": 2000.0, "failed_step": "Preflight", "error": "no standby"}
+    report.write(report.build(failed, {}, None, None), shared / "drills")
+    text = c.get("/metrics").get_data(as_text=True)
+    assert "tts_drill_last_success 0.0" in text and "tts_drill_last_success_timestamp_seconds 1000.0" in text
+    assert "tts_drill_reports_readable 1.0" in text

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -197,3 +198,40 @@ def test_sigterm_finishes_the_segment_in_hand_and_hands_the_job_over_at_once(pai
     assert by_epoch(segment_files(shared, job_id), 1) == committed_by_a
     attempts = int(redis_server.client.hget(f"tts:job:{job_id}", "attempts"))
     assert attempts == TURNS                                   # nothing synthesised twice
+
+
+def test_no_two_unfenced_primaries_while_the_epoch_moves_between_live_nodes(shared, tmp_path, redis_url):
+    """A planned handover (both nodes alive, peers configured as deployed): the new primary acts
+    only once the old one has said, on its /ready, that it is fenced. Sampled from outside."""
+    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
+    nodes = [Node(name, node_env(name, redis_url, shared, tmp_path / f"run-{name}", **SETTINGS), tmp_path / "logs")
+             for name in ("tts-a", "tts-b")]
+    peers = ",".join(f"{n.name}={n.url}" for n in nodes)
+    for n in nodes:
+        n.env["TTS_PEERS"] = peers
+        n.start()
+    try:
+        for n in nodes:
+            wait_for(lambda n=n: n.ready()[0] == 200, 20, what=f"{n.name} ready")
+        both, samples, stop = [], [0], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                views = [n.ready()[1] for n in nodes]
+                samples[0] += 1
+                if all(v["role"] == "primary" and v["fenced"] is False for v in views):
+                    both.append(views)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        for epoch, target in ((1, "tts-b"), (2, "tts-a"), (3, "tts-b")):
+            assert cluster_cli(shared, "promote", target, "--expect-epoch", str(epoch)).returncode == 0
+            new = nodes[0] if target == "tts-a" else nodes[1]
+            wait_for(lambda new=new, e=epoch: (r := new.ready()[1])["fenced"] is False and r["epoch"] == e + 1, 20,
+                     what=f"{target} primary of epoch {epoch + 1}")
+        stop.set()
+        watcher.join(10)
+        assert samples[0] > 20 and both == []
+    finally:
+        for n in nodes:
+            n.stop()

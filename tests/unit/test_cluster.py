@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from tests.harness import cluster_cli
+from tests.harness import cluster_cli, wait_for
 from tts_service.cluster import Cluster, ClusterError, LockHeld
-from tts_service.node import NodeView
+from tts_service.node import Fenced, NodeView
 from tts_service.storage import Storage
 
 
@@ -91,7 +91,34 @@ def test_node_view_roles_and_fencing(cluster, shared):
     assert (b.belief().role, b.belief().fenced) == ("standby", True)
     cluster.promote("tts-b", expect_epoch=1, by="test")
     assert a.belief().fenced and "tts-b is the primary of epoch 2" in a.belief().why_fenced()
-    assert not b.belief().fenced
+    wait_for(lambda: not b.belief().fenced, 2, what="tts-b's handover")
+
+
+def test_a_new_primary_waits_out_the_old_primarys_belief_unless_it_confirms(cluster):
+    cluster.init("tts-a", "tts-b", by="test")
+    asked = []
+    b = NodeView("tts-b", cluster, max_age_s=0.5, cache_s=0, peer_fenced=lambda peer, epoch: asked.append(
+        (peer, epoch)) or False)
+    assert b.belief().role == "standby"
+    cluster.promote("tts-b", expect_epoch=1, by="test")
+    belief = b.belief()
+    assert belief.role == "primary" and belief.fenced and belief.handover_s > 0
+    assert "tts-a may still act as primary" in belief.why_fenced()
+    assert asked[0] == ("tts-a", 2)
+    with pytest.raises(Fenced):
+        b.assert_primary()
+    time.sleep(0.55)
+    assert not b.belief().fenced                  # the old primary's belief has expired by now
+    # A confirmation from the old primary ends the wait at once.
+    cluster.promote("tts-a", expect_epoch=2, by="test")
+    a = NodeView("tts-a", cluster, max_age_s=30, cache_s=0, peer_fenced=lambda peer, epoch: peer == "tts-b")
+    assert not a.belief().fenced and a.belief().epoch == 3
+
+
+def test_the_first_epoch_needs_no_handover(cluster):
+    cluster.init("tts-a", "tts-b", by="test")
+    a = NodeView("tts-a", cluster, max_age_s=30, cache_s=0, peer_fenced=lambda peer, epoch: False)
+    assert not a.belief().fenced
 
 
 def test_node_is_fenced_when_the_state_cannot_be_read_recently(cluster, shared):

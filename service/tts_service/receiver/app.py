@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..cluster import Cluster
 from ..config import parse_node_urls
-from ..storage import Storage
+from ..drill import report as drill_report
+from ..storage import Storage, StorageUnavailable
 from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier
 from .store import Store
 from .webhook import WebhookError, parse
@@ -37,13 +38,14 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
     token = _token().encode()
     shared = Path(env.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
     store = Store(Path(env.get("TTS_RECEIVER_DB", "/var/lib/tts-receiver/receiver.db")))
+    storage = Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3")))
     if runner is None:
         project = env.get("TTS_RECEIVER_PROJECT", "/opt/tts/ansible")
         runner = ansible_runner(project, env.get("TTS_RECEIVER_INVENTORY", f"{project}/inventory/hosts.yml"),
                                 env.get("TTS_RECEIVER_RUNNER_DIR", "/var/lib/tts-receiver/runner"),
                                 env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
     controller = Controller(
-        store, Cluster(Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3"))), shared / "cluster"),
+        store, Cluster(storage, shared / "cluster"),
         NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES")), runner,
         cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")))
     if start:
@@ -80,6 +82,7 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
     def metrics():
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(store))
+        registry.register(_DrillCollector(storage, shared / "drills"))
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
 
     @app.errorhandler(413)
@@ -110,4 +113,28 @@ class _Collector:
         if duration is not None:
             g = GaugeMetricFamily("tts_receiver_last_failover_seconds", "Duration of the last successful failover.yml")
             g.add_metric([], duration)
+            yield g
+
+
+class _DrillCollector:
+    """The latest drill reports on shared storage (drill.yml writes them) as gauges, for the
+    TTSDrillFailed and TTSNoRecentDrill rules. A storage that does not answer shows as
+    tts_drill_reports_readable 0, never as a hung scrape."""
+
+    def __init__(self, storage: Storage, drills_dir: Path):
+        self.storage = storage
+        self.drills_dir = drills_dir
+
+    def collect(self):
+        try:
+            values = drill_report.metrics(self.storage.call(drill_report.load_reports, self.drills_dir, 50))
+            readable = 1.0
+        except StorageUnavailable:
+            values, readable = {}, 0.0
+        g = GaugeMetricFamily("tts_drill_reports_readable", "1 if the drill reports could be read just now")
+        g.add_metric([], readable)
+        yield g
+        for name, value in values.items():
+            g = GaugeMetricFamily(name, "Latest failover drill (see drills/ on shared storage)")
+            g.add_metric([], value)
             yield g

@@ -122,7 +122,9 @@ class Store:
             "JOIN decisions d ON d.id = r.decision_id ORDER BY r.id DESC LIMIT ?", (limit,))
 
     def decisions(self, limit: int = 100) -> list[dict]:
-        return self._rows("SELECT * FROM decisions ORDER BY id DESC LIMIT ?", (limit,))
+        """The newest decisions, each with when its notification arrived (received_at)."""
+        return self._rows("SELECT d.*, n.received_at FROM decisions d LEFT JOIN notifications n "
+                          "ON n.id = d.notification_id ORDER BY d.id DESC LIMIT ?", (limit,))
 
     def history_facts(self) -> dict:
         """What decide() needs to know about the past."""

@@ -1,0 +1,88 @@
+"""The drill report: result, failed step, timeline relative to the fault, and the metrics the receiver
+exports from the latest reports."""
+import json
+
+from tts_service.drill import report
+
+BEFORE = {"primary": "tts-a", "standby": "tts-b", "epoch": 4}
+AFTER = {"primary": "tts-b", "standby": "tts-a", "epoch": 5}
+WATCH = {"job_id": "a" * 32, "vip_lost_at": 100.5, "vip_target_at": 104.0, "job_on_target_at": 108.0,
+         "job_done_at": 130.0, "job": {"status": "done", "node": "tts-b", "segments_done": 12}, "error": ""}
+VERIFY = {"ok": True, "reason": "fine", "recomputed": 1}
+RECEIVER = {
+    "decisions": [
+        {"id": 7, "action": "failover", "target": "tts-b", "decided_at": 102.0, "received_at": 101.5,
+         "alert": "TTSNodeDown", "reason": "failing over to tts-b because the primary tts-a is down"},
+        {"id": 3, "action": "failover", "target": "tts-b", "decided_at": 50.0, "received_at": 49.0,
+         "alert": "TTSNodeDown", "reason": "an older failover"},
+    ],
+    "runs": [{"decision_id": 7, "playbook": "failover.yml", "started_at": 102.1, "ended_at": 110.0,
+              "result": "succeeded"}],
+}
+
+
+def kill_meta(**extra):
+    return {"id": "20261125T100000Z", "mode": "kill", "started_at": 90.0, "ended_at": 140.0, "fault_at": 100.0,
+            "before": BEFORE, "after": AFTER, **extra}
+
+
+def test_a_kill_drill_takes_its_timeline_from_the_receiver_decision_after_the_fault():
+    rep = report.build(kill_meta(), WATCH, VERIFY, RECEIVER)
+    assert rep["result"] == "succeeded" and rep["failed_step"] is None
+    t = rep["timeline_s"]
+    assert (t["fault"], t["vip_lost"], t["alert_fired"], t["receiver_decision"]) == (0.0, 0.5, 1.5, 2.0)
+    assert (t["playbook_start"], t["playbook_end"], t["first_200_via_vip"]) == (2.1, 10.0, 4.0)
+    assert (t["job_running_again"], t["job_finished"]) == (8.0, 30.0)
+    assert rep["rto_s"] == 4.0 and rep["canary"]["segments_recomputed"] == 1
+    assert rep["receiver"]["reason"].startswith("failing over to tts-b")
+
+
+def test_a_kill_drill_without_a_receiver_failover_fails():
+    rep = report.build(kill_meta(), WATCH, VERIFY, {"decisions": [], "runs": []})
+    assert rep["result"] == "failed" and "receiver did not fail over" in rep["error"] and rep["rto_s"] is None
+
+
+def test_a_failed_step_is_named_and_wins_over_everything_else():
+    rep = report.build(kill_meta(failed_step="Preflight - the standby is ready and its replica in sync",
+                                 error="Status code was -1", fault_at=None, after=BEFORE), {}, None, None)
+    assert rep["result"] == "failed"
+    assert rep["failed_step"] == "Preflight - the standby is ready and its replica in sync"
+    assert "Status code was -1" in rep["error"]
+    md = report.markdown(rep)
+    assert "FAILED" in md and "Preflight - the standby is ready" in md
+
+
+def test_bad_canary_audio_fails_the_drill_at_the_verification():
+    rep = report.build(kill_meta(), WATCH, {"ok": False, "reason": "segments [3] are missing"}, RECEIVER)
+    assert rep["result"] == "failed" and rep["failed_step"] == "verify the canary"
+    assert "segments [3] are missing" in rep["error"]
+
+
+def test_a_switchover_drill_uses_its_own_playbook_times_and_needs_the_new_primary():
+    meta = {"id": "x", "mode": "switchover", "fault_at": 100.0, "playbook_started_at": 100.0,
+            "playbook_ended_at": 112.0, "before": BEFORE, "after": AFTER}
+    rep = report.build(meta, WATCH, VERIFY, None)
+    assert rep["result"] == "succeeded" and rep["timeline_s"]["playbook_end"] == 12.0
+    rep = report.build({**meta, "after": BEFORE}, WATCH, VERIFY, None)
+    assert rep["result"] == "failed" and "cluster state says tts-a" in rep["error"]
+
+
+def test_markdown_shows_rto_next_to_the_reference():
+    md = report.markdown(report.build(kill_meta(), WATCH, VERIFY, RECEIVER))
+    assert "**4.0 s**" in md and "reference: 22 s" in md
+    assert "| receiver decided to fail over | 2.00 |" in md
+
+
+def test_metrics_follow_the_newest_report_and_remember_the_last_success(tmp_path):
+    ok = report.build(kill_meta(id="20261120T030000Z"), WATCH, VERIFY, RECEIVER)
+    bad = report.build(kill_meta(id="20261125T030000Z", ended_at=500.0, failed_step="x", error="y"), {}, None, None)
+    report.write(ok, tmp_path)
+    report.write(bad, tmp_path)
+    (tmp_path / "junk.json").write_text("{not json")
+    reports = report.load_reports(tmp_path)
+    assert [r["id"] for r in reports] == ["20261125T030000Z", "20261120T030000Z"]
+    m = report.metrics(reports)
+    assert m["tts_drill_last_success"] == 0.0 and m["tts_drill_last_timestamp_seconds"] == 500.0
+    assert m["tts_drill_last_success_timestamp_seconds"] == 140.0 and m["tts_drill_last_rto_seconds"] == 4.0
+    assert report.metrics([]) == {}
+    assert json.loads((tmp_path / "20261120T030000Z.json").read_text())["result"] == "succeeded"
