@@ -81,7 +81,8 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
         "before": meta.get("before"), "after": after,
         "rto_s": timeline["first_200_via_vip"] if ok else None,
         "timeline_s": timeline, "timeline_at": absolute,
-        "receiver": {k: events.get(k) for k in ("alert", "reason", "playbook", "playbook_result")} if events else None,
+        "receiver": ({k: events.get(k) for k in ("alert", "reason", "playbook", "playbook_result")}
+                     if mode == "kill" and events else None),
         "canary": {"job_id": watch.get("job_id"), "job": watch.get("job"),
                    "segments_recomputed": verify.get("recomputed"), "verify": verify or None},
         "lab_settings": meta.get("settings"),
