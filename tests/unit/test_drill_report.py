@@ -40,6 +40,7 @@ def test_a_kill_drill_takes_its_timeline_from_the_receiver_decision_after_the_fa
 def test_a_kill_drill_without_a_receiver_failover_fails():
     rep = report.build(kill_meta(), WATCH, VERIFY, {"decisions": [], "runs": []})
     assert rep["result"] == "failed" and "receiver did not fail over" in rep["error"] and rep["rto_s"] is None
+    assert rep["failed_step"] == "the receiver's failover"
 
 
 def test_a_failed_step_is_named_and_wins_over_everything_else():

@@ -60,23 +60,24 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
         "job_running_again": watch.get("job_on_target_at"), "job_finished": watch.get("job_done_at"),
     }
     timeline = {key: _after(absolute[key], fault_at) for key, _ in STAGES}
-    failures = []
+    failures = []   # (step, what went wrong), the first one names the failed step
     if meta.get("failed_step"):
-        failures.append(f"step '{meta['failed_step']}' failed: {meta.get('error', '')}".strip())
+        failures.append((meta["failed_step"], f"step '{meta['failed_step']}' failed: {meta.get('error') or ''}"))
     if watch.get("error"):
-        failures.append(f"canary: {watch['error']}")
+        failures.append(("watch the canary", f"canary: {watch['error']}"))
     if not failures and not verify.get("ok"):
-        failures.append(f"canary audio: {verify.get('reason') or 'not verified'}")
+        failures.append(("verify the canary", f"canary audio: {verify.get('reason') or 'not verified'}"))
     if not failures and mode == "kill" and events.get("playbook_result") != "succeeded":
-        failures.append("the receiver did not fail over to the standby")
+        failures.append(("the receiver's failover", "the receiver did not fail over to the standby"))
     after = meta.get("after") or {}
     if not failures and after.get("primary") != target:
-        failures.append(f"{target} was to be the primary, the cluster state says {after.get('primary')}")
+        failures.append(("check the new primary",
+                         f"{target} was to be the primary, the cluster state says {after.get('primary')}"))
     ok = not failures
     return {
         "id": meta.get("id"), "mode": mode, "result": "succeeded" if ok else "failed",
-        "failed_step": meta.get("failed_step") or (None if ok else "verify the canary"),
-        "error": "; ".join(failures) or None,
+        "failed_step": failures[0][0] if failures else None,
+        "error": "; ".join(text.strip() for _, text in failures) or None,
         "started_at": meta.get("started_at"), "ended_at": meta.get("ended_at") or time.time(),
         "before": meta.get("before"), "after": after,
         "rto_s": timeline["first_200_via_vip"] if ok else None,
