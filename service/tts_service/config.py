@@ -55,6 +55,9 @@ class Settings:
     vibevoice_model_dir: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_MODEL_DIR", ""))
     vibevoice_diffusion_steps: int = field(default_factory=lambda: _int("TTS_VIBEVOICE_DIFFUSION_STEPS", 10))
     vibevoice_guidance_scale: float = field(default_factory=lambda: _float("TTS_VIBEVOICE_GUIDANCE_SCALE", 1.3))
+    # Generation path: "fast" (engines/vibevoice_fast.py: static caches, CUDA graphs on GPU),
+    # "reference" (transformers' generate()), "auto" (fast on a GPU, reference on the CPU).
+    vibevoice_path: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_PATH", "auto"))
     # Seconds of wall time per second of audio (0 = as fast as the engine goes). Lab setting.
     engine_pace: float = field(default_factory=lambda: _float("TTS_ENGINE_PACE", 0.0))
     max_script_chars: int = field(default_factory=lambda: _int("TTS_MAX_SCRIPT_CHARS", 200_000))

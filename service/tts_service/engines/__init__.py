@@ -15,7 +15,8 @@ def create_engine(settings: Settings) -> Engine:
         from .vibevoice import VibeVoiceEngine
         return VibeVoiceEngine(settings.vibevoice_model_dir,
                                diffusion_steps=settings.vibevoice_diffusion_steps,
-                               guidance_scale=settings.vibevoice_guidance_scale)
+                               guidance_scale=settings.vibevoice_guidance_scale,
+                               path=settings.vibevoice_path)
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 

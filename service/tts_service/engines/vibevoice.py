@@ -4,7 +4,10 @@ The model folder (TTS_VIBEVOICE_MODEL_DIR) is an HF-format checkpoint loaded wit
 nothing is ever downloaded. Voices are the reference clips in `<model dir>/voices/*.wav` (24 kHz
 mono; voice id `vv-<file stem>`); without that folder there is one voice with no reference.
 
-One segment (speaker turn) is generated per call, so memory stays flat over a 90-minute script;
+One segment (speaker turn) is generated per call, so memory stays flat over a 90-minute script.
+Two generation paths (TTS_VIBEVOICE_PATH): the optimised one in vibevoice_fast.py (default on a
+GPU) and transformers' own generate() (the reference; default on the CPU). They give the same
+waveform for the same seed (tests/integration/test_vibevoice.py).
 the prompt is VibeVoice's canonical one with the speaker as "Speaker 0" and its clip as the voice
 input. torch/transformers/diffusers are an optional extra (`tts-service[vibevoice]`).
 """
@@ -31,7 +34,12 @@ class VibeVoiceEngine(Engine):
 
     def __init__(self, model_dir: str, diffusion_steps: int = 10, guidance_scale: float = 1.3,
                  device: str | None = None, force_audio_tokens: int | None = None,
-                 max_seconds_per_char: float = 0.25):
+                 max_seconds_per_char: float = 0.25, path: str = "auto", compile: bool | None = None):
+        if path not in ("auto", "fast", "reference"):
+            raise EngineError(f"TTS_VIBEVOICE_PATH is auto, fast or reference, not {path!r}")
+        self.path = path
+        self.compile = compile   # fast path: torch.compile (CUDA graphs); None = on a GPU only
+        self.fast = None
         self.model_dir = Path(model_dir) if model_dir else None
         self.diffusion_steps = diffusion_steps
         self.guidance_scale = guidance_scale
@@ -90,6 +98,9 @@ class VibeVoiceEngine(Engine):
         model = VibeVoiceForConditionalGeneration.from_pretrained(self.model_dir, dtype=dtype)
         self.model = model.to(device).eval()
         self.device = device
+        if self.path == "fast" or (self.path == "auto" and device.startswith("cuda")):
+            from .vibevoice_fast import FastVibeVoice
+            self.fast = FastVibeVoice(self.model, self.diffusion_steps, self.guidance_scale, compile=self.compile)
         for vid, path in self._voice_files().items():
             data, rate = sf.read(str(path), dtype="float32", always_2d=False)
             if data.ndim > 1:
@@ -136,14 +147,17 @@ class VibeVoiceEngine(Engine):
             if seed is not None:
                 torch.manual_seed(seed)
             try:
-                out = self.model.generate(
-                    **inputs, num_diffusion_steps=self.diffusion_steps, guidance_scale=self.guidance_scale,
-                    max_new_tokens=self.max_new_tokens(text),
-                    logits_processor=self.logits_processors(inputs["input_ids"].shape[1]))
+                if self.fast is not None:
+                    audio = self.fast.generate(inputs, self.max_new_tokens(text),
+                                               forced_audio_tokens=self.force_audio_tokens)
+                else:
+                    audio = self.model.generate(
+                        **inputs, num_diffusion_steps=self.diffusion_steps, guidance_scale=self.guidance_scale,
+                        max_new_tokens=self.max_new_tokens(text),
+                        logits_processor=self.logits_processors(inputs["input_ids"].shape[1]))[0]
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
                 raise EngineError(f"the GPU ran out of memory on this segment: {exc}") from exc
-        audio = out[0]
         if audio is None:
             raise EngineError("the model produced no audio for this segment")
         samples = audio.detach().float().cpu().numpy().reshape(-1)
