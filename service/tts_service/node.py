@@ -148,22 +148,33 @@ class NodeView:
         return belief
 
 
+def ask_ready(url: str, timeout: float) -> tuple[int | None, dict, str | None]:
+    """GET <url>/ready of a peer: (HTTP status or None, JSON body or {}, error or None). A 503 is an
+    answer (the body says why); only a peer that cannot be reached gives an error."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as res:
+            status, raw = res.status, res.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError as exc:
+        return None, {}, str(exc)[:200]
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {}
+    return status, body if isinstance(body, dict) else {}, None
+
+
 def peer_fenced_by_http(peer_urls: dict[str, str], timeout: float = 0.5) -> PeerFenced:
     """A PeerFenced that asks the peer's /ready: fenced (or not primary) in an epoch >= ours."""
     def ask(peer: str, epoch: int) -> bool:
         url = peer_urls.get(peer)
         if not url:
             return False
+        _status, body, _error = ask_ready(url, timeout)
         try:
-            with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as res:
-                body = json.loads(res.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                body = json.loads(exc.read())
-            except ValueError:
-                return False
-        except (OSError, ValueError):
+            newer = int(body.get("epoch") or 0) >= epoch
+        except (TypeError, ValueError):
             return False
-        return (isinstance(body, dict) and int(body.get("epoch") or 0) >= epoch
-                and (body.get("fenced") is True or body.get("role") != "primary"))
+        return newer and (body.get("fenced") is True or body.get("role") != "primary")
     return ask

@@ -5,15 +5,13 @@ healthy standby, 503 otherwise, always with the JSON that says why.
 """
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import heartbeat
+from .node import ask_ready
 from .runtime import Runtime
 from .storage import StorageUnavailable
 
@@ -111,13 +109,10 @@ def peer_ready(node: str):
     url = _rt().settings.peer_urls().get(node)
     if url is None:
         return jsonify({"error": f"{node[:64]!r} is not a configured peer"}), 404
-    try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=2) as res:
-            return jsonify({"node": node, "ready": res.status == 200, "status": res.status})
-    except urllib.error.HTTPError as exc:
-        return jsonify({"node": node, "ready": False, "status": exc.code})
-    except OSError as exc:
-        return jsonify({"node": node, "ready": False, "status": None, "error": str(exc)[:200]})
+    status, _body, error = ask_ready(url, timeout=2)
+    if error is not None:
+        return jsonify({"node": node, "ready": False, "status": None, "error": error})
+    return jsonify({"node": node, "ready": status == 200, "status": status})
 
 
 @bp.get("/primary")
