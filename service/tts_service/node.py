@@ -91,6 +91,7 @@ class NodeView:
         self._takeover: tuple[int, float] | None = None   # (epoch, monotonic time first seen as its primary)
         self._handed_over = 0                             # newest epoch whose handover is complete
         self._peer_asked_at = float("-inf")
+        self._confirmed = False                           # the old primary said it is fenced
         self._lock = threading.Lock()
         self._state: ClusterState | None = None
         self._read_at = float("-inf")    # monotonic time of the last successful read
@@ -127,12 +128,14 @@ class NodeView:
             return 0.0
         now = time.monotonic()
         if self._takeover is None or self._takeover[0] != state.epoch:
-            self._takeover = (state.epoch, now)
-        left = self._takeover[1] + self.max_age_s + self.cache_s - now
-        if left > 0 and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
+            self._takeover, self._confirmed = (state.epoch, now), False
+        if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
             self._peer_asked_at = now
-            if self.peer_fenced(state.standby, state.epoch):
-                left = 0.0
+            self._confirmed = self.peer_fenced(state.standby, state.epoch)
+        # Confirmed: the old node's other processes may still serve a cached belief read before the
+        # epoch changed, for up to cache_s. Unconfirmed: its belief expires after max_age_s.
+        wait = self.cache_s if self._confirmed else self.max_age_s + self.cache_s
+        left = self._takeover[1] + wait - now
         if left <= 0:
             self._handed_over = state.epoch
             return 0.0
