@@ -7,8 +7,6 @@ import signal
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -165,6 +163,7 @@ def test_a_storm_of_duplicates_gives_exactly_one_failover(receiver, pair, shared
     assert codes.count(200) == 200
     c = app.test_client()
     wait_for(lambda: decisions_total(c) == 200, 60, what="all 200 decided")
+    assert c.get("/health").get_json() == {"status": "ok", "notifications": 200, "unprocessed": 0}
     app.extensions["tts_receiver"].wait_idle(60)
     assert len(runs(c)["runs"]) == 1 and runs(c)["runs"][0]["result"] == "succeeded"
     assert state(shared)["epoch"] == 2
@@ -207,6 +206,31 @@ def test_notifications_stored_before_a_restart_are_acted_on_after_it(receiver, p
     assert interrupted["result"] == "interrupted" and "restarted" in interrupted["detail"]
     app.extensions["tts_receiver"].wait_idle(60)
     assert state(shared)["primary"] == "tts-b"
+
+
+def test_a_failover_killed_after_it_fenced_is_finished_after_the_restart(receiver, pair, shared, tmp_path):
+    """The receiver died half-way through failover.yml: the epoch was bumped (tts-b primary of epoch
+    2) but nothing after it ran. The restarted receiver runs failover.yml once more to tts-b."""
+    nodes, _ = pair
+    kill_node(nodes["tts-a"])
+    assert cluster_cli(shared, "promote", "tts-b", "--expect-epoch", "1").returncode == 0
+    from tts_service.receiver.store import Store
+    store = Store(tmp_path / "receiver.db")
+    killed = store.start_run(store.add_decision(None, "TTSNodeDown", "tts-a", "firing", 1, "failover", "tts-b",
+                                                "the run the crash interrupted"), "failover.yml", "tts-b", 1)
+    app = receiver()                                      # the restart
+    c = app.test_client()
+    app.extensions["tts_receiver"].wait_idle(60)
+    by_id = {r["id"]: r for r in runs(c)["runs"]}
+    assert by_id[killed]["result"] == "interrupted"
+    finished = [r for r in by_id.values() if r["id"] != killed]
+    assert len(finished) == 1 and finished[0]["epoch_before"] == 2 and finished[0]["result"] == "succeeded"
+    assert "finishing the interrupted failover.yml" in finished[0]["reason"]
+    assert state(shared)["primary"] == "tts-b" and state(shared)["epoch"] == 3
+    # The alert that started it, repeated, now names the standby: nothing more happens.
+    post(c, notification())
+    wait_for(lambda: runs(c)["decisions"][0]["alert"] == "TTSNodeDown", 10, what="the repeat decided")
+    assert runs(c)["decisions"][0]["action"] == "none" and len(runs(c)["runs"]) == 2
 
 
 def test_metrics_count_decisions_and_runs(receiver):

@@ -1,8 +1,8 @@
 """Every branch of the failover decision, with the sentence it gives."""
 import pytest
 
-from tts_service.receiver.decision import (ESCALATE, FAILOVER, NONE, REJOIN, Alert, Cluster, History, Probes,
-                                           decide)
+from tts_service.receiver.decision import (ESCALATE, FAILOVER, NONE, REJOIN, Alert, Cluster, History,
+                                           Interrupted, Probes, decide, finish_interrupted)
 
 CLUSTER = Cluster(epoch=3, primary="tts-a", standby="tts-b")
 HEALTHY_WITNESS = Probes(standby_ready=True, standby_sees_primary_ready=False)
@@ -113,3 +113,35 @@ def test_a_failed_rejoin_is_escalated_not_looped():
 def test_decisions_serialise_for_the_run_history():
     assert run(down()).to_dict() == {"action": "failover", "reason": run(down()).reason, "target": "tts-b",
                                      "expect_epoch": 3}
+
+
+# ---- a run the previous receiver process left unfinished ----
+
+KILLED = Interrupted(run_id=7, playbook="failover.yml", target="tts-b", epoch_before=3)
+
+
+def test_an_interrupted_failover_that_had_not_fenced_starts_again_from_the_same_epoch():
+    d = finish_interrupted(KILLED, CLUSTER)
+    assert (d.action, d.target, d.expect_epoch) == (FAILOVER, "tts-b", 3)
+    assert "had not fenced epoch 3 yet" in d.reason
+
+
+def test_an_interrupted_failover_that_had_fenced_is_finished_with_one_more_epoch():
+    d = finish_interrupted(KILLED, Cluster(epoch=4, primary="tts-b", standby="tts-a"))
+    assert (d.action, d.target, d.expect_epoch) == (FAILOVER, "tts-b", 4)
+    assert "finishing the interrupted failover.yml #7" in d.reason
+
+
+def test_an_interrupted_failover_overtaken_by_events_is_left_alone():
+    d = finish_interrupted(KILLED, Cluster(epoch=6, primary="tts-a", standby="tts-b"))
+    assert d.action == NONE and "moved on" in d.reason
+
+
+def test_an_interrupted_failover_without_the_cluster_state_goes_to_the_operators():
+    d = finish_interrupted(KILLED, None)
+    assert d.action == ESCALATE and "acting blind" in d.reason
+
+
+def test_an_interrupted_rejoin_is_left_to_its_alert():
+    d = finish_interrupted(Interrupted(8, "rejoin.yml", "tts-a", 3), CLUSTER)
+    assert d.action == NONE and "its alert starts it again" in d.reason

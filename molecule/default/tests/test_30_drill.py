@@ -5,47 +5,12 @@ naming the step, the TTSDrillFailed alert, and leaves the primary serving. Runs 
     TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX= .venv/bin/pytest -s molecule/default/tests/test_30_drill.py
 """
 import json
-import os
-import subprocess
-import time
 
 import requests
 
-SUBNET = os.environ.get("TTS_TEST_SUBNET", "10.89.61")
-PREFIX = os.environ.get("TTS_TEST_PREFIX", "mol-")
-VIP = f"http://{SUBNET}.100"
-RECEIVER = f"http://{SUBNET}.10:9095"
-PROMETHEUS = f"http://{SUBNET}.10:9090"
-ALERTMANAGER = f"http://{SUBNET}.10:9093"
-NODES = {"tts-a": f"http://{SUBNET}.11:8000", "tts-b": f"http://{SUBNET}.12:8000"}
-DRILLS = "/export/shared/tts/drills"
+from lab import NODES, PREFIX, SHARED, VIP, cluster_state, firing, on, podman, prometheus_value, wait, wait_pair_settled
 
-
-def podman(*args, timeout=60):
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def on(node, command):
-    out = podman("exec", PREFIX + node, "bash", "-c", command)
-    assert out.returncode == 0, f"{node}: {command}: {out.stderr}"
-    return out.stdout
-
-
-def cluster_state():
-    return json.loads(on("nas", "cat /export/shared/tts/cluster/state.json"))
-
-
-def wait(predicate, timeout, what, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (requests.RequestException, ValueError, KeyError, AssertionError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+DRILLS = f"{SHARED}/drills"
 
 
 def reports():
@@ -63,28 +28,8 @@ def drill(mode="switchover"):
     return out.returncode, out.stdout + out.stderr, report, markdown
 
 
-def prometheus_value(query):
-    result = requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
-    return float(result[0]["value"][1]) if result else None
-
-
-def firing(alertname):
-    alerts = requests.get(f"{ALERTMANAGER}/api/v2/alerts", params={"filter": f'alertname="{alertname}"'},
-                          timeout=5).json()
-    return [a for a in alerts if a["status"]["state"] == "active"]
-
-
-def wait_pair_settled():
-    wait(lambda: all(requests.get(f"{url}/ready", timeout=2).status_code == 200 for url in NODES.values()), 120,
-         "both nodes ready")
-    wait(lambda: not [r for r in requests.get(f"{RECEIVER}/runs", timeout=5).json()["runs"]
-                      if r["result"] == "running" or (r["playbook"] == "failover.yml" and r["ended_at"]
-                                                      and time.time() - r["ended_at"] < 65)],
-         150, "the receiver idle and out of its failover cooldown", interval=2)
-
-
 def test_a_scheduled_switchover_drill_succeeds_and_is_reported():
-    wait_pair_settled()
+    wait_pair_settled(quiet_s=65)
     state = cluster_state()
     rc, output, report, markdown = drill("switchover")
     assert rc == 0, output[-3000:]
@@ -104,7 +49,7 @@ def test_a_scheduled_switchover_drill_succeeds_and_is_reported():
 
 
 def test_a_drill_with_the_standby_stopped_fails_alerts_and_leaves_the_primary_serving():
-    wait_pair_settled()
+    wait_pair_settled(quiet_s=65)
     state = cluster_state()
     standby = state["standby"]
     on(standby, "systemctl stop tts-web tts-worker")

@@ -76,7 +76,8 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
 
     @app.get("/health")
     def health():
-        return jsonify({"status": "ok", "notifications": store.count_notifications()})
+        return jsonify({"status": "ok", "notifications": store.count_notifications(),
+                        "unprocessed": store.count_unprocessed()})
 
     @app.get("/metrics")
     def metrics():
@@ -109,6 +110,9 @@ class _Collector:
         c = CounterMetricFamily("tts_receiver_notifications", "Notifications stored")
         c.add_metric([], self.store.count_notifications())
         yield c
+        g = GaugeMetricFamily("tts_receiver_notifications_unprocessed", "Notifications stored, not yet decided on")
+        g.add_metric([], self.store.count_unprocessed())
+        yield g
         duration = self.store.last_failover_duration()
         if duration is not None:
             g = GaugeMetricFamily("tts_receiver_last_failover_seconds", "Duration of the last successful failover.yml")

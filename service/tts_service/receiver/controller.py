@@ -109,10 +109,10 @@ class Controller:
     # ---- lifecycle ----
 
     def start(self) -> "Controller":
-        interrupted = self.store.mark_interrupted()
-        if interrupted:
-            log.warning("%d run(s) were interrupted by a restart; marked so", interrupted)
-            self.notify({"event": "runs_interrupted", "count": interrupted})
+        for run in self.store.mark_interrupted():
+            log.warning("%s #%d was interrupted by a restart; marked so", run["playbook"], run["id"])
+            self.notify({"event": "run_interrupted", "playbook": run["playbook"], "target": run["target"]})
+            self.finish_interrupted(run)
         threading.Thread(target=self._loop, name="receiver-loop", daemon=True).start()
         self._wake.set()
         return self
@@ -166,6 +166,22 @@ class Controller:
             self._start_run(decision_id, decision, epoch)
         elif decision.action == d.ESCALATE:
             self.notify({"event": "escalation", "alert": alert.name, "node": alert.node, "reason": decision.reason})
+        return decision
+
+    def finish_interrupted(self, run: dict) -> d.Decision:
+        """Decide (and start, before any notification is looked at) what an interrupted run needs."""
+        cluster = self._cluster()
+        decision = d.finish_interrupted(d.Interrupted(run["id"], run["playbook"], run["target"], run["epoch_before"]),
+                                        cluster)
+        decision_id = self.store.add_decision(None, "ReceiverRestarted", run["target"] or "-", "firing",
+                                              cluster.epoch if cluster else None, decision.action, decision.target,
+                                              decision.reason)
+        log.info("after a restart: %s", decision.reason)
+        if decision.action in PLAYBOOKS:
+            self._start_run(decision_id, decision, cluster.epoch if cluster else None)
+        elif decision.action == d.ESCALATE:
+            self.notify({"event": "escalation", "alert": "ReceiverRestarted", "node": run["target"],
+                         "reason": decision.reason})
         return decision
 
     def _cluster(self) -> d.Cluster | None:

@@ -198,6 +198,42 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Interrupted:
+    """A playbook run that was in progress when the receiver stopped (killed, host rebooted)."""
+    run_id: int
+    playbook: str
+    target: str | None
+    epoch_before: int | None
+
+
+def finish_interrupted(run: Interrupted, cluster: Cluster | None) -> Decision:
+    """What to do, at start-up, about a run the previous receiver process left unfinished.
+
+    A failover killed half-way may have fenced the old primary (bumped the epoch) without promoting
+    Redis or switching nginx; nothing else would finish it, since the alert that started it now names
+    a node that is no longer the primary. failover.yml is therefore run again to the same target:
+    from the same epoch if it had not fenced yet, or from the epoch it made (one more bump) if it had.
+    """
+    name = f"{run.playbook} #{run.run_id}"
+    if run.playbook != "failover.yml":
+        return Decision(NONE, f"{name} was interrupted by a restart; not repeating it: its alert starts it "
+                              "again if the node still needs it")
+    if cluster is None:
+        return Decision(ESCALATE, f"{name} to {run.target} was interrupted by a restart and the cluster state "
+                                  "cannot be read now: telling the operators rather than acting blind")
+    if cluster.epoch == run.epoch_before and cluster.primary != run.target:
+        return Decision(FAILOVER, f"starting the interrupted {name} to {run.target} again: it had not fenced "
+                                  f"epoch {cluster.epoch} yet", target=run.target, expect_epoch=cluster.epoch)
+    if run.epoch_before is not None and cluster.epoch == run.epoch_before + 1 and cluster.primary == run.target:
+        return Decision(FAILOVER, f"finishing the interrupted {name}: it fenced epoch {run.epoch_before} and made "
+                                  f"{run.target} primary, but Redis, nginx and the VIP may not follow yet; "
+                                  "running failover.yml once more (one more epoch)",
+                        target=run.target, expect_epoch=cluster.epoch)
+    return Decision(NONE, f"{name} was interrupted, but the cluster has moved on since (epoch {cluster.epoch}, "
+                          f"primary {cluster.primary}): nothing to finish")
+
+
 def decide(alert: Alert, cluster: Cluster, probes: Probes, history: History, cooldown_s: float) -> Decision:
     inputs = Inputs(alert, cluster, probes, history, cooldown_s)
     for rule in RULES:

@@ -83,9 +83,12 @@ class Store:
     def count_notifications(self) -> int:
         return int(self._rows("SELECT COUNT(*) AS n FROM notifications")[0]["n"])
 
+    def count_unprocessed(self) -> int:
+        return int(self._rows("SELECT COUNT(*) AS n FROM notifications WHERE processed_at IS NULL")[0]["n"])
+
     # ---- decisions ----
 
-    def add_decision(self, notification_id: int, alert: str, node: str, alert_status: str, epoch: int | None,
+    def add_decision(self, notification_id: int | None, alert: str, node: str, alert_status: str, epoch: int | None,
                      action: str, target: str | None, reason: str) -> int:
         cur = self._exec("INSERT INTO decisions (notification_id, decided_at, alert, node, alert_status, epoch, "
                          "action, target, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -106,11 +109,13 @@ class Store:
         self._exec("UPDATE runs SET ended_at = ?, result = ?, detail = ? WHERE id = ?",
                    (time.time(), result, detail[-4000:], run_id))
 
-    def mark_interrupted(self) -> int:
-        cur = self._exec("UPDATE runs SET result = 'interrupted', ended_at = ?, detail = "
-                         "'the receiver restarted while this run was in progress' WHERE result = 'running'",
-                         (time.time(),))
-        return cur.rowcount
+    def mark_interrupted(self) -> list[dict]:
+        """Runs a previous process left `running`: marked `interrupted` and returned."""
+        rows = self._rows("SELECT * FROM runs WHERE result = 'running' ORDER BY id")
+        self._exec("UPDATE runs SET result = 'interrupted', ended_at = ?, detail = "
+                   "'the receiver restarted while this run was in progress' WHERE result = 'running'",
+                   (time.time(),))
+        return rows
 
     def running(self) -> dict | None:
         rows = self._rows("SELECT * FROM runs WHERE result = 'running' ORDER BY id DESC LIMIT 1")
@@ -130,10 +135,11 @@ class Store:
         """What decide() needs to know about the past."""
         ok = self._rows("SELECT epoch_before, ended_at FROM runs WHERE playbook = 'failover.yml' "
                         "AND result = 'succeeded' ORDER BY id")
-        bad = self._rows("SELECT epoch_before FROM runs WHERE playbook = 'failover.yml' "
-                         "AND result IN ('failed', 'interrupted')")
+        # An interrupted run is not a failed one: a failover is finished at start-up
+        # (decision.finish_interrupted), a rejoin started again by its alert.
+        bad = self._rows("SELECT epoch_before FROM runs WHERE playbook = 'failover.yml' AND result = 'failed'")
         rejoin_bad = self._rows("SELECT target, epoch_before FROM runs WHERE playbook = 'rejoin.yml' "
-                                "AND result IN ('failed', 'interrupted')")
+                                "AND result = 'failed'")
         return {
             "failover_epochs": frozenset(r["epoch_before"] for r in ok),
             "last_failover_at": ok[-1]["ended_at"] if ok else None,

@@ -1,0 +1,203 @@
+"""What the suites after test_10_pair share: the pair's addresses, commands inside its containers,
+the cluster state, the receiver's history, waiting on real events, the double-primary watcher and
+the faults CONTRACTS.md defines. Molecule's pair by default; the lab with
+    TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX=
+"""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import requests
+
+SUBNET = os.environ.get("TTS_TEST_SUBNET", "10.89.61")
+PREFIX = os.environ.get("TTS_TEST_PREFIX", "mol-")
+ADDRESS = {"nas": f"{SUBNET}.5", "ctl": f"{SUBNET}.10", "tts-a": f"{SUBNET}.11", "tts-b": f"{SUBNET}.12"}
+VIP = f"http://{SUBNET}.100"
+RECEIVER = f"http://{SUBNET}.10:9095"
+PROMETHEUS = f"http://{SUBNET}.10:9090"
+ALERTMANAGER = f"http://{SUBNET}.10:9093"
+NODES = {"tts-a": f"http://{SUBNET}.11:8000", "tts-b": f"http://{SUBNET}.12:8000"}
+SHARED = "/export/shared/tts"            # on the nas container
+COOLDOWN_S = 30                          # alert_receiver_cooldown
+
+# "App killed" (CONTRACTS.md): kill -9 of the app's processes and the units kept from restarting
+# (a runtime drop-in; `systemctl mask --runtime` cannot override units that live in /etc).
+APP_KILLED = ("for u in tts-web tts-worker; do mkdir -p /run/systemd/system/$u.service.d; "
+              "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/$u.service.d/fault.conf; done; "
+              "systemctl daemon-reload; systemctl kill --signal=SIGKILL tts-web tts-worker")
+APP_BACK = ("rm -rf /run/systemd/system/tts-web.service.d /run/systemd/system/tts-worker.service.d; "
+            "systemctl daemon-reload; systemctl reset-failed tts-web tts-worker; systemctl start tts-worker tts-web")
+
+
+def podman(*args, check=False, timeout=60):
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def on(node, command, timeout=60):
+    out = podman("exec", PREFIX + node, "bash", "-c", command, timeout=timeout)
+    assert out.returncode == 0, f"{node}: {command}: {out.stderr}"
+    return out.stdout
+
+
+def cluster_state():
+    return json.loads(on("nas", f"cat {SHARED}/cluster/state.json"))
+
+
+def redis_cli(node, args):
+    return on(node, "REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) "
+                    f"redis-cli -p 6379 {args}").strip()
+
+
+def redis_hget(node, key, field):
+    return redis_cli(node, f"HGET {key} {field}")
+
+
+def holds_within(predicate, timeout, interval=1):
+    """Like wait(), but answers False instead of failing."""
+    try:
+        return wait(predicate, timeout, "", interval)
+    except AssertionError:
+        return False
+
+
+def wait(predicate, timeout, what, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (requests.RequestException, ValueError, KeyError, AssertionError):
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def receiver(path="/runs"):
+    return requests.get(f"{RECEIVER}{path}", timeout=5).json()
+
+
+def receiver_runs():
+    return receiver()["runs"]
+
+
+def new_run(before_ids, playbook, target, finished=True):
+    for run in receiver_runs():
+        if run["id"] not in before_ids and run["playbook"] == playbook and run["target"] == target \
+                and (run["result"] != "running" or not finished):
+            return run
+    return None
+
+
+def prometheus_value(query):
+    result = requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def firing(alertname):
+    alerts = requests.get(f"{ALERTMANAGER}/api/v2/alerts", params={"filter": f'alertname="{alertname}"'},
+                          timeout=5).json()
+    return [a for a in alerts if a["status"]["state"] == "active"]
+
+
+def ready(node):
+    res = requests.get(f"{NODES[node]}/ready", timeout=2)
+    return res.status_code, res.json()
+
+
+def pair_in_role():
+    """Both nodes serve their roles and agree with the cluster state."""
+    state = cluster_state()
+    return (requests.get(f"{NODES[state['primary']]}/primary", timeout=2).status_code == 200
+            and requests.get(f"{NODES[state['standby']]}/standby", timeout=2).status_code == 200)
+
+
+def wait_pair_settled(quiet_s=COOLDOWN_S + 5):
+    """A healthy pair, the receiver idle and its last failover at least quiet_s ago (out of its
+    cooldown by default; a drill's preflight wants 60 s)."""
+    wait(pair_in_role, 150, "both nodes in their roles", interval=1)
+
+    def idle():
+        runs = receiver_runs()
+        if any(r["result"] == "running" for r in runs):
+            return False
+        ended = [r["ended_at"] for r in runs if r["playbook"] == "failover.yml" and r["ended_at"]]
+        return not ended or time.time() - max(ended) > quiet_s
+    wait(idle, 150, "the receiver idle and out of its failover cooldown", interval=1)
+
+
+class RoleWatcher(threading.Thread):
+    """Polls both nodes' /ready; records any moment both say role primary and fenced false."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.double_primary = []
+        self.samples = 0
+
+    def run(self):
+        while not self.stop.is_set():
+            primaries = []
+            for node, url in NODES.items():
+                try:
+                    body = requests.get(f"{url}/ready", timeout=0.5).json()
+                    if body.get("role") == "primary" and body.get("fenced") is False:
+                        primaries.append(node)
+                except (requests.RequestException, ValueError):
+                    pass
+            self.samples += 1
+            if len(primaries) > 1:
+                self.double_primary.append(time.time())
+            self.stop.wait(0.2)
+
+    def finish(self):
+        self.stop.set()
+        self.join(5)
+        assert self.samples > 10
+        assert self.double_primary == [], "both nodes acted as unfenced primary at the same time"
+
+
+def script(turns):
+    return "\n".join(f"Speaker {i % 2 + 1}: This is line {i + 1}, short and clear." for i in range(turns))
+
+
+def start_job(session, turns, before_fault=3, url=VIP):
+    res = session.post(f"{url}/api/jobs", json={"script": script(turns)}, timeout=10)
+    assert res.status_code == 202, res.text
+    job_id = res.json()["id"]
+    wait(lambda: session.get(f"{url}/api/jobs/{job_id}", timeout=3).json()["segments_done"] >= before_fault, 60,
+         f"{before_fault} segments before the fault")
+    return job_id
+
+
+def job_segments(job_id):
+    """Segment files of a job on shared storage: [(index, epoch)]."""
+    names = on("nas", f"ls {SHARED}/jobs/{job_id}/segments").split()
+    return [(int(n.split(".")[0]), int(n.split(".")[1])) for n in names if n.endswith(".wav")]
+
+
+def wait_job_done(session, job_id, turns, timeout=240, url=VIP):
+    """The job finished with every segment exactly once on storage; returns the job."""
+    job = wait(lambda: (j := session.get(f"{url}/api/jobs/{job_id}", timeout=3).json())["status"] in
+               ("done", "failed", "cancelled") and j, timeout, f"job {job_id} to finish", interval=0.5)
+    assert job["status"] == "done" and job["segments_done"] == turns, job
+    indexes = sorted(i for i, _ in job_segments(job_id))
+    assert indexes == list(range(turns)), indexes
+    return job
+
+
+def follow_rejoin(node, runs_before, timeout=150):
+    run = wait(lambda: new_run(runs_before, "rejoin.yml", node), timeout, f"rejoin.yml for {node}", interval=0.5)
+    assert run["result"] == "succeeded", run
+    wait(lambda: requests.get(f"{NODES[node]}/standby", timeout=2).status_code == 200, 60, f"{node} standby")
+    return run
+
+
+def operator_playbook(playbook, target, timeout=300):
+    """Run a playbook as an operator on ctl does (the receiver's user, key and inventory)."""
+    return on("ctl", "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
+                     "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
+                     f"/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/{playbook} "
+                     f"-e @/etc/tts-receiver/secrets.yml -e tts_target={target}", timeout=timeout)
