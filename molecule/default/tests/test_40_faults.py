@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, VIP, RoleWatcher, cluster_state,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, VIP, RoleWatcher, cluster_state,
                  follow_rejoin, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, start_job, wait, wait_job_done,
                  wait_pair_settled)
@@ -98,6 +98,42 @@ def case(request):
     yield make
     for c in made:
         c.watcher.finish()
+
+
+def reachable(from_node, address, port):
+    """A TCP connection from inside one container (bash's /dev/tcp; a reset or a timeout is False)."""
+    return podman("exec", PREFIX + from_node, "timeout", "3", "bash", "-c",
+                  f"echo > /dev/tcp/{address}/{port}").returncode == 0
+
+
+def test_00_hardening_redis_and_monitoring_apis_only_for_those_who_need_them():
+    # Redis: the pair only (replication), and a password even then.
+    for node, peer in (("tts-a", "tts-b"), ("tts-b", "tts-a")):
+        assert reachable(peer, ADDRESS[node], 6379)
+        for outsider in ("nas", "ctl"):
+            assert not reachable(outsider, ADDRESS[node], 6379), f"{outsider} reaches Redis on {node}"
+        assert "NOAUTH" in on(node, "redis-cli -p 6379 PING 2>&1")
+    # Prometheus and Alertmanager: ctl, the pair and the lab's host; not the NAS (anyone who can post
+    # to Alertmanager could forge a TTSNodeDown).
+    for port in (9090, 9093):
+        assert not reachable("nas", ADDRESS["ctl"], port), f"the NAS reaches ctl:{port}"
+        assert reachable("tts-a", ADDRESS["ctl"], port)
+    assert requests.get(f"{ALERTMANAGER}/api/v2/status", timeout=5).status_code == 200
+    # The services run unprivileged and cannot gain privileges or write the system.
+    units = {"tts-a": ["tts-web", "tts-worker"], "tts-b": ["tts-web", "tts-worker"], "ctl": ["tts-receiver"]}
+    for node, names in units.items():
+        for unit in names:
+            props = dict(line.split("=", 1) for line in
+                         on(node, f"systemctl show {unit} -p User -p NoNewPrivileges -p ProtectSystem").split())
+            assert props["User"] not in ("", "root") and props["NoNewPrivileges"] == "yes" \
+                and props["ProtectSystem"] in ("full", "strict"), (node, unit, props)
+    # nginx refuses bodies over its limit itself, with a JSON error.
+    res = requests.post(f"{VIP}/api/jobs", data=b"x" * (3 * 1024 * 1024), timeout=10,
+                        headers={"Content-Type": "application/json"})
+    assert res.status_code == 413 and res.json()["error"], res.text[:200]
+    note("hardening", "Redis only from the peer (reset for ctl and the NAS), NOAUTH without the password; "
+                      "Prometheus/Alertmanager refused to the NAS; units unprivileged, NoNewPrivileges, "
+                      "ProtectSystem; nginx 413 JSON over 2 MiB")
 
 
 def test_05_unauthenticated_wrong_token_and_malformed_webhooks_run_nothing(case):
@@ -442,6 +478,34 @@ def recover_by_hand(c, state):
         operator_playbook("rejoin.yml", state["standby"])
     wait(pair_in_role, 120, "the pair in role after the operators' step", interval=1)
     c.finish_job(cluster_state()["primary"])
+
+
+def deadman(node):
+    res = requests.get(f"http://{ADDRESS[node]}:9097/status", timeout=3)
+    return res.status_code, res.json()
+
+
+def test_13_ctl_lost_the_pair_keeps_serving_and_its_watchdog_goes_silent(case):
+    c = case()
+    wait(lambda: all(deadman(node)[1]["watchdog"] == "arriving" for node in NODES), 90, "the Watchdog arriving on both nodes", interval=2)
+    podman("kill", PREFIX + "ctl", check=True)
+    lost_at = time.time()
+    try:
+        c.finish_job(c.primary)                                   # through the VIP, without ctl
+        second = start_job(c.session, 2, before_fault=0)
+        wait_job_done(c.session, second, 2)
+        assert pair_in_role()
+        silent = {node: wait(lambda n=node: (s := deadman(n))[0] == 503 and s[1], 120,
+                             f"{node}'s dead-man's switch to go off", interval=2) for node in NODES}
+        took = time.time() - lost_at
+        assert all("Failing over by hand" in body["reason"] for body in silent.values()), silent
+    finally:
+        podman("start", PREFIX + "ctl", check=True)
+    wait(lambda: receiver("/health"), 180, "the receiver back", interval=2)
+    wait(lambda: all(deadman(node)[0] == 200 for node in NODES), 120, "the Watchdog back", interval=2)
+    wait(lambda: prometheus_value('up{job="tts_receiver"}') == 1.0, 120, "Prometheus scraping again", interval=2)
+    note("13 ctl lost", f"pair kept serving (job finished, a new one done, both in role); both nodes' "
+                        f"dead-man's switch went off {took:.0f} s after the loss; all back after ctl restarted")
 
 
 @pytest.fixture(scope="module", autouse=True)
