@@ -67,6 +67,9 @@ class Settings:
     lease_s: float = field(default_factory=lambda: _float("TTS_LEASE_SECONDS", 6.0))
     # Every access to shared storage gives up after this long (a hung NAS must not hang us).
     storage_timeout_s: float = field(default_factory=lambda: _float("TTS_STORAGE_TIMEOUT", 3.0))
+    # The small reads on the request path (cluster state, free space for /ready) give up sooner, so
+    # that /ready answers "storage unavailable" within a probe's timeout instead of timing out itself.
+    state_timeout_s: float = field(default_factory=lambda: _float("TTS_STATE_TIMEOUT", 0.8))
     # A node that has not read the cluster state for this long is fenced.
     state_max_age_s: float = field(default_factory=lambda: _float("TTS_STATE_MAX_AGE", 5.0))
     # Below this much free space on shared storage the node is not ready and jobs wait.

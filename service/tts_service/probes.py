@@ -51,7 +51,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         checks["state"] = False
 
     try:
-        free = rt.storage.free_bytes()
+        free = rt.state_storage.free_bytes()
         checks["storage"] = free >= settings.storage_min_free_bytes
         if not checks["storage"]:
             reasons.append(f"shared storage has only {free} bytes free")

@@ -18,6 +18,7 @@ from .storage import Storage
 class Runtime:
     settings: Settings
     storage: Storage
+    state_storage: Storage     # the same mount with the short timeout of the request path
     cluster: Cluster
     node: NodeView
     redis: redis.Redis
@@ -29,12 +30,14 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
         storage = Storage(settings.shared_dir, timeout=settings.storage_timeout_s)
-        cluster = Cluster(storage, settings.cluster_dir)
+        state_storage = Storage(settings.shared_dir, timeout=settings.state_timeout_s)
+        cluster = Cluster(state_storage, settings.cluster_dir)
         r = connect(settings.redis_url)
         files = JobFiles(storage, settings.jobs_dir)
         return cls(
             settings=settings,
             storage=storage,
+            state_storage=state_storage,
             cluster=cluster,
             node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s,
                           peer_fenced=peer_fenced_by_http({n: u for n, u in settings.peer_urls().items()

@@ -430,6 +430,31 @@ def test_10b_storage_lost_by_both_nodes_pauses_jobs_without_a_failover(case):
                                            f"{paused['segments_done']} segments, finished after the NAS returned")
 
 
+def test_11_storage_full_gives_a_clear_error_no_corrupt_segment_and_recovers(case):
+    c = case()
+    on("nas", "dd if=/dev/zero of=/export/filler bs=1M 2>/dev/null || true")     # the NAS's last byte
+    try:
+        job = wait(lambda: (j := c.job_on(c.primary))["error"] and j, 60, "an error on the job", interval=0.5)
+        assert "full" in job["error"] and job["status"] in ("running", "queued"), job
+        code, body = wait(lambda: (r := requests.get(f"{NODES[c.primary]}/ready", timeout=3)).status_code == 503
+                          and (r.status_code, r.json()), 30, "the primary not ready")
+        assert body["checks"]["storage"] is False, body
+        stuck = c.job_on(c.primary)["segments_done"]
+        time.sleep(8)
+        assert c.job_on(c.primary)["segments_done"] == stuck
+        assert runs_since(c.runs_before, "failover.yml") == []
+    finally:
+        on("nas", "rm -f /export/filler")
+    done = c.finish_job(c.primary)
+    assert done["error"] in ("", None), done
+    # Every segment on storage is a whole WAV file (commits are write-then-link: no torn segment).
+    frames = on(c.primary, "python3 -c 'import glob, wave; print(*[wave.open(f).getnframes() for f in "
+                           f"sorted(glob.glob(\"/mnt/nas/tts/jobs/{c.job}/segments/*.wav\"))])'").split()
+    assert len(frames) == TURNS and all(int(n) > 0 for n in frames), frames
+    note("11 storage full", f"job error {job['error']!r}; /ready: {body['reason']}; paused at {stuck} segments; "
+                            f"finished when space returned, every segment a whole WAV")
+
+
 def operators_log_since(t):
     lines = on("ctl", "cat /var/log/tts-operators.log 2>/dev/null || true").splitlines()
     out = []
