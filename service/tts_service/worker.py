@@ -202,11 +202,20 @@ class Worker:
             self.stopping.wait(2.0)
             return f"paused {job_id} because {exc}"
         except StorageUnavailable as exc:
-            self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
+            if self._storage_full():   # a NAS reached over sftp reports a full disk as a failed write
+                self._note_error(job_id, "shared storage is full; the job continues when space returns")
+            else:
+                self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
             self.stopping.wait(2.0)
             return f"paused {job_id} because {exc}"
         finally:
             self.current_job = None
+
+    def _storage_full(self) -> bool:
+        try:
+            return self.rt.storage.free_bytes() < self.settings.storage_min_free_bytes
+        except (StorageUnavailable, OSError):
+            return False
 
     def _note_error(self, job_id: str, message: str) -> None:
         try:

@@ -17,7 +17,8 @@ class Sink(BaseHTTPRequestHandler):
             data = json.loads(body)
             line = {"received_at": time.time(), "status": data.get("status"),
                     "alerts": [{"name": a.get("labels", {}).get("alertname"), "node": a.get("labels", {}).get("node"),
-                                "status": a.get("status")} for a in data.get("alerts", [])]}
+                                "status": a.get("status"), "annotations": a.get("annotations", {})}
+                               for a in data.get("alerts", [])]}
         except (ValueError, AttributeError):
             line = {"received_at": time.time(), "malformed": body[:200].decode(errors="replace")}
         with open(LOG, "a") as fh:
