@@ -145,3 +145,13 @@ def test_an_interrupted_failover_without_the_cluster_state_goes_to_the_operators
 def test_an_interrupted_rejoin_is_left_to_its_alert():
     d = finish_interrupted(Interrupted(8, "rejoin.yml", "tts-a", 3), CLUSTER)
     assert d.action == NONE and "its alert starts it again" in d.reason
+
+
+def test_a_node_cut_off_from_shared_storage_is_not_rejoined_but_reported():
+    d = run(not_in_role(), probes=Probes(node_in_role=False, node_storage_ok=False))
+    assert d.action == ESCALATE and "cannot reach the shared storage" in d.reason
+
+
+def test_a_node_with_storage_but_not_in_role_is_rejoined():
+    d = run(not_in_role(), probes=Probes(node_in_role=False, node_storage_ok=True))
+    assert d.action == REJOIN and d.target == "tts-b"

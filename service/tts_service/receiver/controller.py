@@ -78,6 +78,8 @@ class LazyProbes:
                     self._cache[key] = bool(body.get("ready")) if code == 200 else None
                 else:
                     self._cache[key] = code == 200
+                    storage = body.get("checks", {}).get("storage") if isinstance(body.get("checks"), dict) else None
+                    self._cache[f"{key}:storage"] = storage if isinstance(storage, bool) else None
         return self._cache[key]
 
     @property
@@ -91,6 +93,11 @@ class LazyProbes:
     @property
     def node_in_role(self) -> bool | None:
         return self._ask("in_role", lambda: (self._alert.node, "/ready"))
+
+    @property
+    def node_storage_ok(self) -> bool | None:
+        _ = self.node_in_role                               # one /ready answers both
+        return self._cache.get("in_role:storage")
 
 
 class Controller:

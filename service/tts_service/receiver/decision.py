@@ -37,6 +37,7 @@ class Probes:
     standby_ready: bool | None = None                 # the standby's own /standby answered 200
     standby_sees_primary_ready: bool | None = None    # the standby reached the primary's /ready = 200
     node_in_role: bool | None = None                  # for a rejoin: the node's /ready answers 200 now
+    node_storage_ok: bool | None = None               # for a rejoin: its /ready says shared storage works
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,13 @@ def _already_in_role(i: Inputs) -> Decision | None:
     return None
 
 
+def _rejoin_cannot_help(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeNotInRole" and i.probes.node_storage_ok is False:
+        return Decision(ESCALATE, f"not rejoining {i.alert.node} because it cannot reach the shared storage: a "
+                                  "rejoin would not help; telling the operators")
+    return None
+
+
 def _rejoin_failed_before(i: Inputs) -> Decision | None:
     if i.alert.name == "TTSNodeNotInRole" and (i.alert.node, i.cluster.epoch) in i.history.rejoins_failed:
         return Decision(ESCALATE, f"rejoining {i.alert.node} already failed in epoch {i.cluster.epoch}: "
@@ -194,7 +202,7 @@ RULES: tuple[Rule, ...] = (
     _resolved, _unknown_alert, _stranger, _busy,
     _down_standby, _already_failed_over, _second_failure, _cooldown, _witness_sees_primary, _standby_unfit,
     _failover,
-    _primary_not_in_role, _already_in_role, _rejoin_failed_before, _rejoin,
+    _primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before, _rejoin,
 )
 
 
