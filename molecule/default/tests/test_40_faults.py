@@ -383,9 +383,6 @@ def test_06_receiver_killed_mid_failover_finishes_it_after_its_restart(case):
                                            f"{again[0]['reason']}; one primary; job finished")
 
 
-@pytest.mark.skip(reason="open, intermittent bug seen on the lab: the primary fences itself and failover.yml "
-                         "promotes the standby, but its last step (/primary through the VIP) failed for 113 s in one "
-                         "run, until the NAS returned to the old primary (17 s in another); README, Faults")
 def test_10a_storage_lost_by_the_primary_only_fails_over_and_the_job_resumes(case):
     c = case(needs_failover=True)
     cut(c.primary, "nas")
