@@ -26,6 +26,24 @@ def wav_duration(path_or_bytes: Path | bytes) -> float:
     return frames / rate if rate else 0.0
 
 
+def check_segment(path: Path, sample_rate: int) -> int:
+    """Frames of a committed segment if it is whole and usable: a mono PCM-16 WAV at sample_rate whose
+    file holds every frame its header announces. ValueError naming the problem otherwise (a truncated
+    or damaged file, a rate left by another engine)."""
+    try:
+        info = sf.info(str(path))
+    except RuntimeError as exc:   # libsndfile: "Format not recognised", "unexpected end of file"...
+        raise ValueError(f"{path.name} is not a readable WAV: {exc}") from exc
+    if info.samplerate != sample_rate:
+        raise ValueError(f"{path.name} is {info.samplerate} Hz, expected {sample_rate}")
+    if info.channels != 1 or info.subtype != "PCM_16":
+        raise ValueError(f"{path.name} is {info.channels} channel(s) {info.subtype}, expected mono PCM_16")
+    size = path.stat().st_size
+    if size < 44 + 2 * info.frames:
+        raise ValueError(f"{path.name} is truncated: {size} bytes for {info.frames} frames")
+    return info.frames
+
+
 def concat_wavs(parts: list[Path], out_path: Path, sample_rate: int, block: int = 1 << 16) -> int:
     """Write the parts one after another into out_path (PCM 16); returns the frame count."""
     frames = 0

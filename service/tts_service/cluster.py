@@ -22,9 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .storage import Storage, StorageUnavailable
+from .storage import Storage, StorageUnavailable, link_new
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+
+
+# The longest TTL anything takes the lock with (tts-cluster lock --ttl is capped to it): an unreadable
+# lock file older than this is nobody's.
+MAX_LOCK_TTL_S = 300.0
 
 
 class ClusterError(RuntimeError):
@@ -95,18 +100,45 @@ class Cluster:
         self.storage.makedirs(self.dir)
         token = secrets.token_hex(16)
         body = json.dumps({"holder": holder, "token": token, "expires_at": time.time() + ttl_s,
-                           "taken_at": _now_iso()}).encode()
+                           "taken_at": _now_iso(), "ttl_s": ttl_s}).encode()
         if self.storage.call(_create_exclusive, self.lock_path, body):
             return token
-        current = self.lock_info()
-        if current is not None and current.get("expires_at", 0) > time.time():
-            raise LockHeld(f"the cluster lock is held by {current.get('holder')!r} "
-                           f"until {datetime.fromtimestamp(current['expires_at'], timezone.utc):%H:%M:%S}Z")
-        if current is not None:  # expired (or corrupt): break exactly that lock, then try once more
-            self.storage.call(_break_lock, self.lock_path, current.get("token"))
+        current = self._lock_file()
+        if current is None:  # released in between: one more try
+            if self.storage.call(_create_exclusive, self.lock_path, body):
+                return token
+            raise LockHeld("the cluster lock was taken by someone else just now")
+        info, age_s = current
+        if info is None:
+            # Unreadable (torn by a crash, damaged): held until the file itself is older than a TTL.
+            if age_s < ttl_s:
+                raise LockHeld(f"the cluster lock file is unreadable and {age_s:.0f} s old: treated as held "
+                               f"until it is {ttl_s:.0f} s old")
+        elif info.get("expires_at", 0) > time.time():
+            raise LockHeld(f"the cluster lock is held by {info.get('holder')!r} "
+                           f"until {datetime.fromtimestamp(info['expires_at'], timezone.utc):%H:%M:%S}Z")
+        # Expired (or unreadable and old): break exactly that lock, then try once more.
+        self.storage.call(_break_lock, self.lock_path, info.get("token") if info else None)
         if self.storage.call(_create_exclusive, self.lock_path, body):
             return token
         raise LockHeld("the cluster lock was taken by someone else while breaking an expired one")
+
+    def renew_lock(self, token: str, ttl_s: float) -> bool:
+        """Push the expiry of the lock `token` holds to now + ttl_s; False if it does not hold it.
+        The holder's own file is replaced (temp + rename); nobody else writes a held, unexpired lock."""
+        info = self.lock_info()
+        if info is None or info.get("token") != token or info.get("expires_at", 0) <= time.time():
+            return False
+        info = {**info, "expires_at": time.time() + ttl_s, "ttl_s": ttl_s, "renewed_at": _now_iso()}
+        self.storage.write_replace(self.lock_path, json.dumps(info).encode())
+        return True
+
+    def _lock_file(self) -> tuple[dict | None, float] | None:
+        """(content or None if unreadable, age of the file in seconds by the NAS's clock); None if absent."""
+        try:
+            return self.storage.call(_read_lock, self.lock_path, self.dir)
+        except FileNotFoundError:
+            return None
 
     def release_lock(self, token: str) -> bool:
         info = self.lock_info()
@@ -115,13 +147,24 @@ class Cluster:
         self.storage.call(_break_lock, self.lock_path, token)
         return True
 
+    def lock_holder(self) -> str | None:
+        """Who holds the lock now, None if it is free. An unreadable lock file is held (by an unknown
+        holder) until it is older than the longest TTL a lock is taken with."""
+        current = self._lock_file()
+        if current is None:
+            return None
+        info, age_s = current
+        if info is None:
+            return f"an unknown holder (unreadable lock file, {age_s:.0f} s old)" if age_s < MAX_LOCK_TTL_S else None
+        return str(info.get("holder")) if info.get("expires_at", 0) > time.time() else None
+
     def lock_info(self) -> dict | None:
         try:
             return self.storage.read_json(self.lock_path)
         except FileNotFoundError:
             return None
         except json.JSONDecodeError:
-            return {"holder": "?", "token": None, "expires_at": 0}
+            return {"holder": "? (unreadable lock file)", "token": None, "expires_at": 0}
 
     @contextmanager
     def locked(self, holder: str, ttl_s: float = 60.0) -> Iterator[str]:
@@ -185,20 +228,46 @@ class Cluster:
 
 
 def _create_exclusive(path: Path, body: bytes) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    except PermissionError:
-        if os.path.exists(path):  # sshfs: a lost O_EXCL race can read as EPERM
-            return False
-        raise
+    """Create path with body, whole or not at all: the body is written and fsynced under a temporary
+    name first, then link()ed into place, which refuses an existing name. (O_EXCL + write would leave
+    an empty file visible for a moment: a concurrent acquirer read it as corrupt and broke it.)"""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, body)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return True
+    try:
+        return link_new(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
+    """The lock's content (None if unreadable) and its age, both clocks the NAS's: the lock file's mtime
+    against a probe file's mtime written just now (never this host's clock against the NAS's)."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+        mtime = os.fstat(fh.fileno()).st_mtime
+    probe = directory / f".clock-{secrets.token_hex(6)}"
+    try:
+        with open(probe, "wb"):
+            pass
+        now = os.stat(probe).st_mtime
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None, now - mtime
+    return (info if isinstance(info, dict) and info.get("token") else None), now - mtime
 
 
 def _break_lock(path: Path, expected_token: str | None) -> None:
@@ -214,7 +283,7 @@ def _break_lock(path: Path, expected_token: str | None) -> None:
             token = json.loads(fh.read() or b"{}").get("token")
     except (OSError, ValueError):
         token = None
-    if expected_token is not None and token != expected_token:
+    if token != expected_token:  # (expected None: we looked at an unreadable lock; a valid one is not it)
         try:
             os.link(aside, path)
         except OSError:

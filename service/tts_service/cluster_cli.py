@@ -6,6 +6,10 @@
                                                     compare-and-swap: epoch N -> N+1, NODE primary
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
+    tts-cluster keep-lock TOKEN --while-pid PID [--ttl S]
+                                                    renew the lock every S/3 while process PID lives;
+                                                    release it as soon as PID is gone (a playbook that
+                                                    died holds the lock for at most S/3 more)
 
 Exit codes: 0 done; 1 refused (wrong epoch, state exists, lock held); 2 storage unreachable or bad
 arguments; 3 no state yet. Output is JSON on stdout, the reason on stderr.
@@ -17,9 +21,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from .cluster import Cluster, ClusterError
+from .cluster import MAX_LOCK_TTL_S, Cluster, ClusterError
 from .storage import Storage, StorageUnavailable
 
 
@@ -43,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--ttl", type=float, default=300.0)
     unlock = sub.add_parser("unlock")
     unlock.add_argument("token")
+    keep = sub.add_parser("keep-lock")
+    keep.add_argument("token")
+    keep.add_argument("--while-pid", type=int, required=True)
+    keep.add_argument("--ttl", type=float, default=30.0)
+    keep.add_argument("--max-seconds", type=float, default=3600.0)
     return parser
 
 
@@ -63,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "promote":
             _print(cluster.promote(args.node, args.expect_epoch, args.by, lock_token=args.lock_token).to_dict())
         elif args.command == "lock":
+            if not 0 < args.ttl <= MAX_LOCK_TTL_S:
+                raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (renew a longer hold "
+                                   "with keep-lock)")
             _print({"token": cluster.acquire_lock(args.holder, args.ttl)})
         elif args.command == "unlock":
             if not cluster.release_lock(args.token):
                 print("that lock is not held (expired or taken by someone else)", file=sys.stderr)
                 return 1
             _print({"released": True})
+        elif args.command == "keep-lock":
+            _print({"ended": keep_lock(cluster, args.token, args.while_pid, args.ttl, args.max_seconds)})
     except ClusterError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
@@ -76,6 +91,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storage unavailable: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def keep_lock(cluster: Cluster, token: str, pid: int, ttl_s: float, max_s: float) -> str:
+    """Renew the lock while `pid` lives; release it when pid is gone. Returns why it stopped."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            try:
+                released = cluster.release_lock(token)
+            except StorageUnavailable:
+                released = False
+            return f"process {pid} ended; " + ("lock released" if released else "the lock was no longer held")
+        try:
+            if not cluster.renew_lock(token, ttl_s):
+                return "the lock was released or expired"
+        except StorageUnavailable as exc:
+            print(f"could not renew the lock: {exc}", file=sys.stderr)  # the next round tries again
+        time.sleep(min(ttl_s / 3, 2.0))
+    return f"gave up after {max_s:g} s"
 
 
 def _print(data: dict) -> None:

@@ -88,6 +88,14 @@ class Settings:
     # How often the worker rescans shared storage for jobs Redis does not know about.
     reconcile_interval_s: float = field(default_factory=lambda: _float("TTS_RECONCILE_INTERVAL", 15.0))
 
+    # A job whose attempts fail this many times (recorded on shared storage) ends `failed`.
+    job_max_attempts: int = field(default_factory=lambda: _int("TTS_JOB_MAX_ATTEMPTS", 3))
+    # After a failed attempt a job is not claimed again for this long (other jobs go first).
+    failure_backoff_s: float = field(default_factory=lambda: _float("TTS_FAILURE_BACKOFF", 5.0))
+    # The witness probe (/peer/<node>/ready) gives up after this long: shorter than the receiver's
+    # own timeout for asking the witness, so "could not ask" and "asked: not ready" stay apart.
+    witness_timeout_s: float = field(default_factory=lambda: _float("TTS_WITNESS_TIMEOUT", 1.0))
+
     def peer_urls(self) -> dict[str, str]:
         return parse_node_urls(self.peers, "TTS_PEERS")
 

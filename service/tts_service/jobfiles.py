@@ -5,6 +5,10 @@
                                            writer's epoch is in the name, so a stale writer can
                                            never replace a newer segment (the newest epoch wins)
     jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
+    jobs/<id>/failures/<ns>-<node>.json    one per failed attempt at the job (what failed); after
+                                           TTS_JOB_MAX_ATTEMPTS of them the job ends `failed`
+    jobs/<id>/segments/*.damaged-<hex>     a segment found unreadable, moved aside by the primary
+                                           (it is then generated again)
     jobs/<id>/audio.wav                    the assembled result, created once
 
 Redis only caches this; on start and promotion the worker rebuilds Redis from these files.
@@ -94,6 +98,45 @@ class JobFiles:
     def commit_segment(self, job_id: str, index: int, epoch: int, wav: bytes) -> bool:
         """Commit a segment under the writer's epoch; False if this (index, epoch) exists already."""
         return self.storage.commit_new(self.dir(job_id) / "segments" / segment_name(index, epoch), wav)
+
+    def sound_segments(self, job_id: str, total: int, sample_rate: int
+                       ) -> tuple[dict[int, SegmentFile], dict[SegmentFile, str], float]:
+        """The winning segments 0..total-1 checked whole (audio.check_segment), in one storage call:
+        (sound ones, damaged ones -> why, seconds of audio in the sound ones)."""
+        segs = {i: s for i, s in self.segments(job_id).items() if i < total}
+        paths = {s: self.segment_path(job_id, s) for s in segs.values()}
+
+        def check() -> tuple[dict[SegmentFile, int], dict[SegmentFile, str]]:
+            frames, damaged = {}, {}
+            for seg, path in paths.items():
+                try:
+                    frames[seg] = audio.check_segment(path, sample_rate)
+                except ValueError as exc:
+                    damaged[seg] = str(exc)
+            return frames, damaged
+
+        frames, damaged = self.storage.call(check, timeout=self.storage.timeout + 0.05 * len(paths))
+        sound = {i: s for i, s in segs.items() if s in frames}
+        return sound, damaged, sum(frames.values()) / sample_rate
+
+    def quarantine_segment(self, job_id: str, seg: SegmentFile) -> None:
+        """Move a damaged segment aside (kept for the post-mortem, ignored by everything else).
+        Only the fenced-checked primary calls this, right before generating the segment again."""
+        path = self.segment_path(job_id, seg)
+        self.storage.call(os.rename, path, path.with_name(f"{seg.name}.damaged-{secrets.token_hex(4)}"))
+
+    # ---- failed attempts ----
+
+    def record_failure(self, job_id: str, node: str, epoch: int, error: str) -> int:
+        """One more failed attempt at this job, durable; returns how many there are now."""
+        folder = self.dir(job_id) / "failures"
+        self.storage.makedirs(folder)
+        body = json.dumps({"at": time.time(), "node": node, "epoch": epoch, "error": error[:2000]}).encode()
+        self.storage.commit_new(folder / f"{time.time_ns()}-{node}.json", body)
+        return self.failure_count(job_id)
+
+    def failure_count(self, job_id: str) -> int:
+        return sum(1 for name in self.storage.listdir(self.dir(job_id) / "failures") if name.endswith(".json"))
 
     def segment_path(self, job_id: str, seg: SegmentFile) -> Path:
         return self.dir(job_id) / "segments" / seg.name

@@ -31,6 +31,20 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Take the lease if it is free, or if its holder leased it in an older epoch: a promotion voids
+# every lease of the epochs before it (the replicated lease of a dead primary survives the promotion
+# with its expiry; skew between the nodes' clocks can stretch it).
+_ACQUIRE = """
+local current = redis.call('get', KEYS[1])
+if current then
+  local ok, held = pcall(cjson.decode, current)
+  if ok and type(held) == 'table' and tonumber(held['epoch']) and tonumber(held['epoch']) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -98,6 +112,7 @@ class JobStore:
         self.files = files
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self._acquire = r.register_script(_ACQUIRE)
 
     # ---- records ----
 
@@ -148,14 +163,24 @@ class JobStore:
         self.r.hincrby(k("job", job_id), "attempts", 1)
 
     def claimable(self) -> list[str]:
-        """Active jobs not finished, oldest first: the order a worker tries to lease them in."""
+        """Active jobs not finished, in the order a worker tries to lease them: interrupted jobs first
+        (claimed before, or with work done), oldest first; then queued jobs, oldest first."""
         ids = self.active_ids()
         pipe = self.r.pipeline()
         for job_id in ids:
-            pipe.hmget(k("job", job_id), "created_at", "status")
+            pipe.hmget(k("job", job_id), "created_at", "status", "segments_done", "claimed_at")
         rows = pipe.execute()
-        return [job_id for _, job_id in sorted((float(row[0] or 0), job_id) for job_id, row in zip(ids, rows)
-                                               if row[1] not in FINAL)]
+        order = []
+        for job_id, (created, status, done, claimed) in zip(ids, rows):
+            if status in FINAL:
+                continue
+            interrupted = status == "running" or int(done or 0) > 0 or bool(claimed)
+            order.append((0 if interrupted else 1, float(created or 0), job_id))
+        return [job_id for *_, job_id in sorted(order)]
+
+    def activate(self, job_id: str) -> None:
+        """Put a job (back) on the worker's scan list."""
+        self.r.sadd(k("active"), job_id)
 
     def active_ids(self) -> list[str]:
         return sorted(self.r.smembers(k("active")))
@@ -188,8 +213,9 @@ class JobStore:
     # ---- leases ----
 
     def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float) -> str | None:
+        """The lease for (node, epoch) if the job's lease is free or was taken in an older epoch."""
         token = json.dumps({"node": node, "epoch": epoch, "token": secrets.token_hex(8)})
-        ok = self.r.set(k("lease", job_id), token, px=int(ttl_s * 1000), nx=True)
+        ok = self._acquire(keys=[k("lease", job_id)], args=[token, epoch, int(ttl_s * 1000)])
         return token if ok else None
 
     def renew_lease(self, job_id: str, token: str, ttl_s: float) -> bool:

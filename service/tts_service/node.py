@@ -10,7 +10,13 @@ state_max_age_s after its last read. So the new primary waits until either that 
 since it first saw its new epoch, or the previous primary (the new state's standby) answers /ready
 saying it is fenced in an epoch at least as new. No two nodes ever report themselves unfenced
 primaries at the same time; a planned switchover (the old primary alive) takes a moment, a failover
-from a dead primary takes state_max_age_s more.
+from a dead primary takes state_max_age_s + state_timeout_s more.
+
+The margin, whole: the old primary timestamps its belief when its read *returns*, which can be up to
+state_timeout_s after the state it read was current (a slow NAS). So its belief, read just before the
+epoch changed, can live until (epoch change) + state_timeout_s + max_age_s. The new primary first
+sees the new epoch after the change, and on top of those two it waits cache_s, the time the old
+node's other processes may still serve a belief they cached. handover_wait() says this once.
 """
 from __future__ import annotations
 
@@ -81,11 +87,12 @@ PeerFenced = Callable[[str, int], bool]
 
 class NodeView:
     def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.5,
-                 peer_fenced: PeerFenced | None = None):
+                 peer_fenced: PeerFenced | None = None, state_timeout_s: float = 0.0):
         self.node = node
         self.cluster = cluster
         self.max_age_s = max_age_s
         self.cache_s = cache_s
+        self.state_timeout_s = state_timeout_s
         # Asks a peer whether it is fenced in an epoch >= the given one (see peer_fenced_by_http).
         self.peer_fenced = peer_fenced
         self._takeover: tuple[int, float] | None = None   # (epoch, monotonic time first seen as its primary)
@@ -132,14 +139,18 @@ class NodeView:
         if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
             self._peer_asked_at = now
             self._confirmed = self.peer_fenced(state.standby, state.epoch)
-        # Confirmed: the old node's other processes may still serve a cached belief read before the
-        # epoch changed, for up to cache_s. Unconfirmed: its belief expires after max_age_s.
-        wait = self.cache_s if self._confirmed else self.max_age_s + self.cache_s
+        wait = self.cache_s if self._confirmed else self.handover_wait()
         left = self._takeover[1] + wait - now
         if left <= 0:
             self._handed_over = state.epoch
             return 0.0
         return left
+
+    def handover_wait(self) -> float:
+        """How long a new primary waits, from first seeing its epoch, for an old primary that does
+        not confirm it is fenced: its belief may have been read up to state_timeout_s before it was
+        timestamped, lives max_age_s, and may be served from a cache_s cache. (Confirmed: cache_s.)"""
+        return self.max_age_s + self.state_timeout_s + self.cache_s
 
     def assert_primary(self, epoch: int | None = None) -> Belief:
         """Read the state now; raise Fenced unless this node is the primary (of `epoch`, if given)."""

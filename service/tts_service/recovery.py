@@ -2,7 +2,10 @@
 on worker start, and periodically. Shared storage decides; Redis follows.
 
 A job on storage that Redis does not know is recreated (and queued unless it has a final marker);
-a job whose storage marker says cancelled/done/failed is never run again, whatever Redis says.
+a job whose storage marker says cancelled/done/failed is never run again, whatever Redis says; and a
+final status that exists only in Redis never outranks storage: a job Redis calls finished without a
+marker on storage is made active again. Each job is reconciled on its own: one that cannot be read
+(a damaged file) is logged and skipped, never the end of the scan.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .jobfiles import JobFiles
-from .jobs import FINAL, JobStore, Sessions, k
+from .jobs import FINAL, JobStore, Sessions
 from .storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,21 +31,22 @@ class ReconcileReport:
                 f"{len(self.finalised)} finalised from markers, {len(self.requeued)} made active again")
 
 
-def job_from_storage(files: JobFiles, job_id: str) -> dict | None:
+def job_from_storage(files: JobFiles, job_id: str, sample_rate: int | None = None) -> dict | None:
     """The job's Redis hash as shared storage says it should be; None if no request was ever accepted."""
     try:
         request = files.request(job_id)
     except FileNotFoundError:
         return None
     markers = files.markers(job_id)
-    segs = files.segments(job_id)
     total = len(request["segments"])
-    done = sum(1 for i in segs if i < total)
     status = next((m for m in FINAL if m in markers), "queued")
     if status == "done":
-        duration = float(markers["done"].get("duration_s", 0) or 0)
-    else:
-        duration = files.segments_duration(job_id, {i: s for i, s in segs.items() if i < total})
+        done, duration = total, float(markers["done"].get("duration_s", 0) or 0)
+    elif sample_rate:
+        sound, _damaged, duration = files.sound_segments(job_id, total, sample_rate)
+        done = len(sound)
+    else:   # the web app (no engine loaded): count the files, read no audio
+        done, duration = sum(1 for i in files.segments(job_id) if i < total), 0.0
     error = ""
     if status == "failed":
         error = str(markers["failed"].get("error", "failed"))
@@ -54,41 +58,61 @@ def job_from_storage(files: JobFiles, job_id: str) -> dict | None:
     }
 
 
-def reconcile(store: JobStore, files: JobFiles, sessions: Sessions) -> ReconcileReport:
+def reconcile(store: JobStore, files: JobFiles, sessions: Sessions, sample_rate: int | None = None,
+              confirmed_final: set[str] | None = None) -> ReconcileReport:
+    """confirmed_final: ids whose final marker was already seen on storage (markers never go away),
+    kept by the caller between scans so that finished jobs cost nothing after the first scan."""
     report = ReconcileReport()
+    confirmed = confirmed_final if confirmed_final is not None else set()
     active = set(store.active_ids())
     for job_id in files.list_ids():
         report.scanned += 1
-        cached = store.get(job_id)
-        if cached and cached.get("status") in FINAL:
+        if job_id in confirmed:
             continue
         try:
-            truth = job_from_storage(files, job_id)
-        except (StorageUnavailable, ValueError, KeyError) as exc:
-            log.warning("job %s: cannot read it from shared storage: %s", job_id, exc)
-            continue
-        if truth is None:
-            continue  # a folder without request.json: a submission that never completed
-        if not cached or not cached.get("session"):  # lost, or only a partial hash re-created by updates
-            sessions.ensure(truth["session"])
-            store.add(job_id, truth["session"], truth["segments_total"], truth["created_at"],
-                      enqueue=truth["status"] not in FINAL)
-            store.update(job_id, segments_done=truth["segments_done"], duration_s=truth["duration_s"])
-            if truth["status"] in FINAL:
-                store.finish(job_id, truth["status"], error=truth["error"], duration_s=truth["duration_s"])
-            report.recreated.append(job_id)
-        elif truth["status"] in FINAL:
-            store.finish(job_id, truth["status"], error=truth["error"],
-                         segments_done=truth["segments_done"], duration_s=truth["duration_s"])
-            report.finalised.append(job_id)
-        elif job_id not in active:
-            store.r.sadd(k("active"), job_id)
-            report.requeued.append(job_id)
+            _reconcile_one(store, files, sessions, job_id, active, report, sample_rate, confirmed)
+        except StorageUnavailable:
+            raise   # the mount, not the job: the caller waits for it
+        except Exception as exc:  # one damaged job must not stop the scan (or the worker)
+            log.warning("job %s: cannot reconcile it from shared storage: %s: %s", job_id, type(exc).__name__, exc)
     # Active ids whose request is gone from storage were never durable: drop them.
     for job_id in store.active_ids():
-        try:
-            if not files.storage.exists(files.dir(job_id) / "request.json"):
-                store.finish(job_id, "failed", error="the job's request is missing from shared storage")
-        except StorageUnavailable:
-            break
+        if not files.storage.exists(files.dir(job_id) / "request.json"):   # an I/O error raises, never False
+            store.finish(job_id, "failed", error="the job's request is missing from shared storage")
     return report
+
+
+def _reconcile_one(store: JobStore, files: JobFiles, sessions: Sessions, job_id: str, active: set[str],
+                   report: ReconcileReport, sample_rate: int | None, confirmed: set[str]) -> None:
+    cached = store.get(job_id)
+    if cached and cached.get("status") in FINAL:
+        if any(m in files.markers(job_id) for m in FINAL):
+            confirmed.add(job_id)
+            return
+        if not files.storage.exists(files.dir(job_id) / "request.json"):
+            return
+        # Finished in Redis only (no marker on storage): storage decides, the job is not finished.
+        log.warning("job %s is %s in Redis but has no marker on shared storage: running it again",
+                    job_id, cached.get("status"))
+        store.update(job_id, status="queued", error="")
+        store.activate(job_id)
+        report.requeued.append(job_id)
+        return
+    truth = job_from_storage(files, job_id, sample_rate)
+    if truth is None:
+        return  # a folder without request.json: a submission that never completed
+    if not cached or not cached.get("session"):  # lost, or only a partial hash re-created by updates
+        sessions.ensure(truth["session"])
+        store.add(job_id, truth["session"], truth["segments_total"], truth["created_at"],
+                  enqueue=truth["status"] not in FINAL)
+        store.update(job_id, segments_done=truth["segments_done"], duration_s=truth["duration_s"])
+        if truth["status"] in FINAL:
+            store.finish(job_id, truth["status"], error=truth["error"], duration_s=truth["duration_s"])
+        report.recreated.append(job_id)
+    elif truth["status"] in FINAL:
+        store.finish(job_id, truth["status"], error=truth["error"],
+                     segments_done=truth["segments_done"], duration_s=truth["duration_s"])
+        report.finalised.append(job_id)
+    elif job_id not in active:
+        store.activate(job_id)
+        report.requeued.append(job_id)

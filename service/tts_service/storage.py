@@ -25,6 +25,12 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 
+# errnos that mean "the mount failed", never an answer about the file asked for.
+MOUNT_FAILED = frozenset({errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT,
+                          errno.ECONNABORTED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.EREMOTEIO, errno.ENXIO})
+
+
 class StorageUnavailable(RuntimeError):
     """Shared storage did not answer in time or failed with an I/O error."""
 
@@ -67,7 +73,7 @@ class Storage:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(f"shared storage at {self.root} is full") from exc
-            if exc.errno in (errno.EIO, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ETIMEDOUT):
+            if exc.errno in MOUNT_FAILED:
                 raise StorageUnavailable(f"shared storage at {self.root} failed: {exc.strerror}") from exc
             raise
 
@@ -80,7 +86,8 @@ class Storage:
         return self.call(Path.read_bytes, path)
 
     def exists(self, path: Path) -> bool:
-        return self.call(os.path.exists, path)
+        """True/False only when the mount answered; an I/O error is StorageUnavailable, never False."""
+        return self.call(_exists, path)
 
     def listdir(self, path: Path) -> list[str]:
         return self.call(_listdir, path)
@@ -102,6 +109,15 @@ class Storage:
 def _read_json(path: Path) -> Any:
     with open(path, "rb") as fh:
         return json.loads(fh.read())
+
+
+def _exists(path: Path) -> bool:
+    """Only "no such file" means missing (os.path.exists says False on EIO/ESTALE/ENOTCONN too)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _listdir(path: Path) -> list[str]:
@@ -163,7 +179,7 @@ def link_new(tmp: Path, path: Path) -> bool:
     except FileExistsError:
         return False
     except PermissionError:
-        if os.path.exists(path):
+        if _exists(path):
             return False
         raise
     _fsync_dir(path.parent)

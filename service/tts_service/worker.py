@@ -10,6 +10,12 @@ and runs it from the first missing segment:
 
 A lease-keeper thread renews the lease every lease/3 and re-reads the cluster state; if either
 fails, the job is abandoned at once (within one lease period), never committed by a fenced node.
+
+Nothing a job contains can stop the worker: any failure inside one job (a damaged segment file, an
+engine error, an exception nobody foresaw) is charged to that job as a failed attempt on shared
+storage (jobs/<id>/failures/), the job waits `failure_backoff_s` and is tried again, and after
+TTS_JOB_MAX_ATTEMPTS attempts it ends `failed` with a sentence naming what failed. A segment that
+cannot be read is moved aside and generated again. Only an input error fails a job at once.
 SIGTERM (systemctl stop, a planned switchover) lets the segment in hand finish and commit, then
 releases the lease so the job resumes elsewhere at once; SIGKILL loses that one segment.
 """
@@ -26,7 +32,7 @@ import redis
 
 from . import audio, heartbeat
 from .config import Settings
-from .engines import EngineError
+from .engines import EngineError, EngineInputError
 from .jobs import FINAL
 from .node import Fenced
 from .recovery import reconcile
@@ -38,6 +44,11 @@ log = logging.getLogger("tts.worker")
 
 class Abandon(Exception):
     """Stop working on this job now (lost lease, fenced, shutting down); leave it to be resumed."""
+
+
+class Attempt(Exception):
+    """This attempt at the job failed for a reason that another attempt may not meet (a transient
+    engine error after its retry): charged to the job, which is handed back."""
 
 
 class JobRun:
@@ -104,6 +115,9 @@ class Worker:
         self.engine_error: str | None = None
         self.reconciled_epoch: int | None = None
         self.last_reconcile = 0.0
+        self.last_sentence = ""
+        self.confirmed_final: set[str] = set()   # jobs whose final marker reconcile saw on storage
+        self.backoff: dict[str, float] = {}   # job id -> monotonic time before which it is not claimed
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
 
     # ---- lifecycle ----
@@ -113,11 +127,18 @@ class Worker:
         self._load_engine()
         while not self.stopping.is_set():
             try:
-                self.cycle()
+                sentence = self.cycle()
             except (redis.RedisError, StorageUnavailable) as exc:
-                self.state = f"waiting: {exc}"
-                log.warning("cycle failed: %s", exc)
+                sentence = f"waiting: {exc}"
+                self.state = sentence
                 self.stopping.wait(1.0)
+            except Exception as exc:  # a bug must not take the node down: log it, go on
+                log.exception("cycle failed")
+                sentence = f"cycle failed ({type(exc).__name__}: {exc}); going on"
+                self.stopping.wait(1.0)
+            if sentence != self.last_sentence:   # say what changed, as Patroni does, not every cycle
+                log.info("%s", sentence)
+                self.last_sentence = sentence
         self._write_heartbeat()
 
     def _load_engine(self) -> None:
@@ -161,7 +182,8 @@ class Worker:
             return self.state
         if (self.reconciled_epoch != belief.epoch
                 or time.monotonic() - self.last_reconcile > self.settings.reconcile_interval_s):
-            report = reconcile(self.rt.store, self.rt.files, self.rt.sessions)
+            report = reconcile(self.rt.store, self.rt.files, self.rt.sessions, self.rt.engine.sample_rate,
+                               self.confirmed_final)
             self.reconciled_epoch = belief.epoch
             self.last_reconcile = time.monotonic()
             if report.recreated or report.finalised or report.requeued:
@@ -175,9 +197,14 @@ class Worker:
         return self.run_job(job_id, token, belief.epoch)
 
     def claim(self, epoch: int) -> tuple[str, str] | None:
-        """The oldest active job whose lease this worker could take."""
+        """The first claimable job (interrupted ones first, then the oldest queued) whose lease this
+        worker can take; a lease of an older epoch is void. Jobs that just failed wait their backoff."""
         store = self.rt.store
+        now = time.monotonic()
+        self.backoff = {j: t for j, t in self.backoff.items() if t > now}
         for job_id in store.claimable():
+            if job_id in self.backoff:
+                continue
             token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s)
             if token:
                 return job_id, token
@@ -208,8 +235,35 @@ class Worker:
                 self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
             self.stopping.wait(2.0)
             return f"paused {job_id} because {exc}"
+        except redis.RedisError:
+            raise   # the node's Redis, not the job: run_forever waits for it
+        except Exception as exc:  # anything else is charged to this job, never to the worker
+            log.exception("job %s: attempt failed", job_id)
+            return self._charge(job_id, epoch, exc)
         finally:
             self.current_job = None
+
+    def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
+        """A failed attempt at the job: durable count on storage; `failed` after max_attempts."""
+        what = str(exc) if isinstance(exc, Attempt) else f"{type(exc).__name__}: {exc}"
+        self.backoff[job_id] = time.monotonic() + self.settings.failure_backoff_s
+        try:
+            failures = self.rt.files.record_failure(job_id, self.settings.node, epoch, what)
+        except (StorageUnavailable, OSError) as store_exc:
+            self._note_error(job_id, f"an attempt failed ({what}); it could not be recorded: {store_exc}")
+            return f"attempt at {job_id} failed ({what}); not recorded: {store_exc}"
+        limit = self.settings.job_max_attempts
+        if failures >= limit:
+            try:
+                return self._fail(job_id, epoch, f"gave up after {failures} failed attempts; the last: {what}")
+            except Fenced as fenced:
+                return f"attempt at {job_id} failed ({what}); not marking it failed: fenced: {fenced}"
+        self._note_error(job_id, f"attempt {failures} of {limit} failed ({what}); trying again")
+        try:
+            self.rt.store.update(job_id, status="queued")
+        except redis.RedisError:
+            pass
+        return f"attempt {failures} of {limit} at {job_id} failed ({what}); it goes back to the queue"
 
     def _storage_full(self) -> bool:
         try:
@@ -233,8 +287,13 @@ class Worker:
             return f"job {job_id} was already {final} on shared storage; nothing to run"
         segments = request["segments"]
         total = len(segments)
-        existing = {i: s for i, s in rt.files.segments(job_id).items() if i < total}
-        duration = rt.files.segments_duration(job_id, existing)
+        existing, damaged, duration = rt.files.sound_segments(job_id, total, rt.engine.sample_rate)
+        if damaged:
+            rt.node.assert_primary(epoch)            # moving files aside is a write: fresh check first
+            for seg, why in damaged.items():
+                log.warning("job %s: segment %s is damaged (%s); moved aside, generating it again",
+                            job_id, seg.name, why)
+                rt.files.quarantine_segment(job_id, seg)
         rt.store.update(job_id, status="running", node=self.settings.node, segments_total=total,
                         segments_done=len(existing), duration_s=round(duration, 3), error="",
                         claimed_at=time.time(), epoch=epoch)
@@ -249,12 +308,11 @@ class Worker:
             if "cancelled" in rt.files.markers(job_id):
                 rt.store.finish(job_id, "cancelled", node=self.settings.node)
                 return f"job {job_id} was cancelled; stopped before segment {index}"
-            rt.store.count_attempt(job_id)
             started = time.monotonic()
             try:
-                samples = rt.engine.synthesize(seg["text"], seg["voice"])
-            except EngineError as exc:
-                return self._fail(job_id, f"segment {index + 1}: {exc}")
+                samples = self._synthesize(run, seg["text"], seg["voice"])
+            except EngineInputError as exc:
+                return self._fail(job_id, epoch, f"segment {index + 1}: {exc}")
             seconds = len(samples) / rt.engine.sample_rate
             run.sleep(self.settings.engine_pace * seconds - (time.monotonic() - started))
             self.histogram.observe(time.monotonic() - started)
@@ -275,7 +333,29 @@ class Worker:
         return (f"finished {job_id}: {synthesised} segments synthesised here, "
                 f"{total - synthesised} found on shared storage")
 
-    def _fail(self, job_id: str, error: str) -> str:
+    def _synthesize(self, run: JobRun, text: str, voice: str):
+        """One segment; a transient engine error is retried once after Engine.recover()."""
+        engine = self.rt.engine
+        for attempt in (1, 2):
+            self.rt.store.count_attempt(run.job_id)
+            try:
+                return engine.synthesize(text, voice)
+            except EngineInputError:
+                raise
+            except EngineError as exc:
+                log.warning("job %s: engine error (attempt %d): %s", run.job_id, attempt, exc)
+                try:
+                    engine.recover()
+                except Exception:
+                    log.exception("engine recover() failed")
+                if attempt == 2:
+                    raise Attempt(f"the engine failed twice on one segment: {exc}") from exc
+                run.check()
+        raise AssertionError("unreachable")
+
+    def _fail(self, job_id: str, epoch: int, error: str) -> str:
+        """The durable `failed` marker, written only after a fresh primary check (as a segment is)."""
+        self.rt.node.assert_primary(epoch)
         self.rt.files.mark(job_id, "failed", node=self.settings.node, error=error)
         self.rt.store.finish(job_id, "failed", error=error, node=self.settings.node)
         return f"job {job_id} failed: {error}"

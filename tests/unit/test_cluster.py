@@ -156,3 +156,168 @@ def test_redis_must_fit_the_nodes_role_in_a_pair():
     assert "no live link" in redis_fits_role(broken, "standby", "pair")[1]
     assert redis_fits_role(broken, "standby", "pair", require_link=False) == (True, "ok")  # promotable
     assert redis_fits_role(master, "standby", "shared") == (True, "ok")
+
+
+# ---- issue 12: one lock holder, unreadable locks, renewal; the whole handover margin ----
+
+def _race(cluster_dir, rounds: int, contenders: int) -> list[int]:
+    """Per round: how many of `contenders` threads got a token for the lock at the same moment."""
+    import threading
+    winners_per_round = []
+    for _ in range(rounds):
+        barrier = threading.Barrier(contenders)
+        won = []
+
+        def contend(i):
+            c = Cluster(Storage(cluster_dir.parent), cluster_dir)
+            barrier.wait()
+            try:
+                won.append(c.acquire_lock(f"t{i}", ttl_s=60))
+            except LockHeld:
+                pass
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners_per_round.append(len(won))
+        (cluster_dir / "lock").unlink()
+    return winners_per_round
+
+
+def test_concurrent_acquirers_never_both_hold_the_lock_threads(shared):
+    # Before the fix the lock was created empty (O_EXCL) and written afterwards: a contender that read
+    # the empty file broke it as corrupt and got a token too.
+    (shared / "cluster").mkdir()
+    rounds = _race(shared / "cluster", rounds=60, contenders=6)
+    assert rounds == [1] * 60
+
+
+def _acquire_in_process(args):
+    shared_dir, i, start_at = args
+    from pathlib import Path
+    from tts_service.cluster import Cluster as C, LockHeld as Held
+    from tts_service.storage import Storage as S
+    c = C(S(Path(shared_dir)), Path(shared_dir) / "cluster")
+    while time.time() < start_at:
+        pass
+    try:
+        return c.acquire_lock(f"p{i}", ttl_s=60)
+    except Held:
+        return None
+
+
+def test_concurrent_acquirers_never_both_hold_the_lock_processes(shared):
+    import multiprocessing
+    (shared / "cluster").mkdir()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        for _ in range(15):
+            start = time.time() + 0.3
+            tokens = [t for t in pool.map(_acquire_in_process, [(str(shared), i, start) for i in range(4)]) if t]
+            assert len(tokens) == 1
+            (shared / "cluster" / "lock").unlink()
+
+
+def test_an_unreadable_lock_is_held_until_its_file_is_older_than_the_ttl(cluster, shared):
+    import os
+    cluster.storage.makedirs(shared / "cluster")
+    (shared / "cluster" / "lock").write_bytes(b"")          # torn: an empty lock file
+    with pytest.raises(LockHeld, match="unreadable"):
+        cluster.acquire_lock("failover", ttl_s=60)
+    assert cluster.lock_holder().startswith("an unknown holder")
+    old = time.time() - 120
+    os.utime(shared / "cluster" / "lock", (old, old))
+    token = cluster.acquire_lock("failover", ttl_s=60)       # older than the TTL: broken
+    assert cluster.lock_info()["token"] == token
+
+
+def test_renewing_pushes_the_expiry_and_only_for_the_holder(cluster):
+    token = cluster.acquire_lock("switchover.yml", ttl_s=0.5)
+    assert cluster.renew_lock(token, 30)
+    time.sleep(0.6)
+    with pytest.raises(LockHeld):
+        cluster.acquire_lock("receiver")
+    assert not cluster.renew_lock("forged", 30)
+    assert cluster.release_lock(token)
+    assert not cluster.renew_lock(token, 30)                  # released: nothing to renew
+
+
+def test_keep_lock_releases_the_lock_as_soon_as_the_playbook_process_dies(shared):
+    import subprocess
+    import sys
+    from tests.harness import BIN
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    token = json.loads(cluster_cli(shared, "lock", "--holder", "switchover.yml", "--ttl", "6").stdout)["token"]
+    keeper = subprocess.Popen([str(BIN / "tts-cluster"), "--shared-dir", str(shared), "keep-lock", token,
+                               "--while-pid", str(holder.pid), "--ttl", "3"], stdout=subprocess.PIPE, text=True)
+    cluster = Cluster(Storage(shared), shared / "cluster")
+    time.sleep(4)                                             # past the first TTL: renewed meanwhile
+    assert cluster.lock_holder() == "switchover.yml"
+    holder.kill()
+    holder.wait()
+    out, _ = keeper.communicate(timeout=10)
+    assert "lock released" in out
+    assert cluster.lock_holder() is None
+
+
+def test_lock_ttl_is_capped(shared):
+    res = cluster_cli(shared, "lock", "--holder", "drill.yml", "--ttl", "900")
+    assert res.returncode == 1 and "--ttl must be" in res.stderr
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def monotonic(self):
+        return self.t
+
+    def time(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+def test_the_handover_margin_covers_a_read_that_returned_late(cluster, monkeypatch):
+    """The old primary's last good read returns state_timeout after the state it saw was current; the
+    new primary must not act before that belief expires. (Failed before: the wait was max_age + cache.)"""
+    import tts_service.node as node_mod
+    from tts_service.storage import StorageUnavailable
+    clock = _Clock()
+    monkeypatch.setattr(node_mod, "time", clock)
+    max_age, state_timeout, cache = 5.0, 0.8, 0.5
+    cluster.init("tts-a", "tts-b", by="test")
+
+    class SlowThenGone:
+        """The old primary's view of the NAS: one read that returns late, then nothing."""
+        def __init__(self):
+            self.reads = 0
+
+        def read(self):
+            self.reads += 1
+            if self.reads > 1:
+                raise StorageUnavailable("partitioned")
+            state = cluster.read()                 # the state as it was when the read started ...
+            clock.sleep(state_timeout)             # ... returns state_timeout later
+            return state
+
+    a = NodeView("tts-a", SlowThenGone(), max_age_s=max_age, cache_s=cache, state_timeout_s=state_timeout)
+    b = NodeView("tts-b", cluster, max_age_s=max_age, cache_s=cache, state_timeout_s=state_timeout,
+                 peer_fenced=lambda peer, epoch: False)
+    t_read_started = clock.t
+    assert not a.belief(fresh=True).fenced          # tts-a: primary of epoch 1 (read returned at +0.8)
+    clock.t = t_read_started + 0.01                 # the epoch changes right after tts-a's read began
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    assert b.belief(fresh=True).role == "primary"   # tts-b sees its new epoch at once
+    both = []
+    while clock.t < t_read_started + 10:
+        clock.sleep(0.05)
+        a_primary = not a.belief().fenced
+        b_primary = not b.belief(fresh=True).fenced
+        both.append(a_primary and b_primary)
+    assert not any(both), "two unfenced primaries at once"
+    assert not b.belief().fenced                     # and tts-b did take over
+    assert b.handover_wait() == max_age + state_timeout + cache

@@ -111,7 +111,7 @@ def test_a_failed_rejoin_is_escalated_not_looped():
 
 
 def test_decisions_serialise_for_the_run_history():
-    assert run(down()).to_dict() == {"action": "failover", "reason": run(down()).reason, "target": "tts-b",
+    assert run(down()).to_dict() == {"action": "failover", "reason": run(down()).reason, "target": "tts-b", "recheck": False,
                                      "expect_epoch": 3}
 
 
@@ -155,3 +155,47 @@ def test_a_node_cut_off_from_shared_storage_is_not_rejoined_but_reported():
 def test_a_node_with_storage_but_not_in_role_is_rejoined():
     d = run(not_in_role(), probes=Probes(node_in_role=False, node_storage_ok=True))
     assert d.action == REJOIN and d.target == "tts-b"
+
+
+# ---- issue 12: flap damping, unknown witnesses, rejoin loops, "not now" re-decided ----
+
+def test_flap_damping_escalates_after_the_hourly_limit_whatever_the_epochs():
+    d = run(down(), history=History(now=NOW, failovers_last_hour=3))
+    assert d.action == ESCALATE and "3 failovers already ended in the last hour" in d.reason
+    assert run(down(), history=History(now=NOW, failovers_last_hour=2)).action == FAILOVER
+
+
+def test_flap_limit_comes_from_the_limits():
+    from tts_service.receiver.decision import Limits
+    d = decide(down(), CLUSTER, HEALTHY_WITNESS, History(now=NOW, failovers_last_hour=1), 60.0,
+               Limits(failovers_per_hour=1))
+    assert d.action == ESCALATE
+
+
+def test_a_witness_that_could_not_be_asked_never_leads_to_a_failover():
+    d = run(down(), probes=Probes(standby_ready=True, standby_sees_primary_ready=None))
+    assert d.action == ESCALATE and "an unknown is not a witness that saw nothing" in d.reason
+
+
+def test_a_node_rejoined_too_often_in_one_epoch_is_escalated():
+    history = History(now=NOW, rejoins_succeeded={("tts-b", 3): 3})
+    d = run(not_in_role(), probes=Probes(node_in_role=False), history=history)
+    assert d.action == ESCALATE and "rejoined 3 times in epoch 3" in d.reason
+    # the same count in an older epoch does not count
+    d = run(not_in_role(), probes=Probes(node_in_role=False), history=History(now=NOW, rejoins_succeeded={("tts-b", 2): 5}))
+    assert d.action == REJOIN
+
+
+@pytest.mark.parametrize("history,cluster", [
+    (History(now=NOW, run_in_progress="rejoin.yml #2"), CLUSTER),
+    (History(now=NOW), Cluster(3, "tts-a", "tts-b", lock_holder="switchover.yml")),
+    (History(now=NOW, last_failover_at=NOW - 10), CLUSTER),
+])
+def test_not_now_decisions_ask_to_be_decided_again(history, cluster):
+    d = run(down(), cluster=cluster, history=history)
+    assert d.action == NONE and d.recheck and "deciding again" in d.reason
+
+
+def test_final_decisions_do_not_ask_to_be_decided_again():
+    assert not run(down()).recheck
+    assert not run(down(node="tts-b")).recheck

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Engine, EngineError, Voice
+from .base import Engine, EngineError, EngineInputError, Voice
 
 ENGINES = ("espeak", "vibevoice")
 
@@ -20,4 +20,4 @@ def create_engine(settings: Settings) -> Engine:
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 
-__all__ = ["Engine", "EngineError", "Voice", "create_engine", "ENGINES"]
+__all__ = ["Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]

@@ -8,7 +8,14 @@ import numpy as np
 
 
 class EngineError(RuntimeError):
-    """The engine could not synthesise a segment (the message is shown on the job)."""
+    """The engine could not synthesise a segment this time (out of GPU memory, a crashed subprocess,
+    no audio): transient. The worker retries the segment once after Engine.recover(), then hands the
+    job back; the message is shown on the job."""
+
+
+class EngineInputError(EngineError):
+    """The input itself cannot be synthesised (an unknown voice, text the engine refuses): retrying
+    cannot help, so the job fails at once."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class Engine(ABC):
 
     def load(self) -> None:
         """Heavy initialisation (model weights). Called once by the worker, never by the web app."""
+
+    def recover(self) -> None:
+        """Free what a failed synthesis may have left behind (the GPU cache) before a retry."""
 
     @property
     def loaded(self) -> bool:

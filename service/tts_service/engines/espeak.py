@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from .base import Engine, EngineError, Voice
+from .base import Engine, EngineError, EngineInputError, Voice
 
 # id -> (espeak-ng voice, display name). Variants chosen to sound distinct from each other.
 _VOICES = {
@@ -41,14 +41,17 @@ class EspeakEngine(Engine):
 
     def synthesize(self, text: str, voice_id: str) -> np.ndarray:
         if voice_id not in _VOICES:
-            raise EngineError(f"unknown espeak voice {voice_id!r}")
+            raise EngineInputError(f"unknown espeak voice {voice_id!r}")
         espeak_voice = _VOICES[voice_id][0]
         with tempfile.NamedTemporaryFile(suffix=".wav") as out:
             # Text goes through stdin, never the command line; no shell is involved.
-            proc = subprocess.run(
-                [self.binary, "-v", espeak_voice, "-s", str(self.words_per_minute), "-w", out.name, "--stdin"],
-                input=text.encode("utf-8"), capture_output=True, timeout=self.timeout_s, check=False,
-            )
+            try:
+                proc = subprocess.run(
+                    [self.binary, "-v", espeak_voice, "-s", str(self.words_per_minute), "-w", out.name, "--stdin"],
+                    input=text.encode("utf-8"), capture_output=True, timeout=self.timeout_s, check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise EngineError(f"espeak-ng did not finish within {self.timeout_s:g} s") from None
             if proc.returncode != 0:
                 raise EngineError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
             data, rate = sf.read(io.BytesIO(open(out.name, "rb").read()), dtype="float32", always_2d=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Engine, EngineError, Voice
+from .base import Engine, EngineError, EngineInputError, Voice
 
 SAMPLE_RATE = 24000
 TOKENS_PER_SECOND = 7.5
@@ -115,7 +115,7 @@ class VibeVoiceEngine(Engine):
     def build_inputs(self, text: str, voice_id: str):
         """The processor's tensors for one segment, prompt in VibeVoice's canonical layout."""
         if voice_id not in {v.id for v in self.voices()}:
-            raise EngineError(f"unknown VibeVoice voice {voice_id!r}")
+            raise EngineInputError(f"unknown VibeVoice voice {voice_id!r}")
         p = self.processor
         clip = self._clips.get(voice_id)
         prompt = SYSTEM_PROMPT
@@ -137,6 +137,11 @@ class VibeVoiceEngine(Engine):
         cfg = self.model.config
         return LogitsProcessorList([ForceAudioTokens(prompt_len, self.force_audio_tokens, cfg.audio_token_id,
                                                      cfg.audio_eos_token_id, cfg.eos_token_id)])
+
+    def recover(self) -> None:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def synthesize(self, text: str, voice_id: str, seed: int | None = 0) -> np.ndarray:
         if self.model is None:

@@ -4,7 +4,8 @@ calls POST /alerts; the controller decides and runs failover.yml / rejoin.yml in
 Environment: TTS_ALERT_TOKEN or TTS_ALERT_TOKEN_FILE (bearer token), TTS_RECEIVER_DB (sqlite file),
 TTS_SHARED_DIR (cluster state), TTS_RECEIVER_NODES ("tts-a=http://10.89.60.11:8000,tts-b=..."),
 TTS_RECEIVER_PROJECT (this repository on ctl: playbooks, roles, inventory), TTS_RECEIVER_INVENTORY,
-TTS_RECEIVER_EXTRAVARS_FILE (secrets for the playbooks), TTS_FAILOVER_COOLDOWN, TTS_OPERATORS_URL.
+TTS_RECEIVER_EXTRAVARS_FILE (secrets for the playbooks), TTS_FAILOVER_COOLDOWN, TTS_OPERATORS_URL,
+TTS_FAILOVER_MAX_PER_HOUR (3), TTS_REJOIN_MAX_PER_EPOCH (3), TTS_RECEIVER_PROBE_TIMEOUT (2.5 s).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..cluster import Cluster
 from ..config import parse_node_urls
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
+from .decision import Limits
 from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier
 from .store import Store
 from .webhook import WebhookError, parse
@@ -46,8 +48,11 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
                                 env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
     controller = Controller(
         store, Cluster(storage, shared / "cluster"),
-        NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES")), runner,
-        cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")))
+        NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES"),
+                  timeout_s=float(env.get("TTS_RECEIVER_PROBE_TIMEOUT", "2.5"))), runner,
+        cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")),
+        limits=Limits(failovers_per_hour=int(env.get("TTS_FAILOVER_MAX_PER_HOUR", "3")),
+                      rejoins_per_epoch=int(env.get("TTS_REJOIN_MAX_PER_EPOCH", "3"))))
     if start:
         controller.start()
 

@@ -37,7 +37,7 @@ class NodeProbe:
     """Asks the TTS nodes over HTTP. The witness question goes to the standby, which probes the
     primary itself (GET /peer/<primary>/ready on the standby): a path that avoids the monitor's."""
     nodes: dict[str, str]          # node id -> base URL of its app
-    timeout_s: float = 2.0
+    timeout_s: float = 2.5         # longer than the witness's own probe of the primary (TTS_WITNESS_TIMEOUT)
 
     def _get(self, url: str) -> tuple[int | None, dict]:
         try:
@@ -72,6 +72,8 @@ class LazyProbes:
                 self._cache[key] = None
             else:
                 code, body = self._probe._get(f"{url}{path}")
+                if key == "witness" and code != 200:   # unknown: ask once more before calling it unknown
+                    code, body = self._probe._get(f"{url}{path}")
                 if code is None:
                     self._cache[key] = None
                 elif key == "witness":
@@ -102,12 +104,17 @@ class LazyProbes:
 
 class Controller:
     def __init__(self, store: Store, cluster: ClusterFiles, probe: NodeProbe, runner: Runner,
-                 cooldown_s: float = 60.0, notify: Callable[[dict], None] | None = None):
+                 cooldown_s: float = 60.0, notify: Callable[[dict], None] | None = None,
+                 limits: d.Limits = d.Limits()):
         self.store = store
         self.cluster = cluster
         self.probe = probe
         self.runner = runner
         self.cooldown_s = cooldown_s
+        self.limits = limits
+        # "Not now" decisions (busy, locked, cooling down) are decided again by the receiver itself,
+        # each loop turn (<= 1 s), until the answer changes: Alertmanager's repeat is not relied on.
+        self._pending: dict[tuple[str, str], d.Alert] = {}
         self.notify = notify or (lambda _msg: None)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -141,6 +148,17 @@ class Controller:
                 except Exception:  # one bad notification must not stop the loop
                     log.exception("notification %s could not be processed", notification["id"])
                 self.store.mark_processed(notification["id"])
+            try:
+                self.recheck()
+            except Exception:
+                log.exception("re-deciding a pending alert failed")
+
+    def recheck(self) -> list[d.Decision]:
+        """Decide again, by ourselves, the alerts whose last answer was "not now"."""
+        decisions = []
+        for key, alert in list(self._pending.items()):
+            decisions.append(self.handle(None, alert, recheck=True))
+        return decisions
 
     # ---- one notification ----
 
@@ -152,7 +170,7 @@ class Controller:
             return []
         return [self.handle(notification["id"], alert) for alert in alerts]
 
-    def handle(self, notification_id: int, alert: d.Alert) -> d.Decision:
+    def handle(self, notification_id: int | None, alert: d.Alert, recheck: bool = False) -> d.Decision:
         cluster = self._cluster()
         if cluster is None:
             decision = d.Decision(d.ESCALATE, "the cluster state cannot be read from shared storage; "
@@ -164,11 +182,19 @@ class Controller:
             history = d.History(now=time.time(), run_in_progress=(
                 f"{running['playbook']} #{running['id']}" if running else None), **facts)
             probes = self.probe.probes(cluster, alert)
-            decision = d.decide(alert, cluster, probes, history, self.cooldown_s)
+            decision = d.decide(alert, cluster, probes, history, self.cooldown_s, self.limits)
             epoch = cluster.epoch
+        key = (alert.name, alert.node)
+        if decision.recheck:
+            self._pending[key] = alert
+        else:
+            self._pending.pop(key, None)
+        if recheck and decision.recheck:
+            return decision   # still "not now": not worth a row
         decision_id = self.store.add_decision(notification_id, alert.name, alert.node, alert.status, epoch,
                                               decision.action, decision.target, decision.reason)
-        log.info("%s %s %s: %s", alert.name, alert.node, alert.status, decision.reason)
+        log.info("%s%s %s %s: %s", "re-decided: " if recheck else "", alert.name, alert.node, alert.status,
+                 decision.reason)
         if decision.action in PLAYBOOKS:
             self._start_run(decision_id, decision, epoch)
         elif decision.action == d.ESCALATE:
@@ -196,9 +222,7 @@ class Controller:
             state = self.cluster.read()
             if state is None:
                 return None
-            lock = self.cluster.lock_info()
-            holder = lock.get("holder") if lock and lock.get("expires_at", 0) > time.time() else None
-            return d.Cluster(state.epoch, state.primary, state.standby, holder)
+            return d.Cluster(state.epoch, state.primary, state.standby, self.cluster.lock_holder())
         except (StorageUnavailable, ClusterError, OSError):
             return None
 

@@ -48,6 +48,15 @@ class History:
     failover_epochs: frozenset[int] = field(default_factory=frozenset)  # epochs already failed over from
     failed_failover_epochs: frozenset[int] = field(default_factory=frozenset)
     rejoins_failed: frozenset[tuple[str, int]] = field(default_factory=frozenset)  # (node, epoch)
+    failovers_last_hour: int = 0                      # successful failovers that ended in the last hour
+    rejoins_succeeded: dict[tuple[str, int], int] = field(default_factory=dict)  # (node, epoch) -> count
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Flap damping: beyond these the receiver stops acting by itself and tells the operators."""
+    failovers_per_hour: int = 3        # tts_failover_max_per_hour, whatever the epochs
+    rejoins_per_epoch: int = 3         # a node rejoined this often in one epoch does not stay in role
 
 
 @dataclass(frozen=True)
@@ -56,10 +65,11 @@ class Decision:
     reason: str
     target: str | None = None        # the node acted on: the one promoted, or the one rejoined
     expect_epoch: int | None = None  # the epoch the failover must find (compare-and-swap)
+    recheck: bool = False            # "not now" (busy, locked, cooling down): decide again when that ends
 
     def to_dict(self) -> dict:
         return {"action": self.action, "reason": self.reason, "target": self.target,
-                "expect_epoch": self.expect_epoch}
+                "expect_epoch": self.expect_epoch, "recheck": self.recheck}
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class Inputs:
     probes: Probes
     history: History
     cooldown_s: float
+    limits: Limits = Limits()
 
 
 Rule = Callable[[Inputs], "Decision | None"]
@@ -96,10 +107,11 @@ def _stranger(i: Inputs) -> Decision | None:
 
 def _busy(i: Inputs) -> Decision | None:
     if i.history.run_in_progress:
-        return Decision(NONE, f"not acting because a run is in progress ({i.history.run_in_progress}); "
-                              "a run in progress is never interrupted")
+        return Decision(NONE, f"not acting now because a run is in progress ({i.history.run_in_progress}); "
+                              "a run in progress is never interrupted; deciding again when it ends", recheck=True)
     if i.cluster.lock_holder:
-        return Decision(NONE, f"not acting because the cluster lock is held by {i.cluster.lock_holder}")
+        return Decision(NONE, f"not acting now because the cluster lock is held by {i.cluster.lock_holder}; "
+                              "deciding again when it is released", recheck=True)
     return None
 
 
@@ -130,8 +142,25 @@ def _cooldown(i: Inputs) -> Decision | None:
     last = i.history.last_failover_at
     if i.alert.name == "TTSNodeDown" and last is not None and i.history.now - last < i.cooldown_s:
         left = i.cooldown_s - (i.history.now - last)
-        return Decision(NONE, f"not failing over because the last failover ended {i.history.now - last:.0f} s "
-                              f"ago (cooldown {i.cooldown_s:.0f} s, {left:.0f} s left)")
+        return Decision(NONE, f"not failing over now because the last failover ended {i.history.now - last:.0f} s "
+                              f"ago (cooldown {i.cooldown_s:.0f} s, {left:.0f} s left); deciding again then",
+                        recheck=True)
+    return None
+
+
+def _flapping(i: Inputs) -> Decision | None:
+    n, limit = i.history.failovers_last_hour, i.limits.failovers_per_hour
+    if i.alert.name == "TTSNodeDown" and n >= limit:
+        return Decision(ESCALATE, f"not failing over because {n} failovers already ended in the last hour "
+                                  f"(limit {limit}): the pair is flapping; telling the operators")
+    return None
+
+
+def _witness_unknown(i: Inputs) -> Decision | None:
+    if i.alert.name == "TTSNodeDown" and i.cluster.standby and i.probes.standby_sees_primary_ready is None:
+        return Decision(ESCALATE, f"not failing over because the standby {i.cluster.standby} could not say "
+                                  f"whether it reaches the primary {i.cluster.primary} (asked twice): an unknown "
+                                  "is not a witness that saw nothing; telling the operators")
     return None
 
 
@@ -191,6 +220,14 @@ def _rejoin_failed_before(i: Inputs) -> Decision | None:
     return None
 
 
+def _rejoin_flapping(i: Inputs) -> Decision | None:
+    n = i.history.rejoins_succeeded.get((i.alert.node, i.cluster.epoch), 0)
+    if i.alert.name == "TTSNodeNotInRole" and n >= i.limits.rejoins_per_epoch:
+        return Decision(ESCALATE, f"not rejoining {i.alert.node} again: it was rejoined {n} times in epoch "
+                                  f"{i.cluster.epoch} and did not stay in role; telling the operators")
+    return None
+
+
 def _rejoin(i: Inputs) -> Decision | None:
     if i.alert.name == "TTSNodeNotInRole":
         return Decision(REJOIN, f"rejoining {i.alert.node} as the standby of {i.cluster.primary} because it "
@@ -200,9 +237,9 @@ def _rejoin(i: Inputs) -> Decision | None:
 
 RULES: tuple[Rule, ...] = (
     _resolved, _unknown_alert, _stranger, _busy,
-    _down_standby, _already_failed_over, _second_failure, _cooldown, _witness_sees_primary, _standby_unfit,
-    _failover,
-    _primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before, _rejoin,
+    _down_standby, _already_failed_over, _second_failure, _flapping, _cooldown, _witness_sees_primary,
+    _standby_unfit, _witness_unknown, _failover,
+    _primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before, _rejoin_flapping, _rejoin,
 )
 
 
@@ -242,8 +279,9 @@ def finish_interrupted(run: Interrupted, cluster: Cluster | None) -> Decision:
                           f"primary {cluster.primary}): nothing to finish")
 
 
-def decide(alert: Alert, cluster: Cluster, probes: Probes, history: History, cooldown_s: float) -> Decision:
-    inputs = Inputs(alert, cluster, probes, history, cooldown_s)
+def decide(alert: Alert, cluster: Cluster, probes: Probes, history: History, cooldown_s: float,
+           limits: Limits = Limits()) -> Decision:
+    inputs = Inputs(alert, cluster, probes, history, cooldown_s, limits)
     for rule in RULES:
         decision = rule(inputs)
         if decision is not None:

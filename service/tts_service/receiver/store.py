@@ -140,11 +140,16 @@ class Store:
         bad = self._rows("SELECT epoch_before FROM runs WHERE playbook = 'failover.yml' AND result = 'failed'")
         rejoin_bad = self._rows("SELECT target, epoch_before FROM runs WHERE playbook = 'rejoin.yml' "
                                 "AND result = 'failed'")
+        rejoin_ok = self._rows("SELECT target, epoch_before, COUNT(*) AS n FROM runs WHERE playbook = 'rejoin.yml' "
+                               "AND result = 'succeeded' GROUP BY target, epoch_before")
+        hour_ago = time.time() - 3600
         return {
             "failover_epochs": frozenset(r["epoch_before"] for r in ok),
             "last_failover_at": ok[-1]["ended_at"] if ok else None,
             "failed_failover_epochs": frozenset(r["epoch_before"] for r in bad),
             "rejoins_failed": frozenset((r["target"], r["epoch_before"]) for r in rejoin_bad),
+            "failovers_last_hour": sum(1 for r in ok if (r["ended_at"] or 0) > hour_ago),
+            "rejoins_succeeded": {(r["target"], r["epoch_before"]): int(r["n"]) for r in rejoin_ok},
         }
 
     def run_counts(self) -> dict[str, int]:
