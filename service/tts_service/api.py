@@ -5,6 +5,9 @@ standby answers 503 with Retry-After so that nginx retries on the other node.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
 
 import redis
@@ -125,9 +128,16 @@ def submit():
     except ScriptError as exc:
         raise ApiError(400, str(exc)) from None
     voices = _resolve_voices(body.get("voices", {}), speakers_of(segments))
+    key = _idempotency_key()
 
     epoch = require_primary()
     sid = current_session(create=True)
+    job_id = idempotent_job_id(sid, key) if key else new_job_id()
+    fingerprint = _request_fingerprint(script, voices)
+    if key:
+        replay = _replay(job_id, fingerprint)
+        if replay is not None:
+            return replay
     client = request.remote_addr or "unknown"
     for scope, key, limit in (("session", sid, settings.rate_limit_per_session),
                               ("client", client, settings.rate_limit_per_client)):
@@ -136,10 +146,10 @@ def submit():
             raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
                                 f"try again in {wait} s", retry_after=wait)
 
-    job_id = new_job_id()
     created_at = time.time()
     job_request = {
         "id": job_id, "session": sid, "created_at": created_at, "accepted_by": settings.node,
+        "fingerprint": fingerprint, "idempotency_key": key,
         "epoch": epoch, "engine": settings.engine, "voices": {str(s): v for s, v in voices.items()},
         "segments": [{**seg.to_dict(), "voice": voices[seg.speaker]} for seg in segments],
         "script": script,
@@ -149,6 +159,11 @@ def submit():
         rt.files.create(job_id, job_request)
     except StorageFull:
         raise ApiError(503, "shared storage is full; the job was not accepted", retry_after=30) from None
+    except FileExistsError:   # the same key, committed by a concurrent retry of this very submit
+        replay = _replay(job_id, fingerprint)
+        if replay is not None:
+            return replay
+        raise
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
         rt.store.add(job_id, sid, len(segments), created_at)
@@ -157,6 +172,48 @@ def submit():
         current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
     response = jsonify({"id": job_id, "status": "queued"})
     response.status_code = 202
+    response.headers["Location"] = f"/api/jobs/{job_id}"
+    return response
+
+
+IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        raise ApiError(400, "the Idempotency-Key header must be 1 to 64 letters, digits or '_.:-'")
+    return key
+
+
+def idempotent_job_id(sid: str, key: str) -> str:
+    """The job id a (session, Idempotency-Key) pair always maps to: a retried submit, even one whose
+    first attempt was answered 503 while its storage write still completed, finds the same job."""
+    return hashlib.sha256(f"idempotency:{sid}:{key}".encode()).hexdigest()[:32]
+
+
+def _request_fingerprint(script: str, voices: dict[int, str]) -> str:
+    return hashlib.sha256(json.dumps([script, sorted(voices.items())]).encode()).hexdigest()
+
+
+def _replay(job_id: str, fingerprint: str) -> Response | None:
+    """The response for a submit whose job exists already (same session and key); None if it does not."""
+    rt = _rt()
+    try:
+        existing = rt.files.request(job_id)
+    except FileNotFoundError:
+        return None
+    if existing.get("fingerprint") != fingerprint:
+        raise ApiError(400, "this Idempotency-Key was already used for a different script or voices in this "
+                            "session; use a new key for a new job")
+    job = rt.store.get(job_id)
+    if job is None:   # durable, but Redis never heard of it (the first attempt failed after the write)
+        rt.store.add(job_id, existing["session"], len(existing["segments"]), existing["created_at"])
+        job = rt.store.get(job_id)
+    response = jsonify(public_job(job))
+    response.status_code = 200
     response.headers["Location"] = f"/api/jobs/{job_id}"
     return response
 

@@ -38,10 +38,30 @@ def check_segment(path: Path, sample_rate: int) -> int:
         raise ValueError(f"{path.name} is {info.samplerate} Hz, expected {sample_rate}")
     if info.channels != 1 or info.subtype != "PCM_16":
         raise ValueError(f"{path.name} is {info.channels} channel(s) {info.subtype}, expected mono PCM_16")
-    size = path.stat().st_size
-    if size < 44 + 2 * info.frames:
-        raise ValueError(f"{path.name} is truncated: {size} bytes for {info.frames} frames")
+    declared, available = _data_chunk(path)
+    if declared > available:
+        raise ValueError(f"{path.name} is truncated: its header announces {declared} bytes of audio, "
+                         f"the file holds {available}")
     return info.frames
+
+
+def _data_chunk(path: Path) -> tuple[int, int]:
+    """(bytes the RIFF 'data' chunk declares, bytes present after its header). libsndfile quietly
+    shortens a truncated file to what is there, so the header is read here."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise ValueError(f"{path.name} has no RIFF/WAVE header")
+        offset = 12
+        while offset + 8 <= size:
+            fh.seek(offset)
+            chunk = fh.read(8)
+            name, length = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if name == b"data":
+                return length, size - offset - 8
+            offset += 8 + length + (length & 1)
+    raise ValueError(f"{path.name} has no data chunk")
 
 
 def concat_wavs(parts: list[Path], out_path: Path, sample_rate: int, block: int = 1 << 16) -> int:

@@ -3,14 +3,21 @@
 const $ = (id) => document.getElementById(id);
 let voices = [];
 
-async function api(method, path, body) {
-  const opts = { method, credentials: "same-origin", headers: {} };
+async function api(method, path, body, headers) {
+  const opts = { method, credentials: "same-origin", headers: { ...(headers || {}) } };
   if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
   const res = await fetch(path, opts);
   let data = {};
   try { data = await res.json(); } catch (e) { data = { error: `HTTP ${res.status}` }; }
   if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
   return data;
+}
+
+function idempotencyKey() {
+  // crypto.randomUUID needs a secure context; getRandomValues works on plain HTTP too.
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function speakersInScript() {
@@ -52,7 +59,18 @@ async function submit() {
   for (const s of used) { if (s >= 1 && s <= 4) chosen[String(s)] = $(`voice-${s}`).value; }
   $("submit").disabled = true;
   try {
-    const job = await api("POST", "/api/jobs", { script: $("script").value, voices: chosen });
+    // One Idempotency-Key per click: a retry (ours below, or nginx's on the other node) of the same
+    // click returns the same job instead of creating a second one.
+    const key = idempotencyKey();
+    const body = { script: $("script").value, voices: chosen };
+    let job;
+    for (let attempt = 1; ; attempt++) {
+      try { job = await api("POST", "/api/jobs", body, { "Idempotency-Key": key }); break; }
+      catch (e) {
+        if (attempt >= 3 || !/unavailable|Failed to fetch|NetworkError|HTTP 50/.test(e.message)) throw e;
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
     setMessage(`Job ${job.id.slice(0, 8)} queued.`, false);
     await refresh();
   } catch (e) {
