@@ -287,43 +287,31 @@ class Worker:
             return f"job {job_id} was already {final} on shared storage; nothing to run"
         segments = request["segments"]
         total = len(segments)
-        existing, damaged, duration = rt.files.sound_segments(job_id, total, rt.engine.sample_rate)
-        if damaged:
-            rt.node.assert_primary(epoch)            # moving files aside is a write: fresh check first
-            for seg, why in damaged.items():
-                log.warning("job %s: segment %s is damaged (%s); moved aside, generating it again",
-                            job_id, seg.name, why)
-                rt.files.quarantine_segment(job_id, seg)
+        existing, duration = self._sound_segments(run, total)
         rt.store.update(job_id, status="running", node=self.settings.node, segments_total=total,
                         segments_done=len(existing), duration_s=round(duration, 3), error="",
                         claimed_at=time.time(), epoch=epoch)
         synthesised = 0
-        for seg in segments:
-            index = int(seg["index"])
-            if index in existing:
-                continue
-            run.check()
-            if self.stopping.is_set():  # SIGTERM: the segment in hand was finished; start no new one
-                raise Abandon(f"the worker is shutting down; segment {index} and later are left to resume")
-            if "cancelled" in rt.files.markers(job_id):
-                rt.store.finish(job_id, "cancelled", node=self.settings.node)
-                return f"job {job_id} was cancelled; stopped before segment {index}"
-            started = time.monotonic()
-            try:
-                samples = self._synthesize(run, seg["text"], seg["voice"])
-            except EngineInputError as exc:
-                return self._fail(job_id, epoch, f"segment {index + 1}: {exc}")
-            seconds = len(samples) / rt.engine.sample_rate
-            run.sleep(self.settings.engine_pace * seconds - (time.monotonic() - started))
-            self.histogram.observe(time.monotonic() - started)
-            wav = audio.encode_wav(samples, rt.engine.sample_rate)
-            run.check()
-            rt.node.assert_primary(epoch)            # fresh read of the state right before commit
-            rt.files.commit_segment(job_id, index, epoch, wav)
-            synthesised += 1
-            existing[index] = True
-            duration += seconds
-            rt.store.update(job_id, segments_done=len(existing), duration_s=round(duration, 3))
+        # Generate what is missing; then check every segment whole once more before assembling (one
+        # damaged on storage meanwhile is moved aside and generated again, here, in a second pass).
+        for _pass in (1, 2):
+            for seg in segments:
+                index = int(seg["index"])
+                if index in existing:
+                    continue
+                outcome = self._segment(run, seg, index)
+                if isinstance(outcome, str):
+                    return outcome
+                synthesised += 1
+                existing[index] = True
+                duration += outcome
+                rt.store.update(job_id, segments_done=len(existing), duration_s=round(duration, 3))
+            existing, duration = self._sound_segments(run, total)
+            if len(existing) == total:
+                break
+        else:
+            raise Attempt(f"segments {sorted(set(range(total)) - set(existing))[:5]} keep turning up damaged "
+                          "on shared storage")
         run.check()
         rt.node.assert_primary(epoch)
         final_duration = rt.files.assemble(job_id, total, rt.engine.sample_rate)
@@ -332,6 +320,41 @@ class Worker:
                         duration_s=round(final_duration, 3))
         return (f"finished {job_id}: {synthesised} segments synthesised here, "
                 f"{total - synthesised} found on shared storage")
+
+    def _sound_segments(self, run: JobRun, total: int) -> tuple[dict, float]:
+        """The job's whole segments; damaged ones are moved aside (a write: fresh primary check first)."""
+        rt = self.rt
+        existing, damaged, duration = rt.files.sound_segments(run.job_id, total, rt.engine.sample_rate)
+        if damaged:
+            rt.node.assert_primary(run.epoch)
+            for seg, why in damaged.items():
+                log.warning("job %s: segment %s is damaged (%s); moved aside, generating it again",
+                            run.job_id, seg.name, why)
+                rt.files.quarantine_segment(run.job_id, seg)
+        return dict(existing), duration
+
+    def _segment(self, run: JobRun, seg: dict, index: int) -> float | str:
+        """Synthesise and commit one segment: its seconds of audio, or a sentence if the job ended."""
+        rt, job_id, epoch = self.rt, run.job_id, run.epoch
+        run.check()
+        if self.stopping.is_set():  # SIGTERM: the segment in hand was finished; start no new one
+            raise Abandon(f"the worker is shutting down; segment {index} and later are left to resume")
+        if "cancelled" in rt.files.markers(job_id):
+            rt.store.finish(job_id, "cancelled", node=self.settings.node)
+            return f"job {job_id} was cancelled; stopped before segment {index}"
+        started = time.monotonic()
+        try:
+            samples = self._synthesize(run, seg["text"], seg["voice"])
+        except EngineInputError as exc:
+            return self._fail(job_id, epoch, f"segment {index + 1}: {exc}")
+        seconds = len(samples) / rt.engine.sample_rate
+        run.sleep(self.settings.engine_pace * seconds - (time.monotonic() - started))
+        self.histogram.observe(time.monotonic() - started)
+        wav = audio.encode_wav(samples, rt.engine.sample_rate)
+        run.check()
+        rt.node.assert_primary(epoch)            # fresh read of the state right before commit
+        rt.files.commit_segment(job_id, index, epoch, wav)
+        return seconds
 
     def _synthesize(self, run: JobRun, text: str, voice: str):
         """One segment; a transient engine error is retried once after Engine.recover()."""

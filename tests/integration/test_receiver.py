@@ -7,6 +7,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -259,3 +260,47 @@ def test_metrics_show_the_latest_drill_report_from_shared_storage(receiver, shar
     text = c.get("/metrics").get_data(as_text=True)
     assert "tts_drill_last_success 0.0" in text and "tts_drill_last_success_timestamp_seconds 1000.0" in text
     assert "tts_drill_reports_readable 1.0" in text
+
+
+def test_a_not_now_because_locked_is_decided_again_when_the_lock_is_released(receiver, pair, shared):
+    """Issue 12: the receiver re-checks by itself; it does not wait for Alertmanager's repeat."""
+    nodes, _ = pair
+    token = json.loads(cluster_cli(shared, "lock", "--holder", "switchover.yml", "--ttl", "60").stdout)["token"]
+    app = receiver()
+    c = app.test_client()
+    kill_node(nodes["tts-a"])
+    assert post(c, notification()).status_code == 200            # one notification, never repeated
+    wait_for(lambda: runs(c)["decisions"], 10, what="the first decision")
+    first = runs(c)["decisions"][0]
+    assert first["action"] == "none" and "lock is held by switchover.yml" in first["reason"]
+    time.sleep(2)
+    assert runs(c)["runs"] == [] and len(runs(c)["decisions"]) == 1   # "not now" again is not a new row
+    assert cluster_cli(shared, "unlock", token).returncode == 0
+    wait_for(lambda: runs(c)["runs"] and runs(c)["runs"][0]["result"] != "running", 60, what="the failover")
+    assert runs(c)["runs"][0]["result"] == "succeeded" and state(shared)["primary"] == "tts-b"
+    assert c.get("/health").get_json()["notifications"] == 1
+    app.extensions["tts_receiver"].stop()
+
+
+def test_a_witness_that_does_not_answer_is_asked_twice_then_escalated_never_failed_over(receiver, pair, shared):
+    nodes, _ = pair
+    app = receiver()
+    c = app.test_client()
+    controller = app.extensions["tts_receiver"]
+    asked = []
+
+    def silent_witness(url):
+        if "/peer/" in url:
+            asked.append(url)
+            return None, {}                                      # no answer within the receiver's timeout
+        return real_get(url)
+
+    real_get = controller.probe._get
+    controller.probe._get = silent_witness
+    kill_node(nodes["tts-a"])
+    assert post(c, notification()).status_code == 200
+    wait_for(lambda: runs(c)["decisions"], 10, what="the decision")
+    decision = runs(c)["decisions"][0]
+    assert decision["action"] == "escalate" and "asked twice" in decision["reason"], decision
+    assert len(asked) == 2 and runs(c)["runs"] == [] and state(shared)["epoch"] == 1
+    controller.stop()

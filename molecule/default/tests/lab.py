@@ -191,6 +191,9 @@ def wait_job_done(session, job_id, turns, timeout=240, url=VIP):
 def follow_rejoin(node, runs_before, timeout=150):
     run = wait(lambda: new_run(runs_before, "rejoin.yml", node), timeout, f"rejoin.yml for {node}", interval=0.5)
     assert run["result"] == "succeeded", run
+    # A rejoin succeeds only in sync: /ready (which requires the replica link) answered 200.
+    code, body = ready(node)
+    assert code == 200 and body["checks"]["redis"], body
     wait(lambda: requests.get(f"{NODES[node]}/standby", timeout=2).status_code == 200, 60, f"{node} standby")
     return run
 

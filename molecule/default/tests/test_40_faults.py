@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, VIP, RoleWatcher, cluster_state,
-                 follow_rejoin, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, SHARED, VIP, RoleWatcher,
+                 cluster_state, firing, follow_rejoin, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, start_job, wait, wait_job_done,
                  wait_pair_settled)
 
@@ -336,6 +336,7 @@ REDIS_BACK = "rm -rf /run/systemd/system/redis-server.service.d; systemctl daemo
 
 def test_09_redis_killed_on_the_primary_fails_over_to_the_replica(case):
     c = case(needs_failover=True)
+    faulted_at = int(time.time())
     on(c.primary, REDIS_KILLED)
     try:
         code, body = wait(lambda: (r := requests.get(f"{NODES[c.primary]}/ready", timeout=2)).status_code == 503
@@ -343,6 +344,10 @@ def test_09_redis_killed_on_the_primary_fails_over_to_the_replica(case):
         assert body["checks"]["redis"] is False, body
         run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
         assert run["result"] == "succeeded", run
+        # failover.yml stopped the old primary's app for certain: no restart by systemd undid it.
+        restarts = on(c.primary, f"journalctl -u tts-worker -u tts-web --since @{faulted_at} | "
+                                 "grep -c 'Scheduled restart job' || true").strip()
+        assert restarts == "0", f"systemd restarted the old primary's app {restarts} times after the failover's stop"
     finally:
         runs_before = {r["id"] for r in receiver_runs()}
         on(c.primary, REDIS_BACK)
@@ -504,6 +509,109 @@ def recover_by_hand(c, state):
         operator_playbook("rejoin.yml", state["standby"])
     wait(pair_in_role, 120, "the pair in role after the operators' step", interval=1)
     c.finish_job(cluster_state()["primary"])
+
+
+# ---- issue 12: faults the first matrix did not inject ----
+
+def test_14_damaged_segment_on_storage_is_generated_again_without_a_failover(case):
+    c = case()
+    seg_dir = f"{SHARED}/jobs/{c.job}/segments"
+    victim = on("nas", f"ls {seg_dir} | grep '^00001[.].*wav$' | head -1").strip()
+    on("nas", f"truncate -s 300 {seg_dir}/{victim}")          # a NAS that lost data: the header stays
+    stayed = wait_done_in_role(c)
+    aside = on("nas", f"ls {seg_dir} | grep -c damaged || true").strip()
+    assert int(aside) >= 1, "the damaged segment was not moved aside"
+    assert runs_since(c.runs_before) == [] and not decisions_since(c.t0, "TTSNodeDown")
+    assert cluster_state() == c.state
+    note("14 damaged segment on storage", f"segment {victim} truncated on the NAS; moved aside and generated "
+                                          f"again, job done, no failover, pair in role in {stayed} samples")
+
+
+def wait_done_in_role(c, timeout=240):
+    """Wait for the case's job to finish on the same primary, checking the pair stays in role."""
+    samples = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert pair_in_role(), "the pair left its roles"
+        samples += 1
+        if c.session.get(f"{VIP}/api/jobs/{c.job}", timeout=3).json()["status"] in ("done", "failed"):
+            break
+        time.sleep(1)
+    c.finish_job(c.primary)
+    return samples
+
+
+def test_15_io_error_from_the_mount_on_the_primary_fences_it_and_fails_no_job(case):
+    """Not a timeout: the sshfs process dies and every access answers ENOTCONN at once."""
+    c = case(needs_failover=True)
+    on(c.primary, "pkill -9 -x sshfs")
+    statuses = []
+    try:
+        code, body = wait(lambda: (r := requests.get(f"{NODES[c.primary]}/ready", timeout=3)).status_code == 503
+                          and r.json()["fenced"] and (r.status_code, r.json()), 60, "the primary fenced")
+        assert body["checks"]["storage"] is False, body
+
+        def failed_over():
+            statuses.append(c.session.get(f"{VIP}/api/jobs/{c.job}", timeout=3).json().get("status"))
+            return new_run(c.runs_before, "failover.yml", c.standby)
+        run = wait(failed_over, 120, "the failover", interval=0.5)
+        assert run["result"] == "succeeded", run
+        c.finish_job(c.standby)
+        state = cluster_state()
+    finally:
+        on(c.primary, "umount -l /mnt/nas 2>/dev/null; mount /mnt/nas")
+    assert "failed" not in statuses, "an I/O error ended the job"
+    note("15 I/O error (sshfs killed) on the primary", f"primary fenced ({body['reason'][:90]}); failover to "
+                                                      f"{c.standby}; job never failed, finished there, "
+                                                      f"{c.recomputed(c.standby)} recomputed")
+    recover_by_hand(c, state)
+
+
+def test_16_blackbox_exporter_stopped_alerts_the_operators_and_fails_nothing_over(case):
+    c = case()
+    on("ctl", "systemctl stop prometheus-blackbox-exporter")
+    try:
+        alerts = wait(lambda: firing("TTSProbeMissing"), 90, "TTSProbeMissing firing", interval=2)
+        told = wait(lambda: [e for e in operators_log_since(c.t0) if "TTSProbeMissing" in json.dumps(e)], 60,
+                    "the operators told", interval=2)
+        nodes = sorted({a["labels"]["node"] for a in alerts})
+    finally:
+        on("ctl", "systemctl start prometheus-blackbox-exporter")
+    c.finish_job(c.primary)
+    assert runs_since(c.runs_before) == [] and not decisions_since(c.t0, "TTSNodeDown")
+    wait(lambda: not firing("TTSProbeMissing"), 120, "TTSProbeMissing resolved", interval=2)
+    note("16 blackbox exporter stopped", f"TTSProbeMissing fired for {nodes}, operators told ({len(told)} "
+                                         "notifications), no failover, resolved after the restart")
+
+
+def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recovers(case):
+    c = case(needs_failover=True)
+    podman("exec", "-d", PREFIX + "ctl", "bash", "-c",
+           "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
+           "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
+           "/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/switchover.yml "
+           f"-e @/etc/tts-receiver/secrets.yml -e tts_target={c.standby} > /tmp/switchover-killed.log 2>&1",
+           check=True)
+    # Kill it while the primary's worker finishes its segment (the stop step in progress): the
+    # worker stays stopped, the lock would have been held for its TTL.
+    wait(lambda: on(c.primary, "systemctl is-active tts-worker || true").strip() == "deactivating", 90,
+         "the switchover stopping the primary's worker", interval=0.1)
+    on("ctl", "pkill -9 -f 'ansible-playbook.*switchover.yml' || true")
+    killed_at = time.time()
+    wait(lambda: on("nas", f"test -e {SHARED}/cluster/lock && echo held || echo free").strip() == "free", 20,
+         "the lock released by its keeper")
+    freed = time.time() - killed_at
+    run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby, finished=False), 120,
+               "the receiver acting on the primary's stopped worker", interval=0.5)
+    acted = run["started_at"] - killed_at
+    wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover to end", interval=0.5)
+    c.finish_job(c.standby)
+    state = cluster_state()
+    note("17 switchover killed mid-run", f"lock released {freed:.1f} s after the kill (TTL 30 s, was 300); "
+                                         f"receiver failed over {acted:.1f} s after it; job finished on "
+                                         f"{c.standby}, {c.recomputed(c.standby)} recomputed")
+    recover_by_hand(c, state)
+
 
 
 def deadman(node):
