@@ -15,7 +15,7 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_URL := http://10.89.60.100/
 
-.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume clean
+.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill
 MODE ?= switchover
 RUNS ?= 5
@@ -29,6 +29,7 @@ help:
 	@echo "make drill         one failover drill on the lab (MODE=switchover|kill), prints the report"
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
+	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (prints a table)"
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -95,6 +96,10 @@ bench: deps
 
 bench-resume: deps
 	$(PY) bench/resume_failover.py
+
+# Chaos soak on the lab: RUNS rounds of a random fault at a random moment (prints a table).
+soak: deps
+	$(PY) bench/soak.py --runs $(RUNS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache dist service/build

@@ -139,9 +139,9 @@ def submit():
         if replay is not None:
             return replay
     client = request.remote_addr or "unknown"
-    for scope, key, limit in (("session", sid, settings.rate_limit_per_session),
+    for scope, who, limit in (("session", sid, settings.rate_limit_per_session),
                               ("client", client, settings.rate_limit_per_client)):
-        wait = rt.store.hit_rate_limit(scope, key, limit)
+        wait = rt.store.hit_rate_limit(scope, who, limit)
         if wait:
             raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
                                 f"try again in {wait} s", retry_after=wait)
@@ -236,7 +236,9 @@ def _resolve_voices(raw: object, speakers: list[int]) -> dict[int, str]:
 
 @bp.get("/jobs")
 def list_jobs():
-    sid = current_session(create=False)
+    # Creates the session: the page lists jobs on load, so its first submit already carries the
+    # cookie that scopes its Idempotency-Key (a retry whose first answer was lost finds the same job).
+    sid = current_session(create=True)
     jobs = _rt().store.session_jobs(sid) if sid else []
     return jsonify({"jobs": [public_job(j) for j in jobs]})
 

@@ -27,9 +27,11 @@ from .storage import Storage, StorageUnavailable, link_new
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
 
-# The longest TTL anything takes the lock with (tts-cluster lock --ttl is capped to it): an unreadable
-# lock file older than this is nobody's.
+# The longest TTL anything takes the lock with (tts-cluster lock --ttl is capped to it).
 MAX_LOCK_TTL_S = 300.0
+# An unreadable lock file (damaged: locks are written whole since they are link()ed into place) is
+# held by nobody once it is this old, for acquirers and for the receiver alike.
+UNREADABLE_LOCK_HELD_S = 60.0
 
 
 class ClusterError(RuntimeError):
@@ -110,10 +112,10 @@ class Cluster:
             raise LockHeld("the cluster lock was taken by someone else just now")
         info, age_s = current
         if info is None:
-            # Unreadable (torn by a crash, damaged): held until the file itself is older than a TTL.
-            if age_s < ttl_s:
+            # Unreadable (damaged): held until the file itself is older than UNREADABLE_LOCK_HELD_S.
+            if age_s < UNREADABLE_LOCK_HELD_S:
                 raise LockHeld(f"the cluster lock file is unreadable and {age_s:.0f} s old: treated as held "
-                               f"until it is {ttl_s:.0f} s old")
+                               f"until it is {UNREADABLE_LOCK_HELD_S:.0f} s old")
         elif info.get("expires_at", 0) > time.time():
             raise LockHeld(f"the cluster lock is held by {info.get('holder')!r} "
                            f"until {datetime.fromtimestamp(info['expires_at'], timezone.utc):%H:%M:%S}Z")
@@ -155,7 +157,8 @@ class Cluster:
             return None
         info, age_s = current
         if info is None:
-            return f"an unknown holder (unreadable lock file, {age_s:.0f} s old)" if age_s < MAX_LOCK_TTL_S else None
+            return (f"an unknown holder (unreadable lock file, {age_s:.0f} s old)"
+                    if age_s < UNREADABLE_LOCK_HELD_S else None)
         return str(info.get("holder")) if info.get("expires_at", 0) > time.time() else None
 
     def lock_info(self) -> dict | None:
@@ -253,6 +256,12 @@ def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
     with open(path, "rb") as fh:
         raw = fh.read()
         mtime = os.fstat(fh.fileno()).st_mtime
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        info = None
+    if isinstance(info, dict) and info.get("token"):
+        return info, 0.0          # readable: its own expiry decides; no age needed (and nothing written)
     probe = directory / f".clock-{secrets.token_hex(6)}"
     try:
         with open(probe, "wb"):
@@ -263,11 +272,7 @@ def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
             os.unlink(probe)
         except OSError:
             pass
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        return None, now - mtime
-    return (info if isinstance(info, dict) and info.get("token") else None), now - mtime
+    return None, now - mtime
 
 
 def _break_lock(path: Path, expected_token: str | None) -> None:

@@ -116,7 +116,7 @@ def keep_lock(cluster: Cluster, token: str, pid: int, ttl_s: float, max_s: float
         try:
             if not cluster.renew_lock(token, ttl_s):
                 return "the lock was released or expired"
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, OSError) as exc:
             print(f"could not renew the lock: {exc}", file=sys.stderr)  # the next round tries again
         time.sleep(min(ttl_s / 3, 2.0))
     return f"gave up after {max_s:g} s"

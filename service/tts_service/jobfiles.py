@@ -5,8 +5,10 @@
                                            writer's epoch is in the name, so a stale writer can
                                            never replace a newer segment (the newest epoch wins)
     jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
-    jobs/<id>/failures/<ns>-<node>.json    one per failed attempt at the job (what failed); after
-                                           TTS_JOB_MAX_ATTEMPTS of them the job ends `failed`
+    jobs/<id>/failures/<progress>-<ns>-<node>.json  one per failed attempt at the job (what failed),
+                                           named by how many segments were whole then; after
+                                           TTS_JOB_MAX_ATTEMPTS of them without progress in
+                                           between, the job ends `failed`
     jobs/<id>/segments/*.damaged-<hex>     a segment found unreadable, moved aside by the primary
                                            (it is then generated again)
     jobs/<id>/audio.wav                    the assembled result, created once
@@ -127,16 +129,23 @@ class JobFiles:
 
     # ---- failed attempts ----
 
-    def record_failure(self, job_id: str, node: str, epoch: int, error: str) -> int:
-        """One more failed attempt at this job, durable; returns how many there are now."""
+    def record_failure(self, job_id: str, node: str, epoch: int, error: str, progress: int = 0) -> int:
+        """One more failed attempt at this job, durable, made when `progress` segments were whole;
+        returns how many attempts failed since the job last made progress (a long job that met three
+        transient errors hours apart is not failed for them)."""
         folder = self.dir(job_id) / "failures"
         self.storage.makedirs(folder)
-        body = json.dumps({"at": time.time(), "node": node, "epoch": epoch, "error": error[:2000]}).encode()
-        self.storage.commit_new(folder / f"{time.time_ns()}-{node}.json", body)
-        return self.failure_count(job_id)
+        body = json.dumps({"at": time.time(), "node": node, "epoch": epoch, "progress": progress,
+                           "error": error[:2000]}).encode()
+        self.storage.commit_new(folder / f"{progress:05d}-{time.time_ns()}-{node}.json", body)
+        return self.failure_count(job_id, progress)
 
-    def failure_count(self, job_id: str) -> int:
-        return sum(1 for name in self.storage.listdir(self.dir(job_id) / "failures") if name.endswith(".json"))
+    def failure_count(self, job_id: str, progress: int | None = None) -> int:
+        """Failed attempts at the job (made at `progress` segments, if given)."""
+        names = [n for n in self.storage.listdir(self.dir(job_id) / "failures") if n.endswith(".json")]
+        if progress is None:
+            return len(names)
+        return sum(1 for n in names if n.startswith(f"{progress:05d}-"))
 
     def segment_path(self, job_id: str, seg: SegmentFile) -> Path:
         return self.dir(job_id) / "segments" / seg.name

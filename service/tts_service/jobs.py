@@ -31,14 +31,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Take the lease if it is free, or if its holder leased it in an older epoch: a promotion voids
-# every lease of the epochs before it (the replicated lease of a dead primary survives the promotion
-# with its expiry; skew between the nodes' clocks can stretch it).
+# Take the lease if it is free, if its holder leased it in an older epoch (a promotion voids every
+# lease of the epochs before it: the replicated lease of a dead primary survives the promotion with its
+# expiry, and skew between the nodes' clocks can stretch it), or if it is this node's own (one worker
+# per node, which asks only while it runs no job: a lease in its name is a dead incarnation's).
 _ACQUIRE = """
 local current = redis.call('get', KEYS[1])
 if current then
   local ok, held = pcall(cjson.decode, current)
-  if ok and type(held) == 'table' and tonumber(held['epoch']) and tonumber(held['epoch']) >= tonumber(ARGV[2]) then
+  if ok and type(held) == 'table' and held['node'] ~= ARGV[4]
+     and tonumber(held['epoch']) and tonumber(held['epoch']) >= tonumber(ARGV[2]) then
     return 0
   end
 end
@@ -213,9 +215,10 @@ class JobStore:
     # ---- leases ----
 
     def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float) -> str | None:
-        """The lease for (node, epoch) if the job's lease is free or was taken in an older epoch."""
+        """The lease for (node, epoch) if the job's lease is free, was taken in an older epoch, or is a
+        dead incarnation's of this same node."""
         token = json.dumps({"node": node, "epoch": epoch, "token": secrets.token_hex(8)})
-        ok = self._acquire(keys=[k("lease", job_id)], args=[token, epoch, int(ttl_s * 1000)])
+        ok = self._acquire(keys=[k("lease", job_id)], args=[token, epoch, int(ttl_s * 1000), node])
         return token if ok else None
 
     def renew_lease(self, job_id: str, token: str, ttl_s: float) -> bool:

@@ -71,13 +71,22 @@ def reconcile(store: JobStore, files: JobFiles, sessions: Sessions, sample_rate:
             continue
         try:
             _reconcile_one(store, files, sessions, job_id, active, report, sample_rate, confirmed)
-        except StorageUnavailable:
-            raise   # the mount, not the job: the caller waits for it
+        except StorageUnavailable as exc:
+            if not files.storage.answers():
+                raise   # the mount, not the job: the caller waits for it
+            log.warning("job %s: cannot reconcile it: %s (the mount answers: this job's files are bad)",
+                        job_id, exc)
         except Exception as exc:  # one damaged job must not stop the scan (or the worker)
             log.warning("job %s: cannot reconcile it from shared storage: %s: %s", job_id, type(exc).__name__, exc)
     # Active ids whose request is gone from storage were never durable: drop them.
     for job_id in store.active_ids():
-        if not files.storage.exists(files.dir(job_id) / "request.json"):   # an I/O error raises, never False
+        try:
+            missing = not files.storage.exists(files.dir(job_id) / "request.json")  # an I/O error raises
+        except StorageUnavailable:
+            if not files.storage.answers():
+                raise
+            continue
+        if missing:
             store.finish(job_id, "failed", error="the job's request is missing from shared storage")
     return report
 

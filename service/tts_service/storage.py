@@ -105,6 +105,14 @@ class Storage:
     def free_bytes(self) -> int:
         return self.call(_free_bytes, self.root)
 
+    def answers(self) -> bool:
+        """Whether the mount itself answers now (to tell one bad file from a failed mount)."""
+        try:
+            self.call(os.listdir, self.root)
+            return True
+        except (StorageUnavailable, OSError):
+            return False
+
 
 def _read_json(path: Path) -> Any:
     with open(path, "rb") as fh:

@@ -118,6 +118,8 @@ class Worker:
         self.last_sentence = ""
         self.confirmed_final: set[str] = set()   # jobs whose final marker reconcile saw on storage
         self.backoff: dict[str, float] = {}   # job id -> monotonic time before which it is not claimed
+        self.progress: dict[str, int] = {}    # job id -> whole segments when last looked at
+        self.failed_in_a_row: list[str] = []  # jobs whose attempts failed since the last success
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
 
     # ---- lifecycle ----
@@ -231,6 +233,8 @@ class Worker:
         except StorageUnavailable as exc:
             if self._storage_full():   # a NAS reached over sftp reports a full disk as a failed write
                 self._note_error(job_id, "shared storage is full; the job continues when space returns")
+            elif self.rt.storage.answers():   # the mount works: this job's files are bad, not the NAS
+                return self._charge(job_id, epoch, Attempt(f"its files on shared storage failed: {exc}"))
             else:
                 self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
             self.stopping.wait(2.0)
@@ -244,11 +248,24 @@ class Worker:
             self.current_job = None
 
     def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
-        """A failed attempt at the job: durable count on storage; `failed` after max_attempts."""
+        """A failed attempt at the job: durable count on storage (only by the primary of this epoch);
+        `failed` after max_attempts without progress. The same failure on several jobs in a row is
+        the node's, not theirs: the engine is marked unfit (/ready 503) and the pair fails over."""
         what = str(exc) if isinstance(exc, Attempt) else f"{type(exc).__name__}: {exc}"
         self.backoff[job_id] = time.monotonic() + self.settings.failure_backoff_s
+        self.failed_in_a_row.append(job_id)
+        if len(self.failed_in_a_row) >= 3 and len(set(self.failed_in_a_row)) >= 2:
+            self.engine_loaded = False
+            self.engine_error = (f"attempts failed on {len(set(self.failed_in_a_row))} different jobs in a row "
+                                 f"(the last: {what}): this node is unfit to run jobs")
+            log.error("%s", self.engine_error)
         try:
-            failures = self.rt.files.record_failure(job_id, self.settings.node, epoch, what)
+            self.rt.node.assert_primary(epoch)
+        except Fenced as fenced:
+            return f"attempt at {job_id} failed ({what}); not recorded: fenced: {fenced}"
+        try:
+            failures = self.rt.files.record_failure(job_id, self.settings.node, epoch, what,
+                                                    progress=self.progress.get(job_id, 0))
         except (StorageUnavailable, OSError) as store_exc:
             self._note_error(job_id, f"an attempt failed ({what}); it could not be recorded: {store_exc}")
             return f"attempt at {job_id} failed ({what}); not recorded: {store_exc}"
@@ -288,6 +305,7 @@ class Worker:
         segments = request["segments"]
         total = len(segments)
         existing, duration = self._sound_segments(run, total)
+        self.progress[job_id] = len(existing)
         rt.store.update(job_id, status="running", node=self.settings.node, segments_total=total,
                         segments_done=len(existing), duration_s=round(duration, 3), error="",
                         claimed_at=time.time(), epoch=epoch)
@@ -304,6 +322,8 @@ class Worker:
                     return outcome
                 synthesised += 1
                 existing[index] = True
+                self.progress[job_id] = len(existing)
+                self.failed_in_a_row.clear()
                 duration += outcome
                 rt.store.update(job_id, segments_done=len(existing), duration_s=round(duration, 3))
             existing, duration = self._sound_segments(run, total)
@@ -318,6 +338,8 @@ class Worker:
         rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration)
         rt.store.finish(job_id, "done", node=self.settings.node, segments_done=total,
                         duration_s=round(final_duration, 3))
+        self.failed_in_a_row.clear()
+        self.progress.pop(job_id, None)
         return (f"finished {job_id}: {synthesised} segments synthesised here, "
                 f"{total - synthesised} found on shared storage")
 
@@ -371,9 +393,9 @@ class Worker:
                     engine.recover()
                 except Exception:
                     log.exception("engine recover() failed")
+                run.check()   # fenced or lost the lease meanwhile: abandon, charge nothing
                 if attempt == 2:
                     raise Attempt(f"the engine failed twice on one segment: {exc}") from exc
-                run.check()
         raise AssertionError("unreachable")
 
     def _fail(self, job_id: str, epoch: int, error: str) -> str:

@@ -127,7 +127,9 @@ def test_an_input_error_fails_at_once_but_only_after_a_fresh_primary_check(rt, a
         return real_synth(text, voice)
 
     rt.engine.synthesize = fenced_then_fail
-    worker.cycle()
+    sentence = worker.cycle()
+    assert rt.engine.calls == 1, "the second job's synthesis was never reached"
+    assert "fenced" in sentence, sentence
     assert "failed" not in rt.files.markers(other)
 
 
@@ -145,8 +147,19 @@ def test_an_io_error_is_not_a_missing_file(rt, api, monkeypatch):
     monkeypatch.setattr(storage_mod.os, "stat", eio)
     with pytest.raises(StorageUnavailable):
         rt.storage.exists(rt.files.dir(job_id) / "request.json")
+    # The mount itself still answers: one job's files fail; the job is skipped, never ended.
+    reconcile(rt.store, rt.files, rt.sessions, rt.engine.sample_rate)
+    assert rt.store.get(job_id)["status"] == "queued" and job_id in rt.store.active_ids()
+    # The whole mount fails: reconciliation stops and says so (the node fences itself), ends nothing.
+    real_listdir = os.listdir
+
+    def eio_listdir(path):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage_mod.os, "listdir", eio_listdir)
     with pytest.raises(StorageUnavailable):
         reconcile(rt.store, rt.files, rt.sessions, rt.engine.sample_rate)
+    monkeypatch.setattr(storage_mod.os, "listdir", real_listdir)
     assert rt.store.get(job_id)["status"] == "queued"
 
 
@@ -193,6 +206,15 @@ def test_a_retried_submit_with_the_same_key_returns_the_same_job(api, rt):
     assert reused.status_code == 400 and "different script" in reused.get_json()["error"]
     assert submit(api, headers={"Idempotency-Key": "x" * 65}).status_code == 400
     assert submit(api, headers={"Idempotency-Key": "bad key; rm"}).status_code == 400
+
+
+def test_the_page_has_its_session_before_its_first_submit(rt):
+    """A first POST's lost answer would carry the session cookie away with it: listing jobs (what
+    the page does on load) creates the session, so the key is scoped to a session the client has."""
+    from tts_service.app import create_app
+    page = create_app(rt.settings).test_client()
+    assert page.get("/api/jobs").status_code == 200
+    assert page.get_cookie("tts_session") is not None
 
 
 def test_a_submit_whose_first_attempt_reached_storage_but_not_redis_is_found_again(api, rt, redis_server):
