@@ -251,6 +251,7 @@ def one_round(rng: random.Random, n: int) -> Round:
     before = {r["id"] for r in receiver_runs()}
     r = Round(fault.name)
     session = requests.Session()
+    session.get(f"{VIP}/api/jobs", timeout=5)           # the session first (it scopes Idempotency-Keys)
     watcher, avail = RoleWatcher(), Availability()
     watcher.start()
     avail.start()

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import RedisServer  # noqa: E402
+from tests.harness import RedisServer, start_pair  # noqa: E402
 
 
 def pytest_configure(config):
@@ -36,3 +36,12 @@ def shared(tmp_path) -> Path:
     path = tmp_path / "shared"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def pair(shared, tmp_path, redis_url, request):
+    """tts-a (primary) and tts-b (standby) as real processes, with the test module's SETTINGS."""
+    nodes = start_pair(shared, tmp_path, redis_url, **getattr(request.module, "SETTINGS", {}))
+    yield nodes
+    for n in nodes:
+        n.stop()

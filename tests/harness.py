@@ -132,6 +132,16 @@ def cluster_cli(shared: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+def start_pair(shared: Path, tmp_path: Path, redis_url: str, **settings: object) -> list["Node"]:
+    """tts-a (primary) and tts-b (standby) on one jobs folder and one Redis, both ready."""
+    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
+    nodes = [Node(name, node_env(name, redis_url, shared, tmp_path / f"run-{name}", **settings),
+                  tmp_path / "logs").start() for name in ("tts-a", "tts-b")]
+    for n in nodes:
+        wait_for(lambda n=n: n.ready()[0] == 200, 20, what=f"{n.name} ready")
+    return nodes
+
+
 def dialogue(turns: int, speakers: int = 2) -> str:
     lines = []
     for i in range(turns):

@@ -20,18 +20,6 @@ TURNS = 12
 SETTINGS = dict(TTS_ENGINE_PACE=0.2, TTS_LEASE_SECONDS=2, TTS_STATE_MAX_AGE=3, TTS_RECONCILE_INTERVAL=2)
 
 
-@pytest.fixture
-def pair(shared, tmp_path, redis_url):
-    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
-    nodes = [Node(name, node_env(name, redis_url, shared, tmp_path / f"run-{name}", **SETTINGS),
-                  tmp_path / "logs").start() for name in ("tts-a", "tts-b")]
-    for n in nodes:
-        wait_for(lambda n=n: n.ready()[0] == 200, 20, what=f"{n.name} ready")
-    yield nodes
-    for n in nodes:
-        n.stop()
-
-
 def segment_files(shared, job_id) -> dict[str, str]:
     """name -> sha256 of every segment file of the job."""
     folder = shared / "jobs" / job_id / "segments"

@@ -16,7 +16,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.harness import Node, cluster_cli, dialogue, node_env, wait_for
+from tests.harness import dialogue, wait_for
 from tts_service import storage as storage_mod
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
@@ -234,18 +234,6 @@ def test_a_submit_whose_first_attempt_reached_storage_but_not_redis_is_found_aga
 
 SETTINGS = dict(TTS_ENGINE_PACE=0.15, TTS_LEASE_SECONDS=2, TTS_STATE_MAX_AGE=3, TTS_RECONCILE_INTERVAL=1,
                 TTS_FAILURE_BACKOFF=1)
-
-
-@pytest.fixture
-def pair(shared, tmp_path, redis_url):
-    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
-    nodes = [Node(name, node_env(name, redis_url, shared, tmp_path / f"run-{name}", **SETTINGS),
-                  tmp_path / "logs").start() for name in ("tts-a", "tts-b")]
-    for n in nodes:
-        wait_for(lambda n=n: n.ready()[0] == 200, 20, what=f"{n.name} ready")
-    yield nodes
-    for n in nodes:
-        n.stop()
 
 
 def test_a_damaged_segment_mid_run_neither_stops_the_worker_nor_the_pair(pair, shared):
