@@ -474,43 +474,6 @@ def operators_log_since(t):
     return out
 
 
-def test_07_standby_lost_during_the_failover_stops_reports_and_never_loops(case):
-    c = case(needs_failover=True)
-    on(c.primary, APP_KILLED)
-    try:
-        wait(lambda: new_run(c.runs_before, "failover.yml", c.standby, finished=False), 60,
-             "failover.yml started", interval=0.05)
-        podman("kill", PREFIX + c.standby, check=True)
-        run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover to end")
-        assert run["result"] == "failed", run
-        # Later notifications of the same outage: escalations, never another run.
-        escalated = wait(lambda: [d for d in decisions_since(run["ended_at"]) if d["action"] == "escalate"], 90,
-                         "an escalation", interval=1)
-        time.sleep(35)      # one more repeat interval of the alerts
-        assert len(runs_since(c.runs_before, "failover.yml")) == 1
-        told = [e for e in operators_log_since(c.t0) if "escalation" in json.dumps(e) or "run_failed" in json.dumps(e)]
-        assert told, "the operators were not told"
-        state = cluster_state()
-    finally:
-        podman("start", PREFIX + c.standby)
-        on(c.primary, APP_BACK)
-    note("7 standby lost during the failover", f"failover.yml failed; then: {escalated[0]['reason']}; "
-                                               f"{len(told)} notification(s) to the operators; state epoch "
-                                               f"{state['epoch']} primary {state['primary']}")
-    recover_by_hand(c, state)
-
-
-def recover_by_hand(c, state):
-    """What the README runbook tells an operator after an escalation: both hosts back, then
-    switchover.yml (or rejoin.yml) by hand so that one node is primary and the other follows it."""
-    wait(lambda: all(requests.get(f"{url}/health", timeout=2).status_code == 200 for url in NODES.values()), 120,
-         "both apps up")
-    if not holds_within(pair_in_role, 60):
-        operator_playbook("rejoin.yml", state["standby"])
-    wait(pair_in_role, 120, "the pair in role after the operators' step", interval=1)
-    c.finish_job(cluster_state()["primary"])
-
-
 # ---- issue 12: faults the first matrix did not inject ----
 
 def test_14_damaged_segment_on_storage_is_generated_again_without_a_failover(case):
@@ -544,7 +507,7 @@ def wait_done_in_role(c, timeout=240):
 def test_15_io_error_from_the_mount_on_the_primary_fences_it_and_fails_no_job(case):
     """Not a timeout: the sshfs process dies and every access answers ENOTCONN at once."""
     c = case(needs_failover=True)
-    on(c.primary, "pkill -9 -x sshfs")
+    on(c.primary, "pkill -9 -f '^/sbin/mount.fuse.sshfs'")      # the FUSE daemon (its comm is cut short)
     statuses = []
     try:
         code, body = wait(lambda: (r := requests.get(f"{NODES[c.primary]}/ready", timeout=3)).status_code == 503
@@ -559,7 +522,10 @@ def test_15_io_error_from_the_mount_on_the_primary_fences_it_and_fails_no_job(ca
         c.finish_job(c.standby)
         state = cluster_state()
     finally:
-        on(c.primary, "umount -l /mnt/nas 2>/dev/null; mount /mnt/nas")
+        # A new mount is not seen by services already running (their mount namespaces, ProtectSystem,
+        # are copies with private propagation in these containers): remount, then restart them.
+        on(c.primary, "umount -l /mnt/nas 2>/dev/null; mount /mnt/nas; "
+                      "systemctl restart tts-worker tts-web tts-deadman 2>/dev/null || true")
     assert "failed" not in statuses, "an I/O error ended the job"
     note("15 I/O error (sshfs killed) on the primary", f"primary fenced ({body['reason'][:90]}); failover to "
                                                       f"{c.standby}; job never failed, finished there, "
@@ -596,7 +562,9 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
     # worker stays stopped, the lock would have been held for its TTL.
     wait(lambda: on(c.primary, "systemctl is-active tts-worker || true").strip() == "deactivating", 90,
          "the switchover stopping the primary's worker", interval=0.1)
-    on("ctl", "pkill -9 -f 'ansible-playbook.*switchover.yml' || true")
+    # Only the ansible-playbook processes (main and workers), not the shells around them.
+    on("ctl", "pkill -9 -f '^/opt/tts-receiver/venv/bin/python[0-9.]* /opt/tts-receiver/venv/bin/ansible-playbook "
+              ".*switchover[.]yml'")
     killed_at = time.time()
     wait(lambda: on("nas", f"test -e {SHARED}/cluster/lock && echo held || echo free").strip() == "free", 20,
          "the lock released by its keeper")
@@ -612,6 +580,43 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
                                          f"{c.standby}, {c.recomputed(c.standby)} recomputed")
     recover_by_hand(c, state)
 
+
+
+def test_07_standby_lost_during_the_failover_stops_reports_and_never_loops(case):
+    c = case(needs_failover=True)
+    on(c.primary, APP_KILLED)
+    try:
+        wait(lambda: new_run(c.runs_before, "failover.yml", c.standby, finished=False), 60,
+             "failover.yml started", interval=0.05)
+        podman("kill", PREFIX + c.standby, check=True)
+        run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover to end")
+        assert run["result"] == "failed", run
+        # Later notifications of the same outage: escalations, never another run.
+        escalated = wait(lambda: [d for d in decisions_since(run["ended_at"]) if d["action"] == "escalate"], 90,
+                         "an escalation", interval=1)
+        time.sleep(35)      # one more repeat interval of the alerts
+        assert len(runs_since(c.runs_before, "failover.yml")) == 1
+        told = [e for e in operators_log_since(c.t0) if "escalation" in json.dumps(e) or "run_failed" in json.dumps(e)]
+        assert told, "the operators were not told"
+        state = cluster_state()
+    finally:
+        podman("start", PREFIX + c.standby)
+        on(c.primary, APP_BACK)
+    note("7 standby lost during the failover", f"failover.yml failed; then: {escalated[0]['reason']}; "
+                                               f"{len(told)} notification(s) to the operators; state epoch "
+                                               f"{state['epoch']} primary {state['primary']}")
+    recover_by_hand(c, state)
+
+
+def recover_by_hand(c, state):
+    """What the README runbook tells an operator after an escalation: both hosts back, then
+    switchover.yml (or rejoin.yml) by hand so that one node is primary and the other follows it."""
+    wait(lambda: all(requests.get(f"{url}/health", timeout=2).status_code == 200 for url in NODES.values()), 120,
+         "both apps up")
+    if not holds_within(pair_in_role, 60):
+        operator_playbook("rejoin.yml", state["standby"])
+    wait(pair_in_role, 120, "the pair in role after the operators' step", interval=1)
+    c.finish_job(cluster_state()["primary"])
 
 
 def deadman(node):
