@@ -231,10 +231,11 @@ def settled(cooldown: bool) -> None:
 
 
 def recover() -> str:
-    """Both nodes in role again: by the receiver (rejoin), else as the runbook says (rejoin.yml)."""
-    wait(lambda: all(requests.get(f"{u}/health", timeout=2).status_code == 200 for u in NODES.values()), 180,
-         "both apps up", interval=1)
+    """Both nodes in role again: by the receiver (rejoin), else as the runbook says (rejoin.yml, which
+    also starts an app that stayed down)."""
     try:
+        wait(lambda: all(requests.get(f"{u}/health", timeout=2).status_code == 200 for u in NODES.values()), 120,
+             "both apps up", interval=1)
         wait(pair_in_role, 90, "the pair in role", interval=1)
         return "receiver"
     except AssertionError:
@@ -243,8 +244,12 @@ def recover() -> str:
         return "rejoin.yml by hand"
 
 
+CURRENT: dict[str, str] = {}
+
+
 def one_round(rng: random.Random, n: int) -> Round:
     fault = rng.choice(FAULTS)
+    CURRENT["fault"] = fault.name
     settled(cooldown=fault.fails_over)
     state = cluster_state()
     primary, standby = state["primary"], state["standby"]
@@ -313,7 +318,7 @@ def main() -> int:
         try:
             rounds.append(one_round(rng, n))
         except AssertionError as exc:
-            print(f"round {n:2d}: could not complete: {exc}", flush=True)
+            print(f"round {n:2d}: could not complete ({CURRENT.get('fault')}): {exc}", flush=True)
             rounds.append(Round("(round failed to complete)", problems=[str(exc)], lost=0))
     faults: dict[str, int] = {}
     for r in rounds:
