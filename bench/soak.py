@@ -37,26 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "defau
 
 import requests  # noqa: E402
 
-from lab import (ADDRESS, APP_BACK, APP_KILLED, COOLDOWN_S, NODES, PREFIX, SHARED, SUBNET, VIP,  # noqa: E402
-                 RoleWatcher, cluster_state, on, operator_playbook, pair_in_role, podman, receiver_runs,
-                 redis_cli, script, wait)
-
-REDIS_KILLED = ("mkdir -p /run/systemd/system/redis-server.service.d; "
-                "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/redis-server.service.d/fault.conf; "
-                "systemctl daemon-reload; systemctl kill --signal=SIGKILL redis-server")
-REDIS_BACK = "rm -rf /run/systemd/system/redis-server.service.d; systemctl daemon-reload"
-
-
-def cut(a: str, b: str) -> None:
-    for x, y in ((a, b), (b, a)):
-        on(x, f"iptables -I INPUT -s {ADDRESS[y]} -j DROP && iptables -I OUTPUT -d {ADDRESS[y]} -j DROP")
-
-
-def heal(a: str, b: str) -> None:
-    for x, y in ((a, b), (b, a)):
-        on(x, f"while iptables -D INPUT -s {ADDRESS[y]} -j DROP 2>/dev/null; do :; done; "
-              f"while iptables -D OUTPUT -d {ADDRESS[y]} -j DROP 2>/dev/null; do :; done")
-
+from lab import (APP_BACK, APP_KILLED, COOLDOWN_S, NODES, PREFIX, REDIS_BACK, REDIS_KILLED, SHARED,  # noqa: E402
+                 SUBNET, VIP, RoleWatcher, cluster_state, cut, heal, on, operator_playbook, pair_in_role, podman,
+                 receiver_runs, redis_cli, script, wait)
 
 @dataclass
 class Fault:
@@ -323,7 +306,7 @@ def main() -> int:
     faults: dict[str, int] = {}
     for r in rounds:
         faults[r.fault] = faults.get(r.fault, 0) + 1
-    print(f"\n| measure | value |\n|---|---|")
+    print("\n| measure | value |\n|---|---|")
     print(f"| rounds | {len(rounds)} in {(time.time() - started) / 60:.0f} min (seed {seed}) |")
     print(f"| faults | {', '.join(f'{k} x{v}' for k, v in sorted(faults.items()))} |")
     print(f"| failovers | {sum(r.failovers for r in rounds)} |")

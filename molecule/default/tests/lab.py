@@ -30,6 +30,12 @@ APP_KILLED = ("for u in tts-web tts-worker; do mkdir -p /run/systemd/system/$u.s
 APP_BACK = ("rm -rf /run/systemd/system/tts-web.service.d /run/systemd/system/tts-worker.service.d; "
             "systemctl daemon-reload; systemctl reset-failed tts-web tts-worker; systemctl start tts-worker tts-web")
 
+# "Redis down" on a node: killed and kept from restarting, the same way.
+REDIS_KILLED = ("mkdir -p /run/systemd/system/redis-server.service.d; "
+                "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/redis-server.service.d/fault.conf; "
+                "systemctl daemon-reload; systemctl kill --signal=SIGKILL redis-server")
+REDIS_BACK = "rm -rf /run/systemd/system/redis-server.service.d; systemctl daemon-reload"
+
 
 def podman(*args, check=False, timeout=60):
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
@@ -39,6 +45,18 @@ def on(node, command, timeout=60):
     out = podman("exec", PREFIX + node, "bash", "-c", command, timeout=timeout)
     assert out.returncode == 0, f"{node}: {command}: {out.stderr}"
     return out.stdout
+
+
+def cut(a, b):
+    """Partition a from b, both directions, inside both containers."""
+    for x, y in ((a, b), (b, a)):
+        on(x, f"iptables -I INPUT -s {ADDRESS[y]} -j DROP && iptables -I OUTPUT -d {ADDRESS[y]} -j DROP")
+
+
+def heal(a, b):
+    for x, y in ((a, b), (b, a)):
+        on(x, f"while iptables -D INPUT -s {ADDRESS[y]} -j DROP 2>/dev/null; do :; done; "
+              f"while iptables -D OUTPUT -d {ADDRESS[y]} -j DROP 2>/dev/null; do :; done")
 
 
 def cluster_state():

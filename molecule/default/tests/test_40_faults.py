@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, SHARED, VIP, RoleWatcher,
-                 cluster_state, firing, follow_rejoin, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
+                 SHARED, VIP, RoleWatcher, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, start_job, wait, wait_job_done,
                  wait_pair_settled)
 
@@ -26,18 +26,6 @@ MATRIX = []        # (fault, observed) lines printed at the end of the suite
 def note(fault, observed):
     MATRIX.append((fault, observed))
     print(f"\n[fault] {fault}: {observed}")
-
-
-def cut(a, b):
-    """Partition a from b, both directions, inside both containers."""
-    for x, y in ((a, b), (b, a)):
-        on(x, f"iptables -I INPUT -s {ADDRESS[y]} -j DROP && iptables -I OUTPUT -d {ADDRESS[y]} -j DROP")
-
-
-def heal(a, b):
-    for x, y in ((a, b), (b, a)):
-        on(x, f"while iptables -D INPUT -s {ADDRESS[y]} -j DROP 2>/dev/null; do :; done; "
-              f"while iptables -D OUTPUT -d {ADDRESS[y]} -j DROP 2>/dev/null; do :; done")
 
 
 def decisions_since(t, alert=None, node=None):
@@ -326,12 +314,6 @@ def test_08_paused_old_primary_is_fenced_when_it_resumes(case):
     follow_rejoin(c.primary, runs_before)
     note("8 paused old primary resumed", f"{len(answers)} /ready answers after resume, all fenced; job POST 503; "
                                          f"no segment of the old epoch after the failover; rejoined by the receiver")
-
-
-REDIS_KILLED = ("mkdir -p /run/systemd/system/redis-server.service.d; "
-                "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/redis-server.service.d/fault.conf; "
-                "systemctl daemon-reload; systemctl kill --signal=SIGKILL redis-server")
-REDIS_BACK = "rm -rf /run/systemd/system/redis-server.service.d; systemctl daemon-reload"
 
 
 def test_09_redis_killed_on_the_primary_fails_over_to_the_replica(case):
