@@ -403,6 +403,7 @@ class Worker:
         self.rt.node.assert_primary(epoch)
         self.rt.files.mark(job_id, "failed", node=self.settings.node, error=error)
         self.rt.store.finish(job_id, "failed", error=error, node=self.settings.node)
+        self.progress.pop(job_id, None)   # a finished job's entry, as after `done`
         return f"job {job_id} failed: {error}"
 
 
