@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import time
 
 import redis
@@ -18,8 +19,9 @@ from .jobs import FINAL, public_job
 from .node import Fenced
 from .recovery import job_from_storage
 from .runtime import Runtime
-from .script import MAX_SPEAKERS, ScriptError, segment_script, speakers_of
+from .script import MAX_SPEAKERS, ScriptError, estimate_seconds, segment_script, speakers_of
 from .storage import StorageFull, StorageUnavailable
+from .voices import VOICE_ID_RE, ClipError, decode_clip
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 COOKIE = "tts_session"
@@ -105,7 +107,49 @@ def _owned_job(job_id: str) -> dict:
 
 @bp.get("/voices")
 def voices():
-    return jsonify({"voices": [v.to_dict() for v in _rt().engine.voices()]})
+    rt = _rt()
+    listed = [v.to_dict() for v in rt.engine.voices()]
+    if rt.engine.takes_reference_clips:
+        listed += [{"id": v["id"], "name": v["name"], "engine": v["engine"], "uploaded": True,
+                    "seconds": v.get("seconds")} for v in rt.voices.list(current_session(create=False))]
+    return jsonify({"voices": listed, "uploads": rt.engine.takes_reference_clips})
+
+
+MAX_CLIP_BYTES = 32 * 1024 * 1024
+
+
+@bp.post("/voices")
+def upload_voice():
+    """A reference clip of the session's own (CONTRACTS.md): multipart field `clip`, plus `name`."""
+    rt = _rt()
+    if not rt.engine.takes_reference_clips:
+        raise ApiError(400, f"the {rt.engine.name} engine takes no reference clips")
+    request.max_content_length = MAX_CLIP_BYTES + 65536   # larger than a script's limit (app.py)
+    if request.content_length is not None and request.content_length > MAX_CLIP_BYTES:
+        raise ApiError(413, f"the upload is {request.content_length} bytes; a clip is at most "
+                            f"{MAX_CLIP_BYTES // (1024 * 1024)} MB (60 s)")
+    upload = request.files.get("clip")
+    if upload is None:
+        raise ApiError(400, "send the clip as a multipart form field named 'clip' (WAV, FLAC or OGG, 3-60 s)")
+    name = (request.form.get("name") or upload.filename or "my voice").strip()[:64]
+    if not name or any(ord(ch) < 32 for ch in name):
+        raise ApiError(400, "'name' must be 1 to 64 printable characters")
+    data = upload.read(MAX_CLIP_BYTES + 1)
+    if len(data) > MAX_CLIP_BYTES:
+        raise ApiError(413, "the clip is larger than 32 MB")
+    try:
+        samples = decode_clip(data)
+    except ClipError as exc:
+        raise ApiError(400, str(exc)) from None
+    require_primary()
+    sid = current_session(create=True)
+    require_primary()   # fresh read right before the durable write
+    try:
+        info = rt.voices.save(sid, name, samples, rt.engine.name)
+    except StorageFull:
+        raise ApiError(503, "shared storage is full; the clip was not stored", retry_after=30) from None
+    return jsonify({"id": info["id"], "name": info["name"], "engine": info["engine"],
+                    "seconds": info["seconds"]}), 201
 
 
 @bp.post("/jobs")
@@ -127,13 +171,16 @@ def submit():
         segments = segment_script(script, settings.max_segment_chars)
     except ScriptError as exc:
         raise ApiError(400, str(exc)) from None
-    voices = _resolve_voices(body.get("voices", {}), speakers_of(segments))
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
+        raise ApiError(400, "'seed' must be an integer from 0 to 2147483647")
     key = _idempotency_key()
 
     epoch = require_primary()
     sid = current_session(create=True)
+    voices = _resolve_voices(body.get("voices", {}), speakers_of(segments), sid)
     job_id = idempotent_job_id(sid, key) if key else new_job_id()
-    fingerprint = _request_fingerprint(script, voices)
+    fingerprint = _request_fingerprint(script, voices, seed)
     if key:
         replay = _replay(job_id, fingerprint)
         if replay is not None:
@@ -147,11 +194,16 @@ def submit():
                                 f"try again in {wait} s", retry_after=wait)
 
     created_at = time.time()
+    seed = secrets.randbelow(2 ** 31) if seed is None else seed
+    segment_dicts = [{**seg.to_dict(), "voice": voices[seg.speaker]} for seg in segments]
+    estimate_s = round(estimate_seconds(" ".join(seg.text for seg in segments)), 1)
+    total = rt.engine.estimate_chunks(segment_dicts, settings.chunk_seconds)
     job_request = {
         "id": job_id, "session": sid, "created_at": created_at, "accepted_by": settings.node,
         "fingerprint": fingerprint, "idempotency_key": key,
         "epoch": epoch, "engine": settings.engine, "voices": {str(s): v for s, v in voices.items()},
-        "segments": [{**seg.to_dict(), "voice": voices[seg.speaker]} for seg in segments],
+        "segments": segment_dicts, "seed": seed, "duration_estimate_s": estimate_s,
+        "segments_total": total, "segments_exact": not rt.engine.stateful,
         "script": script,
     }
     require_primary()  # fresh read right before the durable write
@@ -166,7 +218,7 @@ def submit():
         raise
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
-        rt.store.add(job_id, sid, len(segments), created_at)
+        rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s)
         rt.store.count_submitted()
     except redis.RedisError:
         current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
@@ -194,8 +246,8 @@ def idempotent_job_id(sid: str, key: str) -> str:
     return hashlib.sha256(f"idempotency:{sid}:{key}".encode()).hexdigest()[:32]
 
 
-def _request_fingerprint(script: str, voices: dict[int, str]) -> str:
-    return hashlib.sha256(json.dumps([script, sorted(voices.items())]).encode()).hexdigest()
+def _request_fingerprint(script: str, voices: dict[int, str], seed: int | None) -> str:
+    return hashlib.sha256(json.dumps([script, sorted(voices.items()), seed]).encode()).hexdigest()
 
 
 def _replay(job_id: str, fingerprint: str) -> Response | None:
@@ -210,7 +262,9 @@ def _replay(job_id: str, fingerprint: str) -> Response | None:
                             "session; use a new key for a new job")
     job = rt.store.get(job_id)
     if job is None:   # durable, but Redis never heard of it (the first attempt failed after the write)
-        rt.store.add(job_id, existing["session"], len(existing["segments"]), existing["created_at"])
+        rt.store.add(job_id, existing["session"], int(existing.get("segments_total") or len(existing["segments"])),
+                     existing["created_at"], seed=int(existing.get("seed", 0) or 0),
+                     duration_estimate_s=float(existing.get("duration_estimate_s", 0) or 0))
         job = rt.store.get(job_id)
     response = jsonify(public_job(job))
     response.status_code = 200
@@ -218,11 +272,14 @@ def _replay(job_id: str, fingerprint: str) -> Response | None:
     return response
 
 
-def _resolve_voices(raw: object, speakers: list[int]) -> dict[int, str]:
+def _resolve_voices(raw: object, speakers: list[int], sid: str | None) -> dict[int, str]:
     if not isinstance(raw, dict):
         raise ApiError(400, "'voices' must be an object mapping speaker numbers to voice ids")
-    engine = _rt().engine
+    rt = _rt()
+    engine = rt.engine
     known = engine.voice_ids()
+    if engine.takes_reference_clips and any(isinstance(v, str) and VOICE_ID_RE.match(v) for v in raw.values()):
+        known |= {v["id"] for v in rt.voices.list(sid)}
     chosen: dict[int, str] = {}
     for key, voice in raw.items():
         if not (isinstance(key, str) and key.isdigit() and 1 <= int(key) <= MAX_SPEAKERS):
@@ -259,6 +316,24 @@ def get_audio(job_id: str):
         raise ApiError(404, "the job's audio file is missing from shared storage")
     return send_file(path, mimetype="audio/wav", as_attachment=request.args.get("download") == "1",
                      download_name=f"tts-{job_id}.wav", conditional=True)
+
+
+@bp.get("/jobs/<job_id>/chunks")
+def list_chunks(job_id: str):
+    """The chunks committed so far, playable while the job runs."""
+    _owned_job(job_id)
+    segs = _rt().files.segments(job_id)
+    return jsonify({"chunks": [{"index": i, "url": f"/api/jobs/{job_id}/chunks/{i}"} for i in sorted(segs)]})
+
+
+@bp.get("/jobs/<job_id>/chunks/<int:index>")
+def get_chunk(job_id: str, index: int):
+    _owned_job(job_id)
+    rt = _rt()
+    seg = rt.files.segments(job_id).get(index)
+    if seg is None:
+        raise ApiError(404, f"chunk {index} is not on shared storage (yet)")
+    return send_file(rt.files.segment_path(job_id, seg), mimetype="audio/wav", conditional=True)
 
 
 @bp.delete("/jobs/<job_id>")

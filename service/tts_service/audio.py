@@ -14,6 +14,19 @@ def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited resampling (FFT: exact for a clip held in memory, as uploads and voice clips are)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if from_rate == to_rate or samples.size == 0:
+        return samples
+    n_out = int(round(samples.size * to_rate / from_rate))
+    spectrum = np.fft.rfft(samples.astype(np.float64))
+    keep = min(spectrum.size, n_out // 2 + 1)
+    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    out[:keep] = spectrum[:keep]
+    return (np.fft.irfft(out, n=n_out) * (n_out / samples.size)).astype(np.float32)
+
+
 def wav_info(path_or_bytes: Path | bytes) -> tuple[int, int]:
     """(frames, sample_rate) of a WAV file or WAV bytes."""
     source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)

@@ -55,9 +55,13 @@ class Settings:
     vibevoice_model_dir: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_MODEL_DIR", ""))
     vibevoice_diffusion_steps: int = field(default_factory=lambda: _int("TTS_VIBEVOICE_DIFFUSION_STEPS", 10))
     vibevoice_guidance_scale: float = field(default_factory=lambda: _float("TTS_VIBEVOICE_GUIDANCE_SCALE", 1.3))
-    # Generation path: "fast" (engines/vibevoice_fast.py: static caches, CUDA graphs on GPU),
-    # "reference" (transformers' generate()), "auto" (fast on a GPU, reference on the CPU).
+    # Generation path of the dialogue stream (engines/vibevoice_stream.py): "fast" (torch.compile, CUDA
+    # graphs), "reference" (eager), "auto" (compiled on a GPU, eager on the CPU). Part of a checkpoint's
+    # fingerprint: a job resumes only on the path it was started with (else its part restarts).
     vibevoice_path: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_PATH", "auto"))
+    # A dialogue stream is committed to shared storage in chunks of this many seconds of audio, each
+    # with its checkpoint (a failover recomputes at most one chunk). 10 s = 75 VibeVoice tokens.
+    chunk_seconds: float = field(default_factory=lambda: _float("TTS_CHUNK_SECONDS", 10.0))
     # Seconds of wall time per second of audio (0 = as fast as the engine goes). Lab setting.
     engine_pace: float = field(default_factory=lambda: _float("TTS_ENGINE_PACE", 0.0))
     max_script_chars: int = field(default_factory=lambda: _int("TTS_MAX_SCRIPT_CHARS", 200_000))

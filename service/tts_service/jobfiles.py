@@ -1,9 +1,17 @@
 """A job's files on shared storage: the truth for what was asked and how far it got.
 
     jobs/<id>/request.json                 what was accepted (script already split into segments)
-    jobs/<id>/segments/<index>.<epoch>.wav one per segment, committed without overwriting; the
-                                           writer's epoch is in the name, so a stale writer can
-                                           never replace a newer segment (the newest epoch wins)
+    jobs/<id>/segments/<index>.<epoch>.wav one per chunk (espeak: a turn; VibeVoice: TTS_CHUNK_SECONDS
+                                           of the dialogue stream), committed without overwriting;
+                                           the writer's epoch is in the name, so a stale writer can
+                                           never replace a newer segment (the newest epoch wins).
+                                           The commit point of a chunk: its .ckpt/.state exist first
+    jobs/<id>/segments/<index>.<epoch>.ckpt  stateful engines: the chunk's checkpoint (npz: `meta` =
+                                           JSON {part, index in part, final, fingerprint, ...}, plus
+                                           the chunk's latents and semantic features), kept until
+                                           the job is done
+    jobs/<id>/segments/<index>.<epoch>.state the state after the chunk (random state, streaming
+                                           caches); only the newest chunk's is kept
     jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
     jobs/<id>/failures/<progress>-<ns>-<node>.json  one per failed attempt at the job (what failed),
                                            named by how many segments were whole then; after
@@ -11,6 +19,8 @@
                                            between, the job ends `failed`
     jobs/<id>/segments/*.damaged-<hex>     a segment found unreadable, moved aside by the primary
                                            (it is then generated again)
+    jobs/<id>/log                          sentences the workers said about the job (resumed from a
+                                           checkpoint, a part restarted and why), one per line
     jobs/<id>/audio.wav                    the assembled result, created once
 
 Redis only caches this; on start and promotion the worker rebuilds Redis from these files.
@@ -18,19 +28,24 @@ No request value becomes part of a path: ids are checked against JOB_ID_RE first
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from . import audio
 from .storage import Storage, link_new
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
+_STATE_RE = re.compile(r"^(\d{5})\.(\d+)\.(ckpt|state)$")
 MARKERS = ("cancelled", "done", "failed")
 
 
@@ -101,11 +116,63 @@ class JobFiles:
         """Commit a segment under the writer's epoch; False if this (index, epoch) exists already."""
         return self.storage.commit_new(self.dir(job_id) / "segments" / segment_name(index, epoch), wav)
 
-    def sound_segments(self, job_id: str, total: int, sample_rate: int
+    # ---- chunk checkpoints (stateful engines) ----
+
+    def commit_chunk(self, job_id: str, index: int, epoch: int, wav: bytes, checkpoint: bytes | None = None,
+                     state: bytes | None = None) -> bool:
+        """State, then checkpoint, then the audio (the commit point). A state or checkpoint of the same
+        name without its audio is a dead attempt's of this epoch (the lease held it): replaced."""
+        base = self.dir(job_id) / "segments"
+        stem = f"{index:05d}.{epoch}"
+        for suffix, body in (("state", state), ("ckpt", checkpoint)):
+            if body is not None and not self.storage.commit_new(base / f"{stem}.{suffix}", body):
+                if self.storage.exists(base / f"{stem}.wav"):
+                    return False
+                self.storage.write_replace(base / f"{stem}.{suffix}", body)
+        return self.commit_segment(job_id, index, epoch, wav)
+
+    def chunk_file(self, job_id: str, seg: SegmentFile, kind: str) -> Path:
+        return self.dir(job_id) / "segments" / f"{seg.index:05d}.{seg.epoch}.{kind}"
+
+    def read_checkpoint(self, job_id: str, seg: SegmentFile, arrays: bool = False) -> tuple[dict, dict]:
+        """(meta, arrays) of the chunk's checkpoint; ValueError if it is missing or unreadable."""
+        path = self.chunk_file(job_id, seg, "ckpt")
+        return self.storage.call(_read_npz, path, arrays)
+
+    def newest_state(self, job_id: str, index: int) -> dict | None:
+        """The state after chunk `index` (newest epoch), or None if there is none or it is unreadable."""
+        names = [m for m in map(_STATE_RE.match, self.storage.listdir(self.dir(job_id) / "segments"))
+                 if m and m.group(3) == "state" and int(m.group(1)) == index]
+        for match in sorted(names, key=lambda m: -int(m.group(2))):
+            try:
+                return self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0), True)[1]
+            except ValueError:
+                continue
+        return None
+
+    def drop_chunk_files(self, job_id: str, below: int | None = None, kinds: tuple[str, ...] = ("state",)) -> int:
+        """Remove checkpoint files of the given kinds for chunks < below (all if None); best effort."""
+        folder = self.dir(job_id) / "segments"
+        doomed = [folder / m.group(0) for m in map(_STATE_RE.match, self.storage.listdir(folder))
+                  if m and m.group(3) in kinds and (below is None or int(m.group(1)) < below)]
+        return self.storage.call(lambda: sum(_unlink(p) for p in doomed))
+
+    def quarantine_chunk(self, job_id: str, seg: SegmentFile) -> None:
+        """A chunk that cannot be used (damaged audio, unreadable or foreign checkpoint): its files
+        moved aside together. Only the fenced-checked primary calls this."""
+        tag = secrets.token_hex(4)
+        for path in (self.segment_path(job_id, seg), self.chunk_file(job_id, seg, "ckpt"),
+                     self.chunk_file(job_id, seg, "state")):
+            try:
+                self.storage.call(os.rename, path, path.with_name(f"{path.name}.damaged-{tag}"))
+            except FileNotFoundError:
+                pass
+
+    def sound_segments(self, job_id: str, total: int | None, sample_rate: int
                        ) -> tuple[dict[int, SegmentFile], dict[SegmentFile, str], float]:
         """The winning segments 0..total-1 checked whole (audio.check_segment), in one storage call:
         (sound ones, damaged ones -> why, seconds of audio in the sound ones)."""
-        segs = {i: s for i, s in self.segments(job_id).items() if i < total}
+        segs = {i: s for i, s in self.segments(job_id).items() if total is None or i < total}
         paths = {s: self.segment_path(job_id, s) for s in segs.values()}
 
         def check() -> tuple[dict[SegmentFile, int], dict[SegmentFile, str]]:
@@ -126,6 +193,10 @@ class JobFiles:
         Only the fenced-checked primary calls this, right before generating the segment again."""
         path = self.segment_path(job_id, seg)
         self.storage.call(os.rename, path, path.with_name(f"{seg.name}.damaged-{secrets.token_hex(4)}"))
+
+    def append_log(self, job_id: str, node: str, sentence: str) -> None:
+        line = json.dumps({"at": time.time(), "node": node, "say": sentence[:500]}) + "\n"
+        self.storage.call(_append, self.dir(job_id) / "log", line.encode())
 
     # ---- failed attempts ----
 
@@ -194,6 +265,44 @@ class JobFiles:
         # A long job's assembly takes a while: give it a generous bound, scaled by size.
         return self.storage.call(_assemble, parts, target, sample_rate,
                                  timeout=self.storage.timeout + 0.5 * total)
+
+
+def encode_npz(meta: dict, arrays: dict | None = None) -> bytes:
+    """A checkpoint file: `meta` (JSON) and float/int arrays, numpy's npz (no pickle on load)."""
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **(arrays or {}))
+    return buf.getvalue()
+
+
+def _read_npz(path: Path, arrays: bool) -> tuple[dict, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            out = {k: np.array(data[k]) for k in data.files if k != "meta"} if arrays else {}
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path.name} is missing") from exc
+    except OSError as exc:
+        if exc.errno is not None:
+            raise   # the mount (Storage.call sorts mount errors from the rest)
+        raise ValueError(f"{path.name} is unreadable: {exc}") from exc
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path.name} is unreadable: {exc}") from exc
+    return meta, out
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _unlink(path: Path) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
 
 
 def _assemble(parts: list[Path], target: Path, sample_rate: int) -> float:

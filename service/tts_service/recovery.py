@@ -38,15 +38,19 @@ def job_from_storage(files: JobFiles, job_id: str, sample_rate: int | None = Non
     except FileNotFoundError:
         return None
     markers = files.markers(job_id)
-    total = len(request["segments"])
+    exact = bool(request.get("segments_exact", True))
+    total = int(request.get("segments_total") or len(request["segments"]))
     status = next((m for m in FINAL if m in markers), "queued")
     if status == "done":
+        total = int(markers["done"].get("segments", total) or total)
         done, duration = total, float(markers["done"].get("duration_s", 0) or 0)
     elif sample_rate:
-        sound, _damaged, duration = files.sound_segments(job_id, total, sample_rate)
+        sound, _damaged, duration = files.sound_segments(job_id, total if exact else None, sample_rate)
         done = len(sound)
     else:   # the web app (no engine loaded): count the files, read no audio
-        done, duration = sum(1 for i in files.segments(job_id) if i < total), 0.0
+        done, duration = sum(1 for i in files.segments(job_id) if not exact or i < total), 0.0
+    if not exact and status != "done":
+        total = max(total, done + 1)
     error = ""
     if status == "failed":
         error = str(markers["failed"].get("error", "failed"))
@@ -54,7 +58,8 @@ def job_from_storage(files: JobFiles, job_id: str, sample_rate: int | None = Non
         "id": job_id, "session": request["session"], "status": status, "segments_done": done,
         "segments_total": total, "duration_s": round(duration, 3), "error": error,
         "node": markers.get(status, {}).get("node", "") if status in markers else "",
-        "created_at": request["created_at"],
+        "created_at": request["created_at"], "seed": int(request.get("seed", 0) or 0),
+        "duration_estimate_s": float(request.get("duration_estimate_s", 0) or 0),
     }
 
 
@@ -113,7 +118,8 @@ def _reconcile_one(store: JobStore, files: JobFiles, sessions: Sessions, job_id:
     if not cached or not cached.get("session"):  # lost, or only a partial hash re-created by updates
         sessions.ensure(truth["session"])
         store.add(job_id, truth["session"], truth["segments_total"], truth["created_at"],
-                  enqueue=truth["status"] not in FINAL)
+                  enqueue=truth["status"] not in FINAL, seed=truth["seed"],
+                  duration_estimate_s=truth["duration_estimate_s"])
         store.update(job_id, segments_done=truth["segments_done"], duration_s=truth["duration_s"])
         if truth["status"] in FINAL:
             store.finish(job_id, truth["status"], error=truth["error"], duration_s=truth["duration_s"])

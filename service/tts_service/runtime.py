@@ -12,6 +12,7 @@ from .jobfiles import JobFiles
 from .jobs import JobStore, Sessions, connect
 from .node import NodeView, peer_fenced_by_http
 from .storage import Storage
+from .voices import VoiceClips
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Runtime:
     store: JobStore
     sessions: Sessions
     engine: Engine
+    voices: VoiceClips         # reference clips users uploaded
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -48,4 +50,5 @@ class Runtime:
             store=JobStore(r, files),
             sessions=Sessions(r, settings.session_ttl_s),
             engine=create_engine(settings),
+            voices=VoiceClips(storage, settings.shared_dir / "voices"),
         )

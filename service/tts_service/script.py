@@ -106,3 +106,12 @@ def segment_script(script: str, max_segment_chars: int = 400) -> list[Segment]:
 
 def speakers_of(segments: list[Segment]) -> list[int]:
     return sorted({s.speaker for s in segments})
+
+
+# Speech runs at about 150 words a minute (espeak at 165, VibeVoice's speakers at 130-170).
+WORDS_PER_SECOND = 2.5
+
+
+def estimate_seconds(text: str) -> float:
+    """Seconds of speech a text will take, roughly: the total shown while a job runs."""
+    return len(text.split()) / WORDS_PER_SECOND

@@ -3,10 +3,16 @@
 Each cycle it reads the cluster state. Fenced (standby, or unsure) -> it does nothing. Primary ->
 after a promotion or on start it rebuilds Redis from shared storage, then claims the oldest active
 job whose lease it can take (a job is taken from another node only once that node's lease expired),
-and runs it from the first missing segment:
+and runs it from where shared storage says it got to, through one code path for every engine
+(engines/base.py):
 
-    for each segment not on storage: synthesise -> pace -> fence check (fresh read) -> commit
-    all present: assemble audio.wav once -> `done` marker -> Redis
+    plan: the job's segments grouped into parts (espeak: a turn each; VibeVoice: as much of the
+          dialogue as fits the model's context), a seed, each part's fingerprint
+    scan: the usable chunks on storage; a stateful engine's resume point = the last chunk's
+          checkpoint (its part's latents + the newest state), checked against the fingerprint
+    for each part to do: stream chunks -> pace -> fence check (fresh read) -> commit state,
+          checkpoint, audio (the commit point) -> drop the older state
+    all whole: assemble audio.wav once -> `done` marker -> Redis
 
 A lease-keeper thread renews the lease every lease/3 and re-reads the cluster state; if either
 fails, the job is abandoned at once (within one lease period), never committed by a fenced node.
@@ -16,8 +22,8 @@ engine error, an exception nobody foresaw) is charged to that job as a failed at
 storage (jobs/<id>/failures/), the job waits `failure_backoff_s` and is tried again, and after
 TTS_JOB_MAX_ATTEMPTS attempts it ends `failed` with a sentence naming what failed. A segment that
 cannot be read is moved aside and generated again. Only an input error fails a job at once.
-SIGTERM (systemctl stop, a planned switchover) lets the segment in hand finish and commit, then
-releases the lease so the job resumes elsewhere at once; SIGKILL loses that one segment.
+SIGTERM (systemctl stop, a planned switchover) lets the chunk in hand finish and commit, then
+releases the lease so the job resumes elsewhere at once; SIGKILL loses that one chunk.
 """
 from __future__ import annotations
 
@@ -33,11 +39,14 @@ import redis
 from . import audio, heartbeat
 from .config import Settings
 from .engines import EngineError, EngineInputError
+from .jobfiles import encode_npz
+from .jobplan import ChunkInfo, JobPlan, Scan
 from .jobs import FINAL
 from .node import Fenced
 from .recovery import reconcile
 from .runtime import Runtime
 from .storage import StorageFull, StorageUnavailable
+from .voices import VOICE_ID_RE
 
 log = logging.getLogger("tts.worker")
 
@@ -49,6 +58,10 @@ class Abandon(Exception):
 class Attempt(Exception):
     """This attempt at the job failed for a reason that another attempt may not meet (a transient
     engine error after its retry): charged to the job, which is handed back."""
+
+
+class _Ended(Exception):
+    """The job ended while it ran (cancelled): the message is the cycle's sentence."""
 
 
 class JobRun:
@@ -302,101 +315,223 @@ class Worker:
         if final:
             rt.store.finish(job_id, final)
             return f"job {job_id} was already {final} on shared storage; nothing to run"
-        segments = request["segments"]
-        total = len(segments)
-        existing, duration = self._sound_segments(run, total)
-        self.progress[job_id] = len(existing)
-        rt.store.update(job_id, status="running", node=self.settings.node, segments_total=total,
-                        segments_done=len(existing), duration_s=round(duration, 3), error="",
-                        claimed_at=time.time(), epoch=epoch)
-        synthesised = 0
-        # Generate what is missing; then check every segment whole once more before assembling (one
-        # damaged on storage meanwhile is moved aside and generated again, here, in a second pass).
-        for _pass in (1, 2):
-            for seg in segments:
-                index = int(seg["index"])
-                if index in existing:
-                    continue
-                outcome = self._segment(run, seg, index)
-                if isinstance(outcome, str):
-                    return outcome
-                synthesised += 1
-                existing[index] = True
-                self.progress[job_id] = len(existing)
-                self.failed_in_a_row.clear()
-                duration += outcome
-                rt.store.update(job_id, segments_done=len(existing), duration_s=round(duration, 3))
-            existing, duration = self._sound_segments(run, total)
-            if len(existing) == total:
-                break
-        else:
-            raise Attempt(f"segments {sorted(set(range(total)) - set(existing))[:5]} keep turning up damaged "
-                          "on shared storage")
-        run.check()
-        rt.node.assert_primary(epoch)
-        final_duration = rt.files.assemble(job_id, total, rt.engine.sample_rate)
-        rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration)
-        rt.store.finish(job_id, "done", node=self.settings.node, segments_done=total,
-                        duration_s=round(final_duration, 3))
-        self.failed_in_a_row.clear()
-        self.progress.pop(job_id, None)
-        return (f"finished {job_id}: {synthesised} segments synthesised here, "
-                f"{total - synthesised} found on shared storage")
-
-    def _sound_segments(self, run: JobRun, total: int) -> tuple[dict, float]:
-        """The job's whole segments; damaged ones are moved aside (a write: fresh primary check first)."""
-        rt = self.rt
-        existing, damaged, duration = rt.files.sound_segments(run.job_id, total, rt.engine.sample_rate)
-        if damaged:
-            rt.node.assert_primary(run.epoch)
-            for seg, why in damaged.items():
-                log.warning("job %s: segment %s is damaged (%s); moved aside, generating it again",
-                            run.job_id, seg.name, why)
-                rt.files.quarantine_segment(run.job_id, seg)
-        return dict(existing), duration
-
-    def _segment(self, run: JobRun, seg: dict, index: int) -> float | str:
-        """Synthesise and commit one segment: its seconds of audio, or a sentence if the job ended."""
-        rt, job_id, epoch = self.rt, run.job_id, run.epoch
-        run.check()
-        if self.stopping.is_set():  # SIGTERM: the segment in hand was finished; start no new one
-            raise Abandon(f"the worker is shutting down; segment {index} and later are left to resume")
-        if "cancelled" in rt.files.markers(job_id):
-            rt.store.finish(job_id, "cancelled", node=self.settings.node)
-            return f"job {job_id} was cancelled; stopped before segment {index}"
-        started = time.monotonic()
         try:
-            samples = self._synthesize(run, seg["text"], seg["voice"])
+            plan = self._plan(request)
         except EngineInputError as exc:
-            return self._fail(job_id, epoch, f"segment {index + 1}: {exc}")
-        seconds = len(samples) / rt.engine.sample_rate
-        run.sleep(self.settings.engine_pace * seconds - (time.monotonic() - started))
-        self.histogram.observe(time.monotonic() - started)
-        wav = audio.encode_wav(samples, rt.engine.sample_rate)
-        run.check()
-        rt.node.assert_primary(epoch)            # fresh read of the state right before commit
-        rt.files.commit_segment(job_id, index, epoch, wav)
-        return seconds
-
-    def _synthesize(self, run: JobRun, text: str, voice: str):
-        """One segment; a transient engine error is retried once after Engine.recover()."""
-        engine = self.rt.engine
-        for attempt in (1, 2):
-            self.rt.store.count_attempt(run.job_id)
+            return self._fail(job_id, epoch, str(exc))
+        generated = 0
+        engine_failures = 0
+        # Scan, generate what is missing, scan again (a chunk damaged on storage meanwhile is moved
+        # aside and generated again) until every chunk is whole; then assemble.
+        for _round in range(4):
+            scan = self._scan(run, plan)
+            self.progress[job_id] = scan.done
+            rt.store.update(job_id, status="running", node=self.settings.node, segments_done=scan.done,
+                            segments_total=scan.total_shown(plan), duration_s=round(scan.seconds, 3),
+                            error="", claimed_at=time.time(), epoch=epoch)
+            if scan.complete:
+                break
+            if scan.sentence:
+                self._log(job_id, scan.sentence)
+            before = generated
             try:
-                return engine.synthesize(text, voice)
-            except EngineInputError:
-                raise
+                generated += self._generate(run, plan, scan)
+            except EngineInputError as exc:
+                return self._fail(job_id, epoch, str(exc))
             except EngineError as exc:
-                log.warning("job %s: engine error (attempt %d): %s", run.job_id, attempt, exc)
+                # Transient (out of GPU memory, a crashed subprocess): free what it left, go on from the
+                # last committed chunk once; a second failure without progress hands the job back.
+                engine_failures = 1 if generated > before else engine_failures + 1
+                log.warning("job %s: engine error (%d in a row): %s", job_id, engine_failures, exc)
                 try:
-                    engine.recover()
+                    rt.engine.recover()
                 except Exception:
                     log.exception("engine recover() failed")
                 run.check()   # fenced or lost the lease meanwhile: abandon, charge nothing
-                if attempt == 2:
-                    raise Attempt(f"the engine failed twice on one segment: {exc}") from exc
-        raise AssertionError("unreachable")
+                if engine_failures >= 2:
+                    raise Attempt(f"the engine failed twice on one chunk: {exc}") from exc
+            except _Ended as ended:
+                return str(ended)
+        else:
+            raise Attempt("chunks keep turning up damaged on shared storage")
+        run.check()
+        rt.node.assert_primary(epoch)
+        final_duration = rt.files.assemble(job_id, scan.total, rt.engine.sample_rate)
+        rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration,
+                      segments=scan.total)
+        rt.store.finish(job_id, "done", node=self.settings.node, segments_done=scan.total,
+                        segments_total=scan.total, duration_s=round(final_duration, 3))
+        self.failed_in_a_row.clear()
+        self.progress.pop(job_id, None)
+        if rt.engine.stateful:
+            try:   # checkpoints served their purpose: the audio is whole
+                rt.files.drop_chunk_files(job_id, kinds=("state", "ckpt"))
+            except (StorageUnavailable, OSError) as exc:
+                log.warning("job %s: checkpoints not removed: %s", job_id, exc)
+        return (f"finished {job_id}: {generated} chunks generated here, "
+                f"{scan.total - min(generated, scan.total)} found on shared storage")
+
+    # ---- planning and scanning ----
+
+    def _plan(self, request: dict) -> JobPlan:
+        """The job's parts (engine.plan), seed, uploaded clips and each part's fingerprint."""
+        clips = {}
+        for voice in sorted(set(request.get("voices", {}).values())):
+            if VOICE_ID_RE.match(voice):
+                try:
+                    clips[voice] = self.rt.voices.load(request["session"], voice)
+                except (FileNotFoundError, ValueError) as exc:
+                    raise EngineInputError(f"the uploaded voice {voice} is gone from shared storage") from exc
+        engine = self.rt.engine
+        parts = engine.plan(request["segments"])
+        seed = int(request.get("seed", 0) or 0)
+        return JobPlan(parts, [engine.fingerprint(p, seed, clips) for p in parts], seed, clips,
+                       int(request.get("segments_total", 0) or 0), exact=not engine.stateful)
+
+    def _scan(self, run: JobRun, plan: JobPlan) -> Scan:
+        """What is on storage, and where generation goes on from. Damaged chunks (audio that is not
+        whole, a checkpoint that cannot be read, a chunk of another run) are moved aside first."""
+        rt, job_id = self.rt, run.job_id
+        stateful = rt.engine.stateful
+        sound, damaged, seconds = rt.files.sound_segments(job_id, None if stateful else len(plan.parts),
+                                                          rt.engine.sample_rate)
+        bad = dict(damaged)
+        usable: dict[int, ChunkInfo] = {}
+        for n, seg in sorted(sound.items()):
+            if not stateful:
+                usable[n] = ChunkInfo(n, seg, n, 0, True, plan.fingerprints[n])
+                continue
+            try:
+                meta, _ = rt.files.read_checkpoint(job_id, seg)
+                usable[n] = ChunkInfo(n, seg, int(meta["part"]), int(meta["index"]), bool(meta["final"]),
+                                      str(meta["fingerprint"]), float(meta.get("seconds", 0)))
+            except (ValueError, KeyError, TypeError) as exc:
+                bad[seg] = f"its checkpoint is unusable: {exc}"
+        if not stateful:
+            self._quarantine(run, bad)
+            missing = [p for p in range(len(plan.parts)) if p not in usable]
+            return Scan(usable, seconds, not missing, len(plan.parts), missing, 0, None, "", len(usable))
+        # Stateful: chunks count from 0 without a gap, part after part.
+        p = i = n = 0
+        sentence = ""
+        while n in usable and p < len(plan.parts):
+            c = usable[n]
+            if (c.part, c.index) != (p, i) or c.fingerprint != plan.fingerprints[p]:
+                why = ("it was made with another model or setting" if (c.part, c.index) == (p, i)
+                       else f"it is chunk {c.index + 1} of part {c.part + 1}, not chunk {i + 1} of part {p + 1}")
+                sentence = f"part {p + 1} goes on from chunk {n} afresh: the chunk found there is unusable ({why})"
+                for m in [m for m in usable if m >= n]:
+                    bad[usable.pop(m).seg] = "not part of this run"
+                break
+            n += 1
+            p, i = (p + 1, 0) if c.final else (p, i + 1)
+        self._quarantine(run, bad)
+        done_seconds = sum(usable[m].seconds for m in range(n))
+        if p == len(plan.parts):
+            return Scan(usable, done_seconds, True, n, [], n, None, "", n)
+        resume, start, index = None, n, i
+        if i > 0:
+            state = rt.files.newest_state(job_id, n - 1)
+            if state is None:
+                sentence = (f"part {p + 1} restarts from its beginning (chunk {n - i}): no state was kept after "
+                            f"chunk {n - 1}; chunks already on storage are kept")
+                start, index = n - i, 0
+            else:
+                checkpoints = [rt.files.read_checkpoint(job_id, usable[m].seg, arrays=True)[1]
+                               for m in range(n - i, n)]
+                resume = rt.engine.resume_from(checkpoints, state)
+                sentence = sentence or f"resuming part {p + 1} after chunk {n - 1} from its checkpoint"
+        return Scan(usable, done_seconds, False, n, list(range(p, len(plan.parts))), start, resume, sentence, n,
+                    first_index=index)
+
+    def _quarantine(self, run: JobRun, bad: dict) -> None:
+        if not bad:
+            return
+        self.rt.node.assert_primary(run.epoch)   # a write: fresh primary check first
+        for seg, why in bad.items():
+            log.warning("job %s: chunk %s is unusable (%s); moved aside, generating it again",
+                        run.job_id, seg.name, why)
+            self.rt.files.quarantine_chunk(run.job_id, seg)
+
+    # ---- generating ----
+
+    def _generate(self, run: JobRun, plan: JobPlan, scan: Scan) -> int:
+        """Stream the parts still to do and commit their chunks; returns how many were generated."""
+        rt = self.rt
+        generated = 0
+        n = scan.start
+        for p in scan.parts_todo:
+            self._between_chunks(run, n)
+            resume = scan.resume if p == scan.parts_todo[0] else None
+            index = scan.first_index if p == scan.parts_todo[0] else 0
+            if not rt.engine.stateful:
+                n, index = p, 0
+            started = time.monotonic()
+            for chunk in rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume):
+                rt.store.count_attempt(run.job_id)
+                self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
+                generated += 1
+                n += 1
+                index += 1
+                if not chunk.final:
+                    self._between_chunks(run, n)
+                started = time.monotonic()
+        return generated
+
+    def _between_chunks(self, run: JobRun, n: int) -> None:
+        run.check()
+        if self.stopping.is_set():  # SIGTERM: the chunk in hand was committed; start no new one
+            raise Abandon(f"the worker is shutting down; chunk {n} and later are left to resume")
+        if "cancelled" in self.rt.files.markers(run.job_id):
+            self.rt.store.finish(run.job_id, "cancelled", node=self.settings.node)
+            raise _Ended(f"job {run.job_id} was cancelled; stopped before chunk {n}")
+
+    def _commit(self, run: JobRun, plan: JobPlan, n: int, p: int, index: int, chunk, scan: Scan,
+                took: float) -> None:
+        """Pace, then commit chunk n (fresh primary check right before); a whole chunk of this same run
+        already there (a part regenerated after damage) is kept as it is."""
+        rt, job_id, epoch = self.rt, run.job_id, run.epoch
+        rate = rt.engine.sample_rate
+        seconds = len(chunk.samples) / rate
+        run.sleep(self.settings.engine_pace * seconds - took)
+        self.histogram.observe(took)
+        fingerprint = plan.fingerprints[p]
+        there = scan.usable.get(n)
+        if not (there and (there.part, there.index, there.fingerprint) == (p, index, fingerprint)):
+            wav = audio.encode_wav(chunk.samples, rate)
+            checkpoint = state = None
+            if rt.engine.stateful:
+                meta = {"part": p, "index": index, "final": chunk.final, "fingerprint": fingerprint,
+                        "seconds": seconds, "why": chunk.why, "node": self.settings.node, **chunk.meta}
+                checkpoint = encode_npz(meta, chunk.checkpoint)
+                state = encode_npz({"chunk": n}, chunk.state) if chunk.state is not None else None
+            run.check()
+            rt.node.assert_primary(epoch)            # fresh read of the state right before commit
+            rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state)
+            if rt.engine.stateful and n > 0:
+                try:   # only the newest state is needed
+                    rt.files.drop_chunk_files(job_id, below=n)
+                except (StorageUnavailable, OSError) as exc:
+                    log.warning("job %s: older states not removed: %s", job_id, exc)
+        if chunk.final and chunk.why and rt.engine.stateful:
+            log.info("job %s: part %d ended (%s) after chunk %d", job_id, p + 1, chunk.why, n)
+        scan.usable[n] = ChunkInfo(n, None, p, index, chunk.final, fingerprint, seconds)
+        done = n + 1 if rt.engine.stateful else len(scan.usable)
+        self.progress[job_id] = done
+        self.failed_in_a_row.clear()
+        scan.seconds += seconds
+        last = chunk.final and p == len(plan.parts) - 1
+        rt.store.update(job_id, segments_done=done, duration_s=round(scan.seconds, 3),
+                        segments_total=done if last and rt.engine.stateful else scan.total_shown(plan, done))
+
+    def _log(self, job_id: str, sentence: str) -> None:
+        """A sentence in the job's log (shown as its note, kept on storage) and the worker's."""
+        log.info("job %s: %s", job_id, sentence)
+        try:
+            self.rt.files.append_log(job_id, self.settings.node, sentence)
+            self.rt.store.update(job_id, note=sentence)
+        except (StorageUnavailable, OSError, redis.RedisError) as exc:
+            log.warning("job %s: log not written: %s", job_id, exc)
 
     def _fail(self, job_id: str, epoch: int, error: str) -> str:
         """The durable `failed` marker, written only after a fresh primary check (as a segment is)."""

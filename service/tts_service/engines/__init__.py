@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Engine, EngineError, EngineInputError, Voice
+from .base import Chunk, Engine, EngineError, EngineInputError, Part, Resume, Voice
 
 ENGINES = ("espeak", "vibevoice")
 
@@ -16,8 +16,8 @@ def create_engine(settings: Settings) -> Engine:
         return VibeVoiceEngine(settings.vibevoice_model_dir,
                                diffusion_steps=settings.vibevoice_diffusion_steps,
                                guidance_scale=settings.vibevoice_guidance_scale,
-                               path=settings.vibevoice_path)
+                               path=settings.vibevoice_path, chunk_seconds=settings.chunk_seconds)
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 
-__all__ = ["Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]
+__all__ = ["Chunk", "Part", "Resume", "Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]

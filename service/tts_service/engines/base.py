@@ -1,8 +1,19 @@
-"""The engine interface: a voice list and text -> mono float32 samples at `sample_rate`."""
+"""The engine interface: a voice list, a plan (the job's segments grouped into parts) and a stream of
+chunks per part, each chunk with what resuming after it needs.
+
+One code path for every engine (worker.py): a job is planned into parts; each part is generated as
+one stream of chunks; every chunk is committed to shared storage as a segment (`segments/<n>.<epoch>.wav`)
+with, for a stateful engine, its checkpoint beside it. espeak: a part is one turn and its one chunk is
+the whole turn (nothing to resume inside it). VibeVoice: a part is as much of the dialogue as fits the
+model's context, generated as one stream, a chunk every TTS_CHUNK_SECONDS, resumable after any chunk.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -28,9 +39,38 @@ class Voice:
         return {"id": self.id, "name": self.name, "engine": self.engine}
 
 
+@dataclass(frozen=True)
+class Part:
+    """Consecutive segments of a job generated as one stream. `speakers`: every (speaker, voice) of
+    the job, in order (a dialogue engine puts all of them in every part's prompt)."""
+    index: int
+    segments: tuple[dict, ...]
+    speakers: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def chars(self) -> int:
+        return sum(len(s["text"]) for s in self.segments)
+
+
+@dataclass
+class Chunk:
+    """One piece of a part's audio. `checkpoint`: arrays kept with the chunk (what a resume needs from
+    every chunk of the part so far); `state`: arrays only the newest chunk's copy of which is needed."""
+    samples: np.ndarray
+    final: bool
+    checkpoint: dict[str, np.ndarray] | None = None
+    state: dict[str, np.ndarray] | None = None
+    why: str = ""
+    meta: dict = field(default_factory=dict)
+
+
 class Engine(ABC):
     name: str = ""
     sample_rate: int = 0
+    # Chunks carry checkpoints: a part can be resumed after any chunk (espeak: no, a part is one chunk).
+    stateful: bool = False
+    # Voices can be reference clips users upload (POST /api/voices).
+    takes_reference_clips: bool = False
 
     @abstractmethod
     def voices(self) -> list[Voice]:
@@ -58,6 +98,48 @@ class Engine(ABC):
         """Whether this host can run the engine at all (binary present, model folder readable)."""
         return True, "ok"
 
-    @abstractmethod
     def synthesize(self, text: str, voice_id: str) -> np.ndarray:
         """Speak `text` in `voice_id`; returns mono float32 samples in [-1, 1] at self.sample_rate."""
+        raise NotImplementedError
+
+    # ---- the chunk/checkpoint interface the worker uses ----
+
+    def plan(self, segments: list[dict]) -> list[Part]:
+        """The job's segments grouped into parts, deterministically (every node plans alike).
+        Default: one part per segment."""
+        speakers = _speakers(segments)
+        return [Part(i, (seg,), speakers) for i, seg in enumerate(segments)]
+
+    def estimate_chunks(self, segments: list[dict], chunk_seconds: float) -> int:
+        """How many chunks the job will have (exact for one chunk per part). Cheap: no model load."""
+        return len(segments)
+
+    def fingerprint(self, part: Part, seed: int, clips: dict[str, bytes] | None = None) -> str:
+        """What a checkpoint of this part must have been made with for a resume to continue it."""
+        return _digest({"engine": self.name, "segments": [(s["speaker"], s["text"], s["voice"]) for s in part.segments]})
+
+    def stream(self, part: Part, seed: int, clips: dict[str, np.ndarray] | None = None,
+               resume: "Resume | None" = None) -> Iterator[Chunk]:
+        """The part's chunks in order (after `resume`'s, if given). Default: one chunk per part,
+        synthesised by synthesize()."""
+        seg = part.segments[0]
+        yield Chunk(self.synthesize(seg["text"], seg["voice"]), final=True)
+
+    def resume_from(self, checkpoints: list[dict[str, np.ndarray]], state: dict[str, np.ndarray]) -> "Resume":
+        """A resume point from the part's chunks' checkpoints (in order) and the newest chunk's state."""
+        raise EngineError(f"the {self.name} engine has no checkpoints to resume from")
+
+
+class Resume:
+    """Opaque to the worker: built by Engine.resume_from, handed back to Engine.stream."""
+
+
+def _speakers(segments: list[dict]) -> tuple[tuple[int, str], ...]:
+    seen: dict[int, str] = {}
+    for seg in segments:
+        seen.setdefault(int(seg["speaker"]), seg["voice"])
+    return tuple(sorted(seen.items()))
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -1,7 +1,9 @@
-// Plain JS client of the JSON API: voices, submit, poll the job list, play, download, cancel.
+// Plain JS client of the JSON API: voices (and uploads), submit, poll the job list, listen to the
+// chunks finished so far, play, download, cancel.
 "use strict";
 const $ = (id) => document.getElementById(id);
 let voices = [];
+let previewJob = null;
 
 async function api(method, path, body, headers) {
   const opts = { method, credentials: "same-origin", headers: { ...(headers || {}) } };
@@ -29,7 +31,35 @@ function speakersInScript() {
   return found;
 }
 
-function renderVoicePickers() {
+async function loadVoices() {
+  const data = await api("GET", "/api/voices");
+  voices = data.voices;
+  $("upload").hidden = !data.uploads;   // only engines that take reference clips
+}
+
+async function uploadClip() {
+  const file = $("clip").files[0];
+  if (!file) { setMessage("Choose a WAV, FLAC or OGG file first.", true); return; }
+  const form = new FormData();
+  form.append("clip", file);
+  form.append("name", $("clip-name").value || file.name);
+  $("clip-upload").disabled = true;
+  try {
+    const res = await fetch("/api/voices", { method: "POST", body: form, credentials: "same-origin" });
+    const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    setMessage(`Voice "${data.name}" added (${data.seconds.toFixed(1)} s).`, false);
+    const chosen = [1, 2, 3, 4].map((s) => $(`voice-${s}`).value);
+    await loadVoices();
+    renderVoicePickers(chosen);
+  } catch (e) {
+    setMessage(e.message, true);
+  } finally {
+    $("clip-upload").disabled = false;
+  }
+}
+
+function renderVoicePickers(chosen) {
   const box = $("voices");
   box.textContent = "";
   for (let s = 1; s <= 4; s++) {
@@ -40,7 +70,7 @@ function renderVoicePickers() {
     voices.forEach((v, i) => {
       const opt = document.createElement("option");
       opt.value = v.id; opt.textContent = v.name;
-      if (i === (s - 1) % voices.length) opt.selected = true;
+      if (chosen ? chosen[s - 1] === v.id : i === (s - 1) % voices.length) opt.selected = true;
       select.appendChild(opt);
     });
     label.appendChild(select);
@@ -63,6 +93,7 @@ async function submit() {
     // click returns the same job instead of creating a second one.
     const key = idempotencyKey();
     const body = { script: $("script").value, voices: chosen };
+    if ($("seed").value !== "") body.seed = Number($("seed").value);
     let job;
     for (let attempt = 1; ; attempt++) {
       try { job = await api("POST", "/api/jobs", body, { "Idempotency-Key": key }); break; }
@@ -87,8 +118,9 @@ function jobItem(job) {
   const row = document.createElement("div");
   row.className = "row";
   const title = document.createElement("span");
-  title.textContent = `${job.id.slice(0, 8)} · ${job.segments_done}/${job.segments_total} segments · ` +
-    `${job.duration_s.toFixed(1)} s` + (job.node ? ` · ${job.node}` : "");
+  const estimate = job.duration_estimate_s ? ` of ~${job.duration_estimate_s.toFixed(0)} s` : "";
+  title.textContent = `${job.id.slice(0, 8)} · ${job.duration_s.toFixed(1)} s${estimate} of audio · ` +
+    `${job.segments_done}/${job.segments_total} chunks` + (job.node ? ` · ${job.node}` : "");
   const status = document.createElement("span");
   status.className = `status ${job.status}`;
   status.textContent = job.status;
@@ -98,6 +130,11 @@ function jobItem(job) {
   bar.max = Math.max(job.segments_total, 1);
   bar.value = job.segments_done;
   li.appendChild(bar);
+  if (job.note) {
+    const note = document.createElement("div");
+    note.className = "note"; note.textContent = job.note;
+    li.appendChild(note);
+  }
   if (job.error) {
     const err = document.createElement("div");
     err.className = "err"; err.textContent = job.error;
@@ -111,6 +148,12 @@ function jobItem(job) {
       catch (e) { setMessage(e.message, true); }
     });
     li.appendChild(cancel);
+    if (job.segments_done > 0) {
+      const listen = document.createElement("button");
+      listen.className = "listen"; listen.textContent = "Listen so far";
+      listen.addEventListener("click", () => { previewJob = job.id; refreshPreview(true); });
+      li.appendChild(listen);
+    }
   }
   if (job.status === "done") {
     const player = document.createElement("audio");
@@ -145,11 +188,34 @@ async function refresh() {
   for (const li of [...list.children]) { if (!seen.has(li.dataset.id)) li.remove(); }
 }
 
+async function refreshPreview(reset) {
+  // The chunks of the job being listened to: players are added, never rebuilt (playback goes on).
+  if (!previewJob) return;
+  const box = $("chunks");
+  if (reset) { box.textContent = ""; $("preview-title").textContent = `Listen so far: ${previewJob.slice(0, 8)}`; }
+  $("preview").hidden = false;
+  let data;
+  try { data = await api("GET", `/api/jobs/${previewJob}/chunks`); } catch (e) { return; }
+  for (const chunk of data.chunks) {
+    if (box.querySelector(`audio[data-index="${chunk.index}"]`)) continue;
+    const player = document.createElement("audio");
+    player.controls = true; player.preload = "none";
+    player.dataset.index = chunk.index;
+    player.src = chunk.url;
+    player.addEventListener("ended", () => {   // play on into the next chunk
+      const next = box.querySelector(`audio[data-index="${chunk.index + 1}"]`);
+      if (next) next.play();
+    });
+    box.appendChild(player);
+  }
+}
+
 async function main() {
-  try { voices = (await api("GET", "/api/voices")).voices; } catch (e) { setMessage(e.message, true); }
+  try { await loadVoices(); } catch (e) { setMessage(e.message, true); }
   renderVoicePickers();
   $("submit").addEventListener("click", submit);
+  $("clip-upload").addEventListener("click", uploadClip);
   await refresh();
-  setInterval(refresh, 1000);
+  setInterval(() => { refresh(); refreshPreview(false); }, 1000);
 }
 main();

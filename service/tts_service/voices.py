@@ -1,0 +1,103 @@
+"""Reference clips users upload (POST /api/voices), for engines that take one (VibeVoice).
+
+    voices/<session>/<voice id>.wav    the clip, 24 kHz mono PCM-16 (resampled and mixed down here)
+    voices/<session>/<voice id>.json   {"id", "name", "engine", "seconds", "sha256", "created_at"}
+
+A clip is 3 to 60 seconds of WAV, FLAC or OGG; anything else is a ClipError naming the problem (the
+API answers 400 with it). Ids are `up-` + 16 hex digits; the session id is a sha256 hex digest: no
+request value becomes part of a path unchecked. Clips live on shared storage, so a job that names one
+runs on either node.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from . import audio
+from .storage import Storage
+
+VOICE_ID_RE = re.compile(r"^up-[0-9a-f]{16}$")
+SESSION_RE = re.compile(r"^[0-9a-f]{64}$")
+FORMATS = ("WAV", "FLAC", "OGG")
+MIN_SECONDS = 3.0
+MAX_SECONDS = 60.0
+SAMPLE_RATE = 24000
+
+
+class ClipError(ValueError):
+    """The upload is not a usable reference clip; the message says why."""
+
+
+def decode_clip(data: bytes) -> np.ndarray:
+    """An uploaded file -> 24 kHz mono float32 samples, or ClipError."""
+    if not data:
+        raise ClipError("the clip is empty")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except RuntimeError:
+        raise ClipError("the clip is not audio this service reads: send WAV, FLAC or OGG") from None
+    if info.format not in FORMATS:
+        raise ClipError(f"the clip is {info.format}; send WAV, FLAC or OGG")
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds < MIN_SECONDS or seconds > MAX_SECONDS:
+        raise ClipError(f"the clip is {seconds:.1f} s long; a reference clip is {MIN_SECONDS:g} to "
+                        f"{MAX_SECONDS:g} seconds")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except RuntimeError as exc:
+        raise ClipError(f"the clip cannot be decoded: {exc}") from None
+    mono = samples.mean(axis=1)
+    if not np.isfinite(mono).all() or not np.abs(mono).max() > 1e-4:
+        raise ClipError("the clip is silent")
+    return audio.resample(mono, rate, SAMPLE_RATE)
+
+
+class VoiceClips:
+    def __init__(self, storage: Storage, root: Path):
+        self.storage = storage
+        self.root = Path(root)
+
+    def _folder(self, sid: str) -> Path:
+        if not SESSION_RE.match(sid or ""):
+            raise ValueError("not a session id")
+        return self.root / sid
+
+    def save(self, sid: str, name: str, samples: np.ndarray, engine: str) -> dict:
+        folder = self._folder(sid)
+        self.storage.makedirs(folder)
+        voice_id = f"up-{secrets.token_hex(8)}"
+        wav = audio.encode_wav(samples, SAMPLE_RATE)
+        info = {"id": voice_id, "name": name, "engine": engine, "seconds": round(len(samples) / SAMPLE_RATE, 3),
+                "sha256": hashlib.sha256(wav).hexdigest(), "created_at": time.time()}
+        self.storage.commit_new(folder / f"{voice_id}.wav", wav)
+        self.storage.commit_new(folder / f"{voice_id}.json", json.dumps(info).encode())   # listed once whole
+        return info
+
+    def list(self, sid: str | None) -> list[dict]:
+        if not sid:
+            return []
+        folder = self._folder(sid)
+        found = []
+        for name in sorted(self.storage.listdir(folder)):
+            if name.endswith(".json") and VOICE_ID_RE.match(name[:-5]):
+                try:
+                    found.append(self.storage.read_json(folder / name))
+                except (ValueError, FileNotFoundError):
+                    continue
+        return sorted(found, key=lambda v: v.get("created_at", 0))
+
+    def load(self, sid: str, voice_id: str) -> np.ndarray:
+        """The clip's samples (24 kHz mono); FileNotFoundError if the session has no such clip."""
+        if not VOICE_ID_RE.match(voice_id):
+            raise FileNotFoundError(voice_id)
+        data = self.storage.read_bytes(self._folder(sid) / f"{voice_id}.wav")
+        samples, _rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        return samples
