@@ -10,7 +10,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import heartbeat
+from . import __version__, heartbeat
+from .jobfiles import STORAGE_FORMAT
 from .node import ask_ready
 from .runtime import Runtime
 from .storage import StorageUnavailable
@@ -87,6 +88,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         "node": settings.node, "role": belief.role, "epoch": belief.epoch, "fenced": belief.fenced,
         "checks": checks, "reason": reason, "engine": settings.engine,
         "engine_pace": settings.engine_pace, "state_age_s": round(belief.age_s, 3) if belief.fresh else None,
+        "version": __version__, "storage_format": STORAGE_FORMAT,
     }
     return ready, body
 

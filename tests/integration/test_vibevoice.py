@@ -149,7 +149,7 @@ def test_a_resume_in_a_fresh_engine_gives_the_uninterrupted_audio(engine, model_
     other = make_engine(model_dir)
     elsewhere = np.concatenate([whole(first), whole(other.stream(part, seed=6, resume=other.resume_from(
         [c.checkpoint for c in first], first[-1].state)))])
-    assert relative_gap(whole(uninterrupted), elsewhere) > 0 or stop_after == len(uninterrupted)
+    assert relative_gap(whole(uninterrupted), elsewhere) > TOLERANCE
 
 
 def test_the_compiled_stream_gives_the_eager_waveform(engine, model_dir):
@@ -302,3 +302,99 @@ def test_voice_uploads_are_checked_and_listed_with_the_session(model_dir, shared
         assert rate == 24000 and len(data) == TOKENS * SAMPLES_PER_TOKEN
     finally:
         node.stop()
+
+
+# ---- the worker, in this process: fingerprints and damaged chunks ----
+
+@pytest.fixture
+def vv_rt(model_dir, shared, tmp_path, redis_url):
+    from tts_service.cluster import Cluster
+    from tts_service.config import Settings
+    from tts_service.runtime import Runtime
+    from tts_service.storage import Storage
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    settings = Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                        engine="vibevoice", vibevoice_model_dir=str(model_dir), chunk_seconds=CHUNK_SECONDS,
+                        lease_s=3, failure_backoff_s=0)
+    rt = Runtime.build(settings)
+    rt.engine = make_engine(model_dir)
+    return rt
+
+
+def stop_after(worker, rt, chunks):
+    """The worker's engine, stopping the worker (as SIGTERM does) once `chunks` chunks were made."""
+    real = rt.engine.stream
+    made = []
+
+    def stream(*args, **kw):
+        for chunk in real(*args, **kw):
+            made.append(chunk)
+            if len(made) == chunks:
+                worker.stopping.set()
+            yield chunk
+    rt.engine.stream = stream
+    return made
+
+
+def run_to_end(worker, rt, job_id, cycles=10):
+    for _ in range(cycles):
+        worker.cycle()
+        if rt.store.get(job_id)["status"] in ("done", "failed"):
+            break
+    return rt.store.get(job_id)
+
+
+def served_audio(rt, job_id):
+    data, _ = sf.read(str(rt.files.audio_path(job_id)), dtype="float32")
+    return data
+
+
+def expected_audio(engine, seed):
+    return np.clip(np.concatenate([whole(engine.stream(p, seed)) for p in engine.plan(SEGMENTS)]), -1, 1)
+
+
+def close_enough(served, expected):
+    assert len(served) == len(expected)
+    assert float(np.abs(served - expected).max()) <= max(TOLERANCE * np.abs(expected).max(), 1.5 / 32768)
+
+
+def test_a_checkpoint_made_with_other_settings_restarts_its_part_with_a_sentence(vv_rt, model_dir):
+    from tts_service.app import create_app
+    from tts_service.worker import Worker
+    rt = vv_rt
+    client = create_app(rt.settings).test_client()
+    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": 9}).get_json()["id"]
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    stop_after(worker, rt, 3)
+    assert "shutting down" in worker.cycle()                 # 3 chunks committed, then stopped
+    assert len([n for n in rt.files.segments(job_id)]) == 3
+    worker.stopping.clear()
+    rt.engine = make_engine(model_dir, diffusion_steps=5)    # an upgrade changed a setting
+    job = run_to_end(worker, rt, job_id)
+    assert job["status"] == "done", job
+    log = (rt.files.dir(job_id) / "log").read_text()
+    assert "another model or setting" in log, log
+    assert "another model or setting" in client.get(f"/api/jobs/{job_id}").get_json()["note"]
+    close_enough(served_audio(rt, job_id), expected_audio(rt.engine, 9))
+
+
+def test_a_damaged_chunk_mid_part_is_regenerated_and_the_audio_is_unchanged(vv_rt):
+    from tts_service.app import create_app
+    from tts_service.worker import Worker
+    rt = vv_rt
+    client = create_app(rt.settings).test_client()
+    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": 4}).get_json()["id"]
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    stop_after(worker, rt, 4)
+    worker.cycle()
+    worker.stopping.clear()
+    rt.engine.stream = type(rt.engine).stream.__get__(rt.engine)   # the real stream again
+    victim = rt.files.segment_path(job_id, rt.files.segments(job_id)[1])
+    victim.write_bytes(victim.read_bytes()[:60])             # truncated by the NAS
+    job = run_to_end(worker, rt, job_id)
+    assert job["status"] == "done", job
+    assert any(".damaged-" in p.name for p in victim.parent.iterdir())
+    assert "restarts from its beginning" in (rt.files.dir(job_id) / "log").read_text()
+    close_enough(served_audio(rt, job_id), expected_audio(rt.engine, 4))
