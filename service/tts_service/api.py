@@ -12,8 +12,9 @@ import secrets
 import time
 
 import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, stream_with_context
 
+from .audio import DOWNLOADS, encode_stream
 from .jobfiles import BadJobId, check_job_id, new_job_id
 from .jobs import FINAL, public_job
 from .node import Fenced
@@ -307,6 +308,11 @@ def get_job(job_id: str):
 
 @bp.get("/jobs/<job_id>/audio")
 def get_audio(job_id: str):
+    """The finished audio as WAV (the file itself, with ranges), FLAC or Ogg Vorbis (encoded as it is
+    sent: memory stays flat for a 90-minute job)."""
+    fmt = request.args.get("format", "wav")
+    if fmt not in DOWNLOADS:
+        raise ApiError(400, f"format must be one of {', '.join(DOWNLOADS)}, not {fmt[:16]!r}")
     job = _owned_job(job_id)
     if job.get("status") != "done":
         raise ApiError(404, f"the job is {job.get('status')}; its audio exists once it is done")
@@ -314,8 +320,15 @@ def get_audio(job_id: str):
     path = rt.files.audio_path(job_id)
     if not rt.storage.exists(path):
         raise ApiError(404, "the job's audio file is missing from shared storage")
-    return send_file(path, mimetype="audio/wav", as_attachment=request.args.get("download") == "1",
-                     download_name=f"tts-{job_id}.wav", conditional=True)
+    attach = request.args.get("download") == "1"
+    if fmt == "wav":
+        return send_file(path, mimetype="audio/wav", as_attachment=attach,
+                         download_name=f"tts-{job_id}.wav", conditional=True)
+    response = Response(stream_with_context(encode_stream(path, fmt)), mimetype=DOWNLOADS[fmt][2])
+    disposition = "attachment" if attach else "inline"
+    response.headers["Content-Disposition"] = f'{disposition}; filename="tts-{job_id}.{fmt}"'
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
 
 
 @bp.get("/jobs/<job_id>/chunks")

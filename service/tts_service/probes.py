@@ -202,6 +202,16 @@ class _Collector:
         g = GaugeMetricFamily("tts_engine_pace", "Seconds of wall time per second of audio (0 = off)")
         g.add_metric([], rt.settings.engine_pace)
         yield g
+        try:   # TTSStorageLow: shared storage's free space (absent while the mount does not answer)
+            free, size = rt.state_storage.usage()
+            g = GaugeMetricFamily("tts_storage_free_bytes", "Free space on shared storage")
+            g.add_metric([], float(free))
+            yield g
+            g = GaugeMetricFamily("tts_storage_size_bytes", "Size of shared storage")
+            g.add_metric([], float(size))
+            yield g
+        except (StorageUnavailable, OSError):
+            pass
         if hb:
             h = hb["synthesis_seconds"]
             cumulative, buckets = 0, []

@@ -105,6 +105,10 @@ class Storage:
     def free_bytes(self) -> int:
         return self.call(_free_bytes, self.root)
 
+    def usage(self) -> tuple[int, int]:
+        """(free bytes available to us, total size) of the mount."""
+        return self.call(_usage, self.root)
+
     def answers(self) -> bool:
         """Whether the mount itself answers now (to tell one bad file from a failed mount)."""
         try:
@@ -142,6 +146,11 @@ def _makedirs(path: Path) -> None:
 def _free_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def _usage(path: Path) -> tuple[int, int]:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
 def _write_temp(directory: Path, data: bytes) -> Path:

@@ -55,6 +55,15 @@ def test_submit_on_the_page_and_play_the_result(browser, shared, tmp_path, redis
             "const a = document.querySelector('#jobs li audio');"
             "return a.readyState >= 1 && isFinite(a.duration) ? a.duration : null;"))
         assert duration > 2
+        # The FLAC download: fetched and decoded by the browser, the same length as the WAV.
+        flac = browser.find_element(By.CSS_SELECTOR, "#jobs li a.download-flac").get_attribute("href")
+        assert flac.endswith("/audio?format=flac&download=1")
+        flac_duration = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0]).then(r => r.arrayBuffer())"
+            ".then(b => new OfflineAudioContext(1, 1, 44100).decodeAudioData(b))"
+            ".then(a => done(a.duration), e => done('error: ' + e));", flac)
+        assert isinstance(flac_duration, float) and abs(flac_duration - duration) < 0.05, flac_duration
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         node.stop()

@@ -2,6 +2,7 @@
 import io
 import time
 
+import numpy as np
 import pytest
 import requests
 import soundfile as sf
@@ -44,6 +45,19 @@ def test_ten_turn_dialogue_end_to_end(node, shared):
 
     download = s.get(f"{node.url}/api/jobs/{job_id}/audio?download=1")
     assert "attachment" in download.headers["Content-Disposition"]
+    wav_frames = len(sf.read(io.BytesIO(audio.content))[0])
+    for fmt, mime in (("flac", "audio/flac"), ("ogg", "audio/ogg")):
+        compact = s.get(f"{node.url}/api/jobs/{job_id}/audio?format={fmt}&download=1")
+        assert compact.status_code == 200 and compact.headers["Content-Type"] == mime, compact.text[:200]
+        assert f'tts-{job_id}.{fmt}' in compact.headers["Content-Disposition"]
+        assert len(compact.content) < len(audio.content)
+        decoded, compact_rate = sf.read(io.BytesIO(compact.content))
+        assert compact_rate == rate and abs(len(decoded) - wav_frames) <= 0.01 * rate, (fmt, len(decoded), wav_frames)
+        if fmt == "flac":   # lossless: the very samples
+            assert np.array_equal(sf.read(io.BytesIO(compact.content), dtype="int16")[0],
+                                  sf.read(io.BytesIO(audio.content), dtype="int16")[0])
+    bad = s.get(f"{node.url}/api/jobs/{job_id}/audio?format=mp3")
+    assert bad.status_code == 400 and "wav, flac, ogg" in bad.json()["error"]
 
     # The worker publishes its histogram with its heartbeat, once a second.
     metrics = wait_for(lambda: (m := s.get(f"{node.url}/metrics").text)

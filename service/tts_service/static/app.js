@@ -164,6 +164,13 @@ function jobItem(job) {
     link.textContent = "Download WAV";
     link.className = "download";
     li.append(player, link);
+    for (const [fmt, label] of [["flac", "FLAC (lossless, ~half)"], ["ogg", "Ogg Vorbis (smallest)"]]) {
+      const other = document.createElement("a");
+      other.href = `/api/jobs/${job.id}/audio?format=${fmt}&download=1`;
+      other.textContent = label;
+      other.className = `download-${fmt}`;
+      li.append(" · ", other);
+    }
   }
   return li;
 }

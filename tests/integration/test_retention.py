@@ -1,0 +1,76 @@
+"""Retention (tts-retention) on real shared storage and a real Redis: old finished jobs go, from both;
+unfinished jobs stay whatever their age; a fenced node removes nothing."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tts_service.cluster import Cluster
+from tts_service.config import Settings
+from tts_service.jobs import k
+from tts_service.retention import purge
+from tts_service.runtime import Runtime
+from tts_service.storage import Storage
+from tts_service.worker import Worker
+
+from .test_api import submit
+
+
+@pytest.fixture
+def rt(shared, tmp_path, redis_url):
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    return Runtime.build(Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                                  engine="espeak", lease_s=3))
+
+
+@pytest.fixture
+def api(rt):
+    from tts_service.app import create_app
+    return create_app(rt.settings).test_client()
+
+
+def finished(rt, api, days_ago: float) -> str:
+    job_id = submit(api, script="Speaker 1: A short job.").get_json()["id"]
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    for _ in range(5):
+        worker.cycle()
+        if rt.store.get(job_id)["status"] == "done":
+            break
+    marker = rt.files.dir(job_id) / "state" / "done"
+    body = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**body, "at": time.time() - days_ago * 86400}))
+    return job_id
+
+
+def test_old_finished_jobs_go_from_storage_and_redis_and_nothing_else_does(rt, api, redis_server):
+    old = finished(rt, api, 40)
+    recent = finished(rt, api, 3)
+    queued_long_ago = submit(api, script="Speaker 1: Still waiting.").get_json()["id"]
+    request = rt.files.dir(queued_long_ago) / "request.json"
+    request.write_text(json.dumps({**json.loads(request.read_text()), "created_at": time.time() - 90 * 86400}))
+    running = submit(api, script="Speaker 1: Running now.").get_json()["id"]
+    assert rt.store.acquire_lease(running, "tts-a", 1, 30)
+    session = rt.store.get(old)["session"]
+
+    report = purge(rt, days=30)
+    assert report.removed == [old], report
+    assert "removed 1 jobs finished more than 30 days ago" in report.sentence
+    assert not rt.files.dir(old).exists()
+    assert not [p for p in rt.files.jobs_dir.iterdir() if p.name.startswith(".trash-")]
+    r = redis_server.client
+    assert not r.exists(k("job", old)) and r.zscore(k("sessjobs", session), old) is None
+    for kept in (recent, queued_long_ago, running):
+        assert rt.files.dir(kept).exists() and r.exists(k("job", kept)), kept
+    assert purge(rt, days=30).removed == []        # a second run finds nothing more
+
+
+def test_a_fenced_node_removes_nothing(rt, api, shared):
+    old = finished(rt, api, 40)
+    Cluster(Storage(shared), shared / "cluster").promote("tts-b", expect_epoch=1, by="test")
+    time.sleep(0.6)   # past the node's state cache
+    report = purge(rt, days=30)
+    assert report.removed == [] and "not the unfenced primary" in report.sentence, report.sentence
+    assert rt.files.dir(old).exists()
