@@ -22,7 +22,7 @@ from .recovery import job_from_storage
 from .runtime import Runtime
 from .script import MAX_SPEAKERS, ScriptError, estimate_seconds, segment_script, speakers_of
 from .storage import StorageFull, StorageUnavailable
-from .voices import VOICE_ID_RE, ClipError, decode_clip
+from .voices import MAX_CLIPS_PER_SESSION, VOICE_ID_RE, ClipError, decode_clip
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 COOKIE = "tts_session"
@@ -144,6 +144,11 @@ def upload_voice():
         raise ApiError(400, str(exc)) from None
     require_primary()
     sid = current_session(create=True)
+    wait = rt.store.hit_rate_limit("voices", sid, rt.settings.rate_limit_per_session)
+    if wait:
+        raise ApiError(429, f"too many clips uploaded from this session; try again in {wait} s", retry_after=wait)
+    if len(rt.voices.list(sid)) >= MAX_CLIPS_PER_SESSION:
+        raise ApiError(400, f"this session has {MAX_CLIPS_PER_SESSION} voices already, the most it may keep")
     require_primary()   # fresh read right before the durable write
     try:
         info = rt.voices.save(sid, name, samples, rt.engine.name)

@@ -142,15 +142,24 @@ class JobFiles:
         path = self.chunk_file(job_id, seg, "ckpt")
         return self.storage.call(_read_npz, path, arrays)
 
-    def newest_state(self, job_id: str, index: int) -> dict | None:
-        """The state after chunk `index` (newest epoch), or None if there is none or it is unreadable."""
+    def commit_state(self, job_id: str, index: int, epoch: int, state: bytes) -> None:
+        """The state after chunk `index`, alone (its chunk is on storage already)."""
+        path = self.dir(job_id) / "segments" / f"{index:05d}.{epoch}.state"
+        if not self.storage.commit_new(path, state):
+            self.storage.write_replace(path, state)
+
+    def chunk_state(self, job_id: str, index: int, expect: tuple[int, int, str]) -> dict | None:
+        """The state after chunk `index` that belongs to (part, index in part, fingerprint) `expect`,
+        newest epoch first; None if there is none, or none readable and matching."""
         names = [m for m in map(_STATE_RE.match, self.storage.listdir(self.dir(job_id) / "segments"))
                  if m and m.group(3) == "state" and int(m.group(1)) == index]
         for match in sorted(names, key=lambda m: -int(m.group(2))):
             try:
-                return self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0), True)[1]
+                meta, arrays = self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0), True)
             except ValueError:
                 continue
+            if (meta.get("part"), meta.get("index"), meta.get("fingerprint")) == tuple(expect):
+                return arrays
         return None
 
     def drop_chunk_files(self, job_id: str, below: int | None = None, kinds: tuple[str, ...] = ("state",)) -> int:

@@ -29,6 +29,7 @@ class ChunkInfo:
     final: bool                   # the part's last chunk
     fingerprint: str
     seconds: float = 0.0
+    arrays: dict | None = None    # the checkpoint's arrays (stateful engines), read by the scan
 
 
 @dataclass

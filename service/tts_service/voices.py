@@ -30,6 +30,10 @@ FORMATS = ("WAV", "FLAC", "OGG")
 MIN_SECONDS = 3.0
 MAX_SECONDS = 60.0
 SAMPLE_RATE = 24000
+# Refused before decoding: a small compressed file must not decode into gigabytes in the web process.
+MAX_CHANNELS = 2
+MAX_RATE = 192000
+MAX_CLIPS_PER_SESSION = 50
 
 
 class ClipError(ValueError):
@@ -46,6 +50,9 @@ def decode_clip(data: bytes) -> np.ndarray:
         raise ClipError("the clip is not audio this service reads: send WAV, FLAC or OGG") from None
     if info.format not in FORMATS:
         raise ClipError(f"the clip is {info.format}; send WAV, FLAC or OGG")
+    if info.channels > MAX_CHANNELS or not 8000 <= info.samplerate <= MAX_RATE:
+        raise ClipError(f"the clip has {info.channels} channels at {info.samplerate} Hz; send mono or stereo "
+                        f"at 8 to {MAX_RATE // 1000} kHz")
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     if seconds < MIN_SECONDS or seconds > MAX_SECONDS:
         raise ClipError(f"the clip is {seconds:.1f} s long; a reference clip is {MIN_SECONDS:g} to "

@@ -64,6 +64,10 @@ class _Ended(Exception):
     """The job ended while it ran (cancelled): the message is the cycle's sentence."""
 
 
+class _Rescan(Exception):
+    """What is on storage is not what this run expected: scan again before going on."""
+
+
 class JobRun:
     """One claimed job: the lease, its keeper thread and the abort flag."""
 
@@ -73,6 +77,7 @@ class JobRun:
         self.token = token
         self.epoch = epoch
         self.abort_reason: str | None = None
+        self.generated = 0        # chunks generated (committed or found identical) in this run
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name=f"lease-{job_id[:8]}", daemon=True)
 
@@ -319,7 +324,6 @@ class Worker:
             plan = self._plan(request)
         except EngineInputError as exc:
             return self._fail(job_id, epoch, str(exc))
-        generated = 0
         engine_failures = 0
         # Scan, generate what is missing, scan again (a chunk damaged on storage meanwhile is moved
         # aside and generated again) until every chunk is whole; then assemble.
@@ -332,16 +336,16 @@ class Worker:
             if scan.complete:
                 break
             if scan.sentence:
-                self._log(job_id, scan.sentence)
-            before = generated
+                self._log(run, scan.sentence)
+            before = run.generated
             try:
-                generated += self._generate(run, plan, scan)
+                self._generate(run, plan, scan)
             except EngineInputError as exc:
                 return self._fail(job_id, epoch, str(exc))
             except EngineError as exc:
                 # Transient (out of GPU memory, a crashed subprocess): free what it left, go on from the
-                # last committed chunk once; a second failure without progress hands the job back.
-                engine_failures = 1 if generated > before else engine_failures + 1
+                # last committed chunk; two failures without a chunk in between hand the job back.
+                engine_failures = 1 if run.generated > before else engine_failures + 1
                 log.warning("job %s: engine error (%d in a row): %s", job_id, engine_failures, exc)
                 try:
                     rt.engine.recover()
@@ -350,6 +354,8 @@ class Worker:
                 run.check()   # fenced or lost the lease meanwhile: abandon, charge nothing
                 if engine_failures >= 2:
                     raise Attempt(f"the engine failed twice on one chunk: {exc}") from exc
+            except _Rescan as again:
+                log.warning("job %s: %s; scanning again", job_id, again)
             except _Ended as ended:
                 return str(ended)
         else:
@@ -368,8 +374,8 @@ class Worker:
                 rt.files.drop_chunk_files(job_id, kinds=("state", "ckpt"))
             except (StorageUnavailable, OSError) as exc:
                 log.warning("job %s: checkpoints not removed: %s", job_id, exc)
-        return (f"finished {job_id}: {generated} chunks generated here, "
-                f"{scan.total - min(generated, scan.total)} found on shared storage")
+        return (f"finished {job_id}: {run.generated} chunks generated here, "
+                f"{scan.total - min(run.generated, scan.total)} found on shared storage")
 
     # ---- planning and scanning ----
 
@@ -380,10 +386,11 @@ class Worker:
             if VOICE_ID_RE.match(voice):
                 try:
                     clips[voice] = self.rt.voices.load(request["session"], voice)
-                except (FileNotFoundError, ValueError) as exc:
-                    raise EngineInputError(f"the uploaded voice {voice} is gone from shared storage") from exc
+                except (FileNotFoundError, ValueError, RuntimeError) as exc:   # gone, or not audio any more
+                    raise EngineInputError(f"the uploaded voice {voice} is gone from shared storage or "
+                                           f"damaged: {exc}") from exc
         engine = self.rt.engine
-        parts = engine.plan(request["segments"])
+        parts = engine.plan(request["segments"], clips)
         seed = int(request.get("seed", 0) or 0)
         return JobPlan(parts, [engine.fingerprint(p, seed, clips) for p in parts], seed, clips,
                        int(request.get("segments_total", 0) or 0), exact=not engine.stateful)
@@ -401,10 +408,10 @@ class Worker:
             if not stateful:
                 usable[n] = ChunkInfo(n, seg, n, 0, True, plan.fingerprints[n])
                 continue
-            try:
-                meta, _ = rt.files.read_checkpoint(job_id, seg)
+            try:   # the whole checkpoint is read: a damaged array is found here, not at resume
+                meta, arrays = rt.files.read_checkpoint(job_id, seg, arrays=True)
                 usable[n] = ChunkInfo(n, seg, int(meta["part"]), int(meta["index"]), bool(meta["final"]),
-                                      str(meta["fingerprint"]), float(meta.get("seconds", 0)))
+                                      str(meta["fingerprint"]), float(meta.get("seconds", 0)), arrays)
             except (ValueError, KeyError, TypeError) as exc:
                 bad[seg] = f"its checkpoint is unusable: {exc}"
         if not stateful:
@@ -431,15 +438,18 @@ class Worker:
             return Scan(usable, done_seconds, True, n, [], n, None, "", n)
         resume, start, index = None, n, i
         if i > 0:
-            state = rt.files.newest_state(job_id, n - 1)
-            if state is None:
-                sentence = (f"part {p + 1} restarts from its beginning (chunk {n - i}): no state was kept after "
-                            f"chunk {n - 1}; chunks already on storage are kept")
+            state = rt.files.chunk_state(job_id, n - 1, (p, i - 1, plan.fingerprints[p]))
+            if state is not None:
+                try:
+                    resume = rt.engine.resume_from([usable[m].arrays for m in range(n - i, n)], state)
+                except Exception as exc:   # a checkpoint that reads but does not fit: start the part over
+                    log.warning("job %s: cannot resume from chunk %d: %s", job_id, n - 1, exc)
+                    state = None
+            if resume is None:
+                sentence = (f"part {p + 1} restarts from its beginning (chunk {n - i}): no usable state was "
+                            f"kept after chunk {n - 1}; whole chunks already on storage are kept")
                 start, index = n - i, 0
             else:
-                checkpoints = [rt.files.read_checkpoint(job_id, usable[m].seg, arrays=True)[1]
-                               for m in range(n - i, n)]
-                resume = rt.engine.resume_from(checkpoints, state)
                 sentence = sentence or f"resuming part {p + 1} after chunk {n - 1} from its checkpoint"
         return Scan(usable, done_seconds, False, n, list(range(p, len(plan.parts))), start, resume, sentence, n,
                     first_index=index)
@@ -447,18 +457,17 @@ class Worker:
     def _quarantine(self, run: JobRun, bad: dict) -> None:
         if not bad:
             return
-        self.rt.node.assert_primary(run.epoch)   # a write: fresh primary check first
         for seg, why in bad.items():
+            self.rt.node.assert_primary(run.epoch)   # a write: fresh primary check before each one
             log.warning("job %s: chunk %s is unusable (%s); moved aside, generating it again",
                         run.job_id, seg.name, why)
             self.rt.files.quarantine_chunk(run.job_id, seg)
 
     # ---- generating ----
 
-    def _generate(self, run: JobRun, plan: JobPlan, scan: Scan) -> int:
-        """Stream the parts still to do and commit their chunks; returns how many were generated."""
+    def _generate(self, run: JobRun, plan: JobPlan, scan: Scan) -> None:
+        """Stream the parts still to do and commit their chunks (run.generated counts them)."""
         rt = self.rt
-        generated = 0
         n = scan.start
         for p in scan.parts_todo:
             self._between_chunks(run, n)
@@ -467,16 +476,18 @@ class Worker:
             if not rt.engine.stateful:
                 n, index = p, 0
             started = time.monotonic()
-            for chunk in rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume):
-                rt.store.count_attempt(run.job_id)
-                self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
-                generated += 1
-                n += 1
-                index += 1
-                if not chunk.final:
-                    self._between_chunks(run, n)
-                started = time.monotonic()
-        return generated
+            try:
+                for chunk in rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume):
+                    rt.store.count_attempt(run.job_id)
+                    self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
+                    run.generated += 1
+                    n += 1
+                    index += 1
+                    if not chunk.final:
+                        self._between_chunks(run, n)
+                    started = time.monotonic()
+            except EngineInputError as exc:
+                raise EngineInputError(f"{'part' if rt.engine.stateful else 'segment'} {p + 1}: {exc}") from exc
 
     def _between_chunks(self, run: JobRun, n: int) -> None:
         run.check()
@@ -497,41 +508,58 @@ class Worker:
         self.histogram.observe(took)
         fingerprint = plan.fingerprints[p]
         there = scan.usable.get(n)
-        if not (there and (there.part, there.index, there.fingerprint) == (p, index, fingerprint)):
+        same = bool(there and there.seg is not None
+                    and (there.part, there.index, there.final, there.fingerprint) == (p, index, chunk.final, fingerprint))
+        stateful = rt.engine.stateful
+        state = None
+        if stateful and chunk.state is not None:
+            state = encode_npz({"chunk": n, "part": p, "index": index, "fingerprint": fingerprint}, chunk.state)
+        if same:
+            # A whole chunk of this same run is there (a part regenerated after damage): keep it, but
+            # leave this run's state beside it so that a failover now resumes here, not at the start.
+            if state is not None:
+                run.check()
+                rt.node.assert_primary(epoch)
+                rt.files.commit_state(job_id, n, epoch, state)
+        else:
             wav = audio.encode_wav(chunk.samples, rate)
-            checkpoint = state = None
-            if rt.engine.stateful:
+            checkpoint = None
+            if stateful:
                 meta = {"part": p, "index": index, "final": chunk.final, "fingerprint": fingerprint,
                         "seconds": seconds, "why": chunk.why, "node": self.settings.node, **chunk.meta}
                 checkpoint = encode_npz(meta, chunk.checkpoint)
-                state = encode_npz({"chunk": n}, chunk.state) if chunk.state is not None else None
             run.check()
             rt.node.assert_primary(epoch)            # fresh read of the state right before commit
-            rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state)
-            if rt.engine.stateful and n > 0:
-                try:   # only the newest state is needed
-                    rt.files.drop_chunk_files(job_id, below=n)
-                except (StorageUnavailable, OSError) as exc:
-                    log.warning("job %s: older states not removed: %s", job_id, exc)
-        if chunk.final and chunk.why and rt.engine.stateful:
+            if not rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state):
+                raise _Rescan(f"chunk {n} of epoch {epoch} is on storage already, not as this run made it")
+        if stateful and n > 1:
+            try:   # the two newest states are kept (the newest chunk may yet turn up damaged)
+                rt.files.drop_chunk_files(job_id, below=n - 1)
+            except (StorageUnavailable, OSError) as exc:
+                log.warning("job %s: older states not removed: %s", job_id, exc)
+        if chunk.final and chunk.why and stateful:
             log.info("job %s: part %d ended (%s) after chunk %d", job_id, p + 1, chunk.why, n)
-        scan.usable[n] = ChunkInfo(n, None, p, index, chunk.final, fingerprint, seconds)
-        done = n + 1 if rt.engine.stateful else len(scan.usable)
-        self.progress[job_id] = done
+        counted = n < scan.done if stateful else (n in scan.usable and same)
+        scan.usable[n] = ChunkInfo(n, there.seg if same else None, p, index, chunk.final, fingerprint, seconds)
+        if not counted:
+            scan.seconds += seconds
+        scan.done = max(scan.done, n + 1) if stateful else len(scan.usable)
+        self.progress[job_id] = scan.done
         self.failed_in_a_row.clear()
-        scan.seconds += seconds
         last = chunk.final and p == len(plan.parts) - 1
-        rt.store.update(job_id, segments_done=done, duration_s=round(scan.seconds, 3),
-                        segments_total=done if last and rt.engine.stateful else scan.total_shown(plan, done))
+        rt.store.update(job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
+                        segments_total=scan.done if last and stateful else scan.total_shown(plan, scan.done))
 
-    def _log(self, job_id: str, sentence: str) -> None:
-        """A sentence in the job's log (shown as its note, kept on storage) and the worker's."""
-        log.info("job %s: %s", job_id, sentence)
+    def _log(self, run: JobRun, sentence: str) -> None:
+        """A sentence in the job's log (shown as its note, kept on storage) and the worker's. A write
+        to shared storage: only by the unfenced primary, like any other."""
+        log.info("job %s: %s", run.job_id, sentence)
         try:
-            self.rt.files.append_log(job_id, self.settings.node, sentence)
-            self.rt.store.update(job_id, note=sentence)
-        except (StorageUnavailable, OSError, redis.RedisError) as exc:
-            log.warning("job %s: log not written: %s", job_id, exc)
+            self.rt.node.assert_primary(run.epoch)
+            self.rt.files.append_log(run.job_id, self.settings.node, sentence)
+            self.rt.store.update(run.job_id, note=sentence)
+        except (Fenced, StorageUnavailable, OSError, redis.RedisError) as exc:
+            log.warning("job %s: log not written: %s", run.job_id, exc)
 
     def _fail(self, job_id: str, epoch: int, error: str) -> str:
         """The durable `failed` marker, written only after a fresh primary check (as a segment is)."""

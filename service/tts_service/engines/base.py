@@ -104,9 +104,9 @@ class Engine(ABC):
 
     # ---- the chunk/checkpoint interface the worker uses ----
 
-    def plan(self, segments: list[dict]) -> list[Part]:
-        """The job's segments grouped into parts, deterministically (every node plans alike).
-        Default: one part per segment."""
+    def plan(self, segments: list[dict], clips: dict[str, np.ndarray] | None = None) -> list[Part]:
+        """The job's segments grouped into parts, deterministically (every node plans alike); `clips`:
+        uploaded reference clips by voice id. Default: one part per segment."""
         speakers = _speakers(segments)
         return [Part(i, (seg,), speakers) for i, seg in enumerate(segments)]
 

@@ -196,12 +196,13 @@ class VibeVoiceEngine(Engine):
             return self.stream_gen.context
         return self.context_override or 65536
 
-    def plan(self, segments: list[dict]) -> list[Part]:
+    def plan(self, segments: list[dict], clips: dict[str, np.ndarray] | None = None) -> list[Part]:
         """Consecutive turns per part, as many as fit the context (prompt + planned audio)."""
         speakers = _speakers(segments)
         context = self._context()
         hop = int(getattr(self.model.config.audio_config, "hop_length", 3200)) if self.model is not None else 3200
-        clip_tokens = sum(-(-len(c) // hop) + 4 for c in (self._clips.get(v) for _s, v in speakers) if c is not None)
+        clip_tokens = sum(-(-len(c) // hop) + 4 for c in (self._clip_for(v, clips) for _s, v in speakers)
+                          if c is not None)
         fixed = clip_tokens + self._tokens(SYSTEM_PROMPT + " Voice input:\n Text input:\n Speech output:\n") + 8
         parts: list[Part] = []
         current: list[dict] = []
