@@ -11,7 +11,8 @@
                                            the chunk's latents and semantic features), kept until
                                            the job is done
     jobs/<id>/segments/<index>.<epoch>.state the state after the chunk (random state, streaming
-                                           caches); only the newest chunk's is kept
+                                           caches, meta: part, index, fingerprint); the two newest
+                                           chunks' are kept
     jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
     jobs/<id>/failures/<progress>-<ns>-<node>.json  one per failed attempt at the job (what failed),
                                            named by how many segments were whole then; after
