@@ -82,6 +82,9 @@ class Cluster:
         self.dir = Path(cluster_dir)
         self.state_path = self.dir / "state.json"
         self.lock_path = self.dir / "lock"
+        # The newest storage format any primary has written (jobfiles.STORAGE_FORMAT): a node whose
+        # code knows only an older one must not become primary over it.
+        self.format_path = self.dir / "format"
 
     # ---- reading ----
 
@@ -203,10 +206,34 @@ class Cluster:
             raise LockHeld("the given lock token does not hold the cluster lock (expired or taken over)")
         yield token
 
-    def promote(self, node: str, expect_epoch: int, by: str, lock_token: str | None = None) -> ClusterState:
+    def storage_format(self) -> int:
+        """The newest storage format recorded on shared storage (0: none recorded yet)."""
+        try:
+            return int(self.storage.read_json(self.format_path).get("storage_format", 0))
+        except FileNotFoundError:
+            return 0
+        except (ValueError, AttributeError, TypeError):
+            return 0
+
+    def record_format(self, fmt: int, node: str) -> bool:
+        """Record that `node` writes storage format `fmt`, if that is newer than what is recorded."""
+        if fmt <= self.storage_format():
+            return False
+        self.storage.makedirs(self.dir)
+        self.storage.write_replace(self.format_path, json.dumps(
+            {"storage_format": fmt, "by": node, "at": _now_iso()}).encode())
+        return True
+
+    def promote(self, node: str, expect_epoch: int, by: str, lock_token: str | None = None,
+                understands: int | None = None) -> ClusterState:
         """Compare-and-swap: make `node` primary of epoch expect_epoch+1, only if the epoch is expect_epoch.
-        Takes the lock for the change, or uses the one `lock_token` already holds."""
+        Takes the lock for the change, or uses the one `lock_token` already holds. `understands`: the
+        newest storage format the node's code knows (tts-cluster runs on the node being promoted): a
+        node behind the recorded format is refused, with a sentence."""
         validate_node(node)
+        if understands is not None and (recorded := self.storage_format()) > understands:
+            raise ClusterError(f"shared storage holds format {recorded}, newer than {node}'s code understands "
+                               f"({understands}): upgrade {node} before it can be primary")
         with (self._held(lock_token) if lock_token else self.locked(f"promote {node} by {by}")):
             current = self.read()
             if current is None:

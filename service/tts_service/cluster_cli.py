@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .cluster import MAX_LOCK_TTL_S, Cluster, ClusterError
+from .jobfiles import STORAGE_FORMAT
 from .storage import Storage, StorageUnavailable
 
 
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "init":
             _print(cluster.init(args.node, args.standby, args.by).to_dict())
         elif args.command == "promote":
-            _print(cluster.promote(args.node, args.expect_epoch, args.by, lock_token=args.lock_token).to_dict())
+            _print(cluster.promote(args.node, args.expect_epoch, args.by, lock_token=args.lock_token,
+                                   understands=STORAGE_FORMAT).to_dict())
         elif args.command == "lock":
             if not 0 < args.ttl <= MAX_LOCK_TTL_S:
                 raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (renew a longer hold "

@@ -39,7 +39,7 @@ import redis
 from . import audio, heartbeat
 from .config import Settings
 from .engines import EngineError, EngineInputError
-from .jobfiles import encode_npz
+from .jobfiles import STORAGE_FORMAT, encode_npz
 from .jobplan import ChunkInfo, JobPlan, Scan
 from .jobs import FINAL
 from .node import Fenced
@@ -204,6 +204,8 @@ class Worker:
                 or time.monotonic() - self.last_reconcile > self.settings.reconcile_interval_s):
             report = reconcile(self.rt.store, self.rt.files, self.rt.sessions, self.rt.engine.sample_rate,
                                self.confirmed_final)
+            if self.reconciled_epoch != belief.epoch:
+                self._record_format(belief.epoch)
             self.reconciled_epoch = belief.epoch
             self.last_reconcile = time.monotonic()
             if report.recreated or report.finalised or report.requeued:
@@ -215,6 +217,16 @@ class Worker:
             return self.state
         job_id, token = claimed
         return self.run_job(job_id, token, belief.epoch)
+
+    def _record_format(self, epoch: int) -> None:
+        """As the new epoch's primary: record the storage format this code writes (an older node will
+        then refuse to be promoted over it: `tts-cluster promote`)."""
+        try:
+            self.rt.node.assert_primary(epoch)
+            if self.rt.cluster.record_format(STORAGE_FORMAT, self.settings.node):
+                log.info("recorded storage format %d on shared storage", STORAGE_FORMAT)
+        except (Fenced, StorageUnavailable, OSError) as exc:
+            log.warning("storage format not recorded: %s", exc)
 
     def claim(self, epoch: int) -> tuple[str, str] | None:
         """The first claimable job (interrupted ones first, then the oldest queued) whose lease this

@@ -321,3 +321,16 @@ def test_the_handover_margin_covers_a_read_that_returned_late(cluster, monkeypat
     assert not any(both), "two unfenced primaries at once"
     assert not b.belief().fenced                     # and tts-b did take over
     assert b.handover_wait() == max_age + state_timeout + cache
+
+
+def test_a_node_behind_the_recorded_storage_format_is_not_promoted(tmp_path):
+    from tts_service.cluster import Cluster, ClusterError
+    from tts_service.storage import Storage
+    cluster = Cluster(Storage(tmp_path), tmp_path / "cluster")
+    cluster.init("tts-a", "tts-b", by="test")
+    assert cluster.storage_format() == 0
+    assert cluster.record_format(3, "tts-a") and not cluster.record_format(2, "tts-b")   # never goes back
+    with pytest.raises(ClusterError, match="format 3, newer than tts-b's code understands \\(2\\): upgrade tts-b"):
+        cluster.promote("tts-b", expect_epoch=1, by="test", understands=2)
+    assert cluster.read().epoch == 1
+    assert cluster.promote("tts-b", expect_epoch=1, by="test", understands=3).primary == "tts-b"

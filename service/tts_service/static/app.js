@@ -164,7 +164,7 @@ function jobItem(job) {
     link.textContent = "Download WAV";
     link.className = "download";
     li.append(player, link);
-    for (const [fmt, label] of [["flac", "FLAC (lossless, ~half)"], ["ogg", "Ogg Vorbis (smallest)"]]) {
+    for (const [fmt, label] of [["flac", "FLAC (lossless)"], ["ogg", "Ogg Vorbis (smallest)"]]) {
       const other = document.createElement("a");
       other.href = `/api/jobs/${job.id}/audio?format=${fmt}&download=1`;
       other.textContent = label;
