@@ -342,9 +342,10 @@ class Worker:
         for _round in range(4):
             scan = self._scan(run, plan)
             self.progress[job_id] = scan.done
-            rt.store.update(job_id, status="running", node=self.settings.node, segments_done=scan.done,
-                            segments_total=scan.total_shown(plan), duration_s=round(scan.seconds, 3),
-                            error="", claimed_at=time.time(), epoch=epoch)
+            claim = {"status": "running", "node": self.settings.node, "error": "", "claimed_at": time.time(),
+                     "epoch": epoch} if _round == 0 else {}   # when it started running here, once
+            rt.store.update(job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
+                            duration_s=round(scan.seconds, 3), **claim)
             if scan.complete:
                 break
             if scan.sentence:

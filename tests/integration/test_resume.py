@@ -5,6 +5,7 @@ one jobs folder. The failover itself is done here by hand with `tts-cluster prom
 will do it."""
 import hashlib
 import io
+import json
 import os
 import signal
 import threading
@@ -84,6 +85,11 @@ def test_job_finishes_on_the_standby_after_the_primary_worker_is_killed(pair, sh
     assert len(after) == TURNS
     attempts = int(redis_server.client.hget(f"tts:job:{job_id}", "attempts"))
     assert attempts - TURNS <= 1                              # at most the interrupted segment twice
+    # claimed_at says when the job started running on B (the failover benchmarks read it), not when
+    # B last looked at it: the rest of the job took a while after that.
+    claimed = float(redis_server.client.hget(f"tts:job:{job_id}", "claimed_at"))
+    done_at = json.loads((shared / "jobs" / job_id / "state" / "done").read_text())["at"]
+    assert done_at - claimed > 1.0, (claimed, done_at)
     duration = check_final_audio(b, session, shared, job_id)
     assert abs(duration - job["duration_s"]) < 0.01
     assert [j["id"] for j in session.get(f"{b.url}/api/jobs").json()["jobs"]] == [job_id]

@@ -216,9 +216,9 @@ def follow_rejoin(node, runs_before, timeout=150):
     return run
 
 
-def operator_playbook(playbook, target, timeout=300):
+def operator_playbook(playbook, target, timeout=300, extra=""):
     """Run a playbook as an operator on ctl does (the receiver's user, key and inventory)."""
     return on("ctl", "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
                      "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
                      f"/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/{playbook} "
-                     f"-e @/etc/tts-receiver/secrets.yml -e tts_target={target}", timeout=timeout)
+                     f"-e @/etc/tts-receiver/secrets.yml -e tts_target={target} {extra}", timeout=timeout)

@@ -1,0 +1,91 @@
+"""Upgrading the pair without a failover (playbooks/upgrade.yml, issue 14): a wheel with a bumped
+version is installed standby first, then a planned switchover, then the old primary, while a job
+runs through the VIP. The receiver fails nothing over, the job finishes with nothing recomputed,
+both nodes report the new version, and never two primaries at once."""
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, on, operator_playbook, podman, receiver_runs,
+                 redis_hget, start_job, wait_job_done)
+
+ROOT = Path(__file__).resolve().parents[3]
+TURNS = 20                      # ~70 s of paced audio: still running at the switchover
+NEW = "0.1.1"
+
+
+def bumped_wheel(tmp: Path) -> Path:
+    src = tmp / "service"
+    shutil.copytree(ROOT / "service", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pyproject = src / "pyproject.toml"
+    text = pyproject.read_text()
+    assert 'version = "0.1.0"' in text
+    pyproject.write_text(text.replace('version = "0.1.0"', f'version = "{NEW}"'))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), str(src)],
+                   check=True, capture_output=True)
+    return next((tmp / "dist").glob(f"tts_service-{NEW}-*.whl"))
+
+
+class VipWatcher(threading.Thread):
+    """What a client polling the VIP's /primary sees: the longest stretch without a 200."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.longest = 0.0
+        self.samples = 0
+
+    def run(self):
+        down_since = None
+        while not self.stop.is_set():
+            try:
+                ok = requests.get(f"{VIP}/primary", timeout=1).status_code == 200
+            except requests.RequestException:
+                ok = False
+            now = time.monotonic()
+            self.samples += 1
+            if ok:
+                down_since = None
+            else:
+                down_since = down_since or now
+                self.longest = max(self.longest, now - down_since)
+            self.stop.wait(0.1)
+
+    def finish(self):
+        self.stop.set()
+        self.join(5)
+        assert self.samples > 10
+
+
+def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_path):
+    wheel = bumped_wheel(tmp_path)
+    assert podman("cp", str(wheel), f"{PREFIX}ctl:/tmp/{wheel.name}").returncode == 0
+    on("ctl", f"chmod 644 /tmp/{wheel.name}")
+    runs_before = {r["id"] for r in receiver_runs()}
+    state = cluster_state()
+    session = requests.Session()
+    job_id = start_job(session, TURNS, before_fault=2)
+    roles, vip = RoleWatcher(), VipWatcher()
+    roles.start()
+    vip.start()
+    started = time.monotonic()
+    operator_playbook("upgrade.yml", state["standby"], timeout=600, extra=f"-e tts_app_wheel=/tmp/{wheel.name}")
+    took = time.monotonic() - started
+    job = wait_job_done(session, job_id, TURNS)
+    vip.finish()
+    roles.finish()                                    # never two unfenced primaries
+    after = cluster_state()
+    assert (after["primary"], after["epoch"]) == (state["standby"], state["epoch"] + 1), after
+    assert job["node"] == after["primary"], job
+    assert int(redis_hget(after["primary"], f"tts:job:{job_id}", "attempts")) == TURNS   # 0 recomputed
+    for node, url in NODES.items():
+        assert requests.get(f"{url}/ready", timeout=5).json()["version"] == NEW, node
+    acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
+    assert acted == [], acted
+    print(f"\nupgrade.yml {state['primary']} -> {after['primary']} on {NEW}: {took:.0f} s, 0 chunks recomputed; "
+          f"longest stretch a client polling the VIP had no primary: {vip.longest:.1f} s")
