@@ -96,9 +96,8 @@ def _owned_job(job_id: str) -> dict:
     rt = _rt()
     sid = current_session(create=False)
     job = rt.store.get(job_id)
-    if (job is None or not job.get("session")) and sid is not None:
-        # Redis may have lost it (an async replica promoted; a worker's progress update then leaves a
-        # partial record until reconcile rebuilds it): shared storage still knows.
+    if job is None and sid is not None:
+        # Redis may have lost it (an async replica promoted): shared storage still knows.
         job = job_from_storage(rt.files, job_id)
     if job is None or sid is None or job.get("session") != sid:
         raise ApiError(404, "no such job")

@@ -47,6 +47,18 @@ end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 """
+_UPDATE = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return redis.call('hset', KEYS[1], unpack(ARGV))
+end
+return -1
+"""
+_COUNT = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return redis.call('hincrby', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -118,6 +130,8 @@ class JobStore:
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._acquire = r.register_script(_ACQUIRE)
+        self._update = r.register_script(_UPDATE)
+        self._count = r.register_script(_COUNT)
 
     # ---- records ----
 
@@ -141,8 +155,11 @@ class JobStore:
         return h or None
 
     def update(self, job_id: str, **fields: object) -> None:
+        """Change fields of a job Redis knows; a job it lost stays lost (no partial record without its
+        session, which the API would answer 404 for) until reconcile recreates it whole from storage."""
         fields["updated_at"] = time.time()
-        self.r.hset(k("job", job_id), mapping={key: ("" if v is None else v) for key, v in fields.items()})
+        args = [str(x) for key, v in fields.items() for x in (key, "" if v is None else v)]
+        self._update(keys=[k("job", job_id)], args=args)
 
     def finish(self, job_id: str, status: str, **fields: object) -> None:
         """Record a final status (done/failed/cancelled), once: counters move only on the first call."""
@@ -167,7 +184,7 @@ class JobStore:
 
     def count_attempt(self, job_id: str) -> None:
         """One more synthesis of a segment of this job (attempts - segments = segments recomputed)."""
-        self.r.hincrby(k("job", job_id), "attempts", 1)
+        self._count(keys=[k("job", job_id)], args=["attempts", 1])
 
     def claimable(self) -> list[str]:
         """Active jobs not finished, in the order a worker tries to lease them: interrupted jobs first

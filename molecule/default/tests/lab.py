@@ -43,7 +43,7 @@ def podman(*args, check=False, timeout=60):
 
 def on(node, command, timeout=60):
     out = podman("exec", PREFIX + node, "bash", "-c", command, timeout=timeout)
-    assert out.returncode == 0, f"{node}: {command}: {out.stderr}"
+    assert out.returncode == 0, f"{node}: {command}: {out.stderr}\n{out.stdout[-3000:]}"
     return out.stdout
 
 
