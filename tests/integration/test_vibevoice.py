@@ -362,18 +362,27 @@ def close_enough(served, expected):
     assert float(np.abs(served - expected).max()) <= max(TOLERANCE * np.abs(expected).max(), 1.5 / 32768)
 
 
-def test_a_checkpoint_made_with_other_settings_restarts_its_part_with_a_sentence(vv_rt, model_dir):
+def interrupted(rt, chunks, seed):
+    """A job submitted and run until `chunks` chunks were committed, then the worker stopped (as by
+    SIGTERM): (worker, job id, API client, what the worker's cycle said)."""
     from tts_service.app import create_app
     from tts_service.worker import Worker
-    rt = vv_rt
     client = create_app(rt.settings).test_client()
-    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": 9}).get_json()["id"]
+    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": seed}).get_json()["id"]
     worker = Worker(rt)
     worker.engine_loaded = True
-    stop_after(worker, rt, 3)
-    assert "shutting down" in worker.cycle()                 # 3 chunks committed, then stopped
-    assert len([n for n in rt.files.segments(job_id)]) == 3
+    stop_after(worker, rt, chunks)
+    said = worker.cycle()
     worker.stopping.clear()
+    rt.engine.stream = type(rt.engine).stream.__get__(rt.engine)   # the real stream again
+    return worker, job_id, client, said
+
+
+def test_a_checkpoint_made_with_other_settings_restarts_its_part_with_a_sentence(vv_rt, model_dir):
+    rt = vv_rt
+    worker, job_id, client, said = interrupted(rt, 3, seed=9)
+    assert "shutting down" in said                           # 3 chunks committed, then stopped
+    assert len(rt.files.segments(job_id)) == 3
     rt.engine = make_engine(model_dir, diffusion_steps=5)    # an upgrade changed a setting
     job = run_to_end(worker, rt, job_id)
     assert job["status"] == "done", job
@@ -383,23 +392,9 @@ def test_a_checkpoint_made_with_other_settings_restarts_its_part_with_a_sentence
     close_enough(served_audio(rt, job_id), expected_audio(rt.engine, 9))
 
 
-def interrupted(rt, chunks, seed):
-    from tts_service.app import create_app
-    from tts_service.worker import Worker
-    client = create_app(rt.settings).test_client()
-    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": seed}).get_json()["id"]
-    worker = Worker(rt)
-    worker.engine_loaded = True
-    stop_after(worker, rt, chunks)
-    worker.cycle()
-    worker.stopping.clear()
-    rt.engine.stream = type(rt.engine).stream.__get__(rt.engine)   # the real stream again
-    return worker, job_id
-
-
 def test_the_newest_chunk_damaged_costs_one_chunk_not_the_part(vv_rt, redis_server):
     rt = vv_rt
-    worker, job_id = interrupted(rt, 4, seed=2)
+    worker, job_id, _client, _said = interrupted(rt, 4, seed=2)
     victim = rt.files.segment_path(job_id, rt.files.segments(job_id)[3])
     victim.write_bytes(victim.read_bytes()[:60])
     job = run_to_end(worker, rt, job_id)
@@ -412,7 +407,7 @@ def test_the_newest_chunk_damaged_costs_one_chunk_not_the_part(vv_rt, redis_serv
 
 def test_a_damaged_checkpoint_is_moved_aside_and_the_job_still_finishes_right(vv_rt):
     rt = vv_rt
-    worker, job_id = interrupted(rt, 4, seed=3)
+    worker, job_id, _client, _said = interrupted(rt, 4, seed=3)
     seg = rt.files.segments(job_id)[1]
     ckpt = rt.files.chunk_file(job_id, seg, "ckpt")
     data = bytearray(ckpt.read_bytes())
@@ -426,17 +421,8 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_job_still_finishes_right(vv
 
 
 def test_a_damaged_chunk_mid_part_is_regenerated_and_the_audio_is_unchanged(vv_rt):
-    from tts_service.app import create_app
-    from tts_service.worker import Worker
     rt = vv_rt
-    client = create_app(rt.settings).test_client()
-    job_id = client.post("/api/jobs", json={"script": SCRIPT, "seed": 4}).get_json()["id"]
-    worker = Worker(rt)
-    worker.engine_loaded = True
-    stop_after(worker, rt, 4)
-    worker.cycle()
-    worker.stopping.clear()
-    rt.engine.stream = type(rt.engine).stream.__get__(rt.engine)   # the real stream again
+    worker, job_id, _client, _said = interrupted(rt, 4, seed=4)
     victim = rt.files.segment_path(job_id, rt.files.segments(job_id)[1])
     victim.write_bytes(victim.read_bytes()[:60])             # truncated by the NAS
     job = run_to_end(worker, rt, job_id)
