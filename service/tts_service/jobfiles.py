@@ -138,10 +138,10 @@ class JobFiles:
     def chunk_file(self, job_id: str, seg: SegmentFile, kind: str) -> Path:
         return self.dir(job_id) / "segments" / f"{seg.index:05d}.{seg.epoch}.{kind}"
 
-    def read_checkpoint(self, job_id: str, seg: SegmentFile, arrays: bool = False) -> tuple[dict, dict]:
-        """(meta, arrays) of the chunk's checkpoint; ValueError if it is missing or unreadable."""
-        path = self.chunk_file(job_id, seg, "ckpt")
-        return self.storage.call(_read_npz, path, arrays)
+    def read_checkpoint(self, job_id: str, seg: SegmentFile) -> tuple[dict, dict]:
+        """(meta, arrays) of the chunk's checkpoint, read whole (a damaged array shows here);
+        ValueError if it is missing or unreadable."""
+        return self.storage.call(_read_npz, self.chunk_file(job_id, seg, "ckpt"))
 
     def commit_state(self, job_id: str, index: int, epoch: int, state: bytes) -> None:
         """The state after chunk `index`, alone (its chunk is on storage already)."""
@@ -156,7 +156,7 @@ class JobFiles:
                  if m and m.group(3) == "state" and int(m.group(1)) == index]
         for match in sorted(names, key=lambda m: -int(m.group(2))):
             try:
-                meta, arrays = self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0), True)
+                meta, arrays = self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0))
             except ValueError:
                 continue
             if (meta.get("part"), meta.get("index"), meta.get("fingerprint")) == tuple(expect):
@@ -200,12 +200,6 @@ class JobFiles:
         frames, damaged = self.storage.call(check, timeout=self.storage.timeout + 0.05 * len(paths))
         sound = {i: s for i, s in segs.items() if s in frames}
         return sound, damaged, sum(frames.values()) / sample_rate
-
-    def quarantine_segment(self, job_id: str, seg: SegmentFile) -> None:
-        """Move a damaged segment aside (kept for the post-mortem, ignored by everything else).
-        Only the fenced-checked primary calls this, right before generating the segment again."""
-        path = self.segment_path(job_id, seg)
-        self.storage.call(os.rename, path, path.with_name(f"{seg.name}.damaged-{secrets.token_hex(4)}"))
 
     def append_log(self, job_id: str, node: str, sentence: str) -> None:
         line = json.dumps({"at": time.time(), "node": node, "say": sentence[:500]}) + "\n"
@@ -287,11 +281,11 @@ def encode_npz(meta: dict, arrays: dict | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _read_npz(path: Path, arrays: bool) -> tuple[dict, dict]:
+def _read_npz(path: Path) -> tuple[dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            out = {k: np.array(data[k]) for k in data.files if k != "meta"} if arrays else {}
+            out = {k: np.array(data[k]) for k in data.files if k != "meta"}
     except FileNotFoundError as exc:
         raise ValueError(f"{path.name} is missing") from exc
     except OSError as exc:

@@ -2,7 +2,7 @@
 and a scan of shared storage (which chunks are usable, where generation goes on from)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,7 +44,6 @@ class Scan:
     sentence: str                 # what the scan found worth saying in the job's log
     done: int                     # chunks counted done
     first_index: int = 0          # index within the first part to do of the chunk at `start`
-    notes: list[str] = field(default_factory=list)
 
     def total_shown(self, plan: JobPlan, done: int | None = None) -> int:
         """segments_total as the API shows it: exact once known, else the estimate (never below what

@@ -422,7 +422,7 @@ class Worker:
                 usable[n] = ChunkInfo(n, seg, n, 0, True, plan.fingerprints[n])
                 continue
             try:   # the whole checkpoint is read: a damaged array is found here, not at resume
-                meta, arrays = rt.files.read_checkpoint(job_id, seg, arrays=True)
+                meta, arrays = rt.files.read_checkpoint(job_id, seg)
                 usable[n] = ChunkInfo(n, seg, int(meta["part"]), int(meta["index"]), bool(meta["final"]),
                                       str(meta["fingerprint"]), float(meta.get("seconds", 0)), arrays)
             except (ValueError, KeyError, TypeError) as exc:

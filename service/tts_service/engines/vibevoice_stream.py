@@ -35,7 +35,7 @@ log if it ever matters: `why` is "end of audio").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -67,8 +67,6 @@ class StreamChunk:
     tokens_end: int              # audio tokens of the part after this chunk
     final: bool                  # the part ends with this chunk
     why: str = ""                # why it ended
-    seconds_generating: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def bucket(length: int, limit: int) -> int:
@@ -208,7 +206,6 @@ class DialogueStream:
     def run(self, inputs: dict, seed: int, max_tokens: int, forced_tokens: int | None = None,
             resume: Resume | None = None) -> Iterator[StreamChunk]:
         """Chunks of the part whose prompt is `inputs` (the processor's tensors, batch 1)."""
-        import time
         model, cfg = self.model, self.cfg
         input_ids = inputs["input_ids"]
         dev = input_ids.device
@@ -265,7 +262,6 @@ class DialogueStream:
         audio: list[torch.Tensor] = []
         lat_rows: list[torch.Tensor] = []
         sem_rows: list[torch.Tensor] = []
-        started = time.monotonic()
         while True:
             why = ""
             if step >= limit:
@@ -278,8 +274,7 @@ class DialogueStream:
             if why or len(audio) == self.chunk_tokens:
                 if audio or why:
                     yield self._chunk(audio, lat_rows, sem_rows, acoustic_cache, semantic_cache, step,
-                                      bool(why), why, time.monotonic() - started)
-                    started = time.monotonic()
+                                      bool(why), why)
                     audio, lat_rows, sem_rows = [], [], []
                 if why:
                     return
@@ -311,13 +306,13 @@ class DialogueStream:
                     logits = model.lm_head(positive)
             neg_embeds = embeds
 
-    def _chunk(self, audio, lat_rows, sem_rows, acoustic_cache, semantic_cache, step, final, why, seconds):
+    def _chunk(self, audio, lat_rows, sem_rows, acoustic_cache, semantic_cache, step, final, why):
         wave = torch.cat(audio, dim=-1).float().cpu().numpy().reshape(-1) if audio else np.zeros(0, np.float32)
         lat = self._np(torch.cat(lat_rows)) if lat_rows else np.zeros((0, 0), np.float32)
         sem = self._np(torch.cat(sem_rows)) if sem_rows else np.zeros((0, 0), np.float32)
         return StreamChunk(audio=wave.astype(np.float32), latents=lat, semantic=sem,
                            state=self._state(acoustic_cache, semantic_cache), tokens_end=step, final=final,
-                           why=why, seconds_generating=seconds)
+                           why=why)
 
     def _allowed(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
