@@ -81,8 +81,10 @@ pytest: deps
 lint: deps
 	ansible-lint
 
+# The verifier's results go to .lab/molecule-junit.xml; on a failure their summary is printed last.
 molecule: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
-	molecule test
+	rm -f .lab/molecule-junit.xml
+	molecule test || { $(PY) scripts/test-summary.py .lab/molecule-junit.xml; exit 1; }
 
 serve: deps
 	scripts/serve-local.sh
