@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch that this platform carries; an open range would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-APT_PACKAGES := redis-server espeak-ng chromium chromium-driver podman runc debootstrap iptables openssh-client
+APT_PACKAGES := redis-server espeak-ng chromium chromium-driver libnss3-tools podman runc debootstrap iptables openssh-client
 PYTEST_ARGS ?=
 WHEEL := dist/tts_service-0.1.0-py3-none-any.whl
 SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name pyproject.toml | grep -v egg-info)
@@ -13,7 +13,7 @@ SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-LAB_URL := http://10.89.60.100/
+LAB_URL := https://10.89.60.100/
 
 .PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill
@@ -68,7 +68,7 @@ image: system-deps
 lab: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/secrets.yml image
 	ansible-playbook lab/containers.yml
 	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
-	@echo; echo "The TTS lab is up: $(LAB_URL)  (Prometheus http://10.89.60.10:9090, Alertmanager http://10.89.60.10:9093)"
+	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://10.89.60.10:9090, Alertmanager http://10.89.60.10:9093)"
 
 lab-down: venv
 	ansible-playbook lab/containers.yml -e lab_state=absent

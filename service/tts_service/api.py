@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -17,6 +18,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 from .audio import DOWNLOADS, encode_stream
 from .jobfiles import BadJobId, check_job_id, new_job_id
 from .jobs import FINAL, public_job
+from .journal import fields
 from .node import Fenced
 from .recovery import job_from_storage
 from .runtime import Runtime
@@ -25,6 +27,7 @@ from .storage import StorageFull, StorageUnavailable
 from .voices import MAX_CLIPS_PER_SESSION, VOICE_ID_RE, ClipError, decode_clip
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("tts.api")
 COOKIE = "tts_session"
 
 
@@ -228,6 +231,8 @@ def submit():
         rt.store.count_submitted()
     except redis.RedisError:
         current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
+    log.info("job %s: accepted at epoch %d (%d turns, %d speakers, about %.0f s of audio)", job_id, epoch,
+             len(segments), len(voices), estimate_s, extra=fields(job=job_id, epoch=epoch, event="accepted"))
     response = jsonify({"id": job_id, "status": "queued"})
     response.status_code = 202
     response.headers["Location"] = f"/api/jobs/{job_id}"

@@ -4,12 +4,15 @@ from __future__ import annotations
 from flask import Flask, render_template
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import journal
 from .config import Settings
 from .runtime import Runtime
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
+    if journal.under_journald():   # gunicorn under systemd: the app's lines with their fields
+        journal.setup("tts-web", settings.node)
     app = Flask(__name__)
     # The raw request may be a little larger than the script limit (JSON escaping); Flask refuses
     # bodies beyond this with 413 before reading them.

@@ -36,12 +36,13 @@ import time
 
 import redis
 
-from . import audio, heartbeat
+from . import audio, heartbeat, journal
 from .config import Settings
 from .engines import EngineError, EngineInputError
 from .jobfiles import STORAGE_FORMAT, encode_npz
 from .jobplan import ChunkInfo, JobPlan, Scan
 from .jobs import FINAL
+from .journal import fields
 from .node import Fenced
 from .recovery import reconcile
 from .runtime import Runtime
@@ -251,10 +252,11 @@ class Worker:
             with JobRun(self, job_id, token, epoch) as run:
                 return self._run(run)
         except Abandon as exc:
-            log.warning("job %s abandoned: %s", job_id, exc)
+            log.warning("job %s abandoned: %s", job_id, exc, extra=fields(job=job_id, epoch=epoch, event="abandoned"))
             return f"abandoned {job_id} because {exc}"
         except Fenced as exc:
-            log.warning("job %s not committed: fenced: %s", job_id, exc)
+            log.warning("job %s not committed: fenced: %s", job_id, exc,
+                        extra=fields(job=job_id, epoch=epoch, event="fenced"))
             return f"stopped {job_id} because this node is fenced: {exc}"
         except StorageFull as exc:
             self._note_error(job_id, "shared storage is full; the job continues when space returns")
@@ -346,10 +348,13 @@ class Worker:
                      "epoch": epoch} if _round == 0 else {}   # when it started running here, once
             rt.store.update(job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
                             duration_s=round(scan.seconds, 3), **claim)
+            if claim:
+                log.info("job %s: claimed at epoch %d; %d chunks already on shared storage", job_id, epoch,
+                         scan.done, extra=fields(job=job_id, epoch=epoch, event="claimed"))
             if scan.complete:
                 break
             if scan.sentence:
-                self._log(run, scan.sentence)
+                self._log(run, scan.sentence, event="resumed")
             before = run.generated
             try:
                 self._generate(run, plan, scan)
@@ -387,8 +392,10 @@ class Worker:
                 rt.files.drop_chunk_files(job_id, kinds=("state", "ckpt"))
             except (StorageUnavailable, OSError) as exc:
                 log.warning("job %s: checkpoints not removed: %s", job_id, exc)
-        return (f"finished {job_id}: {run.generated} chunks generated here, "
-                f"{scan.total - min(run.generated, scan.total)} found on shared storage")
+        sentence = (f"finished {job_id}: {run.generated} chunks generated here, "
+                    f"{scan.total - min(run.generated, scan.total)} found on shared storage")
+        log.info("job %s: %s", job_id, sentence, extra=fields(job=job_id, epoch=epoch, event="done"))
+        return sentence
 
     # ---- planning and scanning ----
 
@@ -508,6 +515,8 @@ class Worker:
             raise Abandon(f"the worker is shutting down; chunk {n} and later are left to resume")
         if "cancelled" in self.rt.files.markers(run.job_id):
             self.rt.store.finish(run.job_id, "cancelled", node=self.settings.node)
+            log.info("job %s: cancelled; stopped before chunk %d", run.job_id, n,
+                     extra=fields(job=run.job_id, epoch=run.epoch, event="cancelled"))
             raise _Ended(f"job {run.job_id} was cancelled; stopped before chunk {n}")
 
     def _commit(self, run: JobRun, plan: JobPlan, n: int, p: int, index: int, chunk, scan: Scan,
@@ -545,6 +554,8 @@ class Worker:
             rt.node.assert_primary(epoch)            # fresh read of the state right before commit
             if not rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state):
                 raise _Rescan(f"chunk {n} of epoch {epoch} is on storage already, not as this run made it")
+            log.info("job %s: chunk %d committed (%.1f s of audio, epoch %d)", job_id, n, seconds, epoch,
+                     extra=fields(job=job_id, epoch=epoch, event="chunk"))
         if stateful and n > 1:
             try:   # the two newest states are kept (the newest chunk may yet turn up damaged)
                 rt.files.drop_chunk_files(job_id, below=n - 1)
@@ -563,10 +574,10 @@ class Worker:
         rt.store.update(job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
                         segments_total=scan.done if last and stateful else scan.total_shown(plan, scan.done))
 
-    def _log(self, run: JobRun, sentence: str) -> None:
+    def _log(self, run: JobRun, sentence: str, event: str) -> None:
         """A sentence in the job's log (shown as its note, kept on storage) and the worker's. A write
         to shared storage: only by the unfenced primary, like any other."""
-        log.info("job %s: %s", run.job_id, sentence)
+        log.info("job %s: %s", run.job_id, sentence, extra=fields(job=run.job_id, epoch=run.epoch, event=event))
         try:
             self.rt.node.assert_primary(run.epoch)
             self.rt.files.append_log(run.job_id, self.settings.node, sentence)
@@ -580,13 +591,13 @@ class Worker:
         self.rt.files.mark(job_id, "failed", node=self.settings.node, error=error)
         self.rt.store.finish(job_id, "failed", error=error, node=self.settings.node)
         self.progress.pop(job_id, None)   # a finished job's entry, as after `done`
+        log.warning("job %s failed: %s", job_id, error, extra=fields(job=job_id, epoch=epoch, event="failed"))
         return f"job {job_id} failed: {error}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("TTS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     settings = Settings()
+    journal.setup("tts-worker", settings.node, os.environ.get("TTS_LOG_LEVEL", "INFO"))
     worker = Worker(Runtime.build(settings))
 
     def stop(signum: int, _frame: object) -> None:

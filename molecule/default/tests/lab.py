@@ -8,13 +8,19 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import requests
 
 SUBNET = os.environ.get("TTS_TEST_SUBNET", "10.89.61")
 PREFIX = os.environ.get("TTS_TEST_PREFIX", "mol-")
 ADDRESS = {"nas": f"{SUBNET}.5", "ctl": f"{SUBNET}.10", "tts-a": f"{SUBNET}.11", "tts-b": f"{SUBNET}.12"}
-VIP = f"http://{SUBNET}.100"
+VIP = f"https://{SUBNET}.100"
+# Clients reach the VIP over HTTPS only (port 80 redirects). Its certificate is checked against the
+# lab CA the pki role made on this machine; every requests call of the suites (they talk to the pair
+# only) uses it.
+LAB_CA = Path(__file__).resolve().parents[3] / ".lab" / "ca.pem"
+os.environ["REQUESTS_CA_BUNDLE"] = str(LAB_CA)
 RECEIVER = f"http://{SUBNET}.10:9095"
 PROMETHEUS = f"http://{SUBNET}.10:9090"
 ALERTMANAGER = f"http://{SUBNET}.10:9093"

@@ -10,7 +10,7 @@ import wave
 import pytest
 import requests
 
-VIP = "http://10.89.61.100"
+from lab import VIP
 
 
 def name(host):

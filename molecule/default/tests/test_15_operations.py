@@ -1,15 +1,95 @@
-"""Operations on the converged pair (issue 14): the storage alert rule as Prometheus evaluates it
-(promtool on ctl), the retention timer (the primary removes old finished jobs; the standby nothing),
-and the compact downloads through the VIP."""
+"""Operations on the converged pair (issue 14): HTTPS on the VIP (redirect, TLS versions, HTTP/2,
+HSTS, the lab CA's certificate, a Secure session cookie, Prometheus' probe, the page in a browser),
+the storage alert rule as Prometheus evaluates it (promtool on ctl), the retention timer (the primary
+removes old finished jobs; the standby nothing), and the compact downloads through the VIP."""
 import io
 import json
+import socket
+import ssl
+import sys
 import time
 import uuid
+from urllib.parse import urlsplit
 
+import pytest
 import requests
 import soundfile as sf
 
-from lab import SHARED, VIP, cluster_state, on, script, wait
+from lab import LAB_CA, PROMETHEUS, SHARED, VIP, cluster_state, on, script, wait
+
+sys.path.insert(0, str(LAB_CA.parents[1]))              # the project root: tests.browser
+from tests.browser import HAVE_CHROMIUM, chromium, submit_and_listen  # noqa: E402
+
+VIP_HOST = urlsplit(VIP).hostname
+
+
+def tls_handshake(**context):
+    """Handshake with the VIP's nginx, the certificate checked against the lab CA: (version, ALPN, SANs)."""
+    ctx = ssl.create_default_context(cafile=str(LAB_CA))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    for key, value in context.items():
+        setattr(ctx, key, value)
+    with socket.create_connection((VIP_HOST, 443), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=VIP_HOST) as tls:
+        sans = {value for _kind, value in tls.getpeercert()["subjectAltName"]}
+        return tls.version(), tls.selected_alpn_protocol(), sans
+
+
+def test_plain_http_on_the_vip_only_redirects_to_https():
+    res = requests.get(f"http://{VIP_HOST}/api/voices?x=1", allow_redirects=False, timeout=5)
+    assert res.status_code == 301 and res.headers["Location"] == f"https://{VIP_HOST}/api/voices?x=1"
+    assert "voices" not in res.text
+
+
+def test_the_vip_speaks_tls_12_and_13_with_http2_and_the_lab_certificate():
+    version, alpn, sans = tls_handshake()
+    assert (version, alpn) == ("TLSv1.3", "h2")
+    assert {VIP_HOST, "tts.lab"} <= sans
+    assert tls_handshake(maximum_version=ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"
+
+
+def test_the_vip_refuses_tls_11():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection((VIP_HOST, 443), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError) as refused:
+            ctx.wrap_socket(raw, server_hostname=VIP_HOST)
+    # The server's alert, not this client failing to offer TLS 1.1 at all.
+    assert "ALERT_PROTOCOL_VERSION" in str(refused.value).upper(), refused.value
+
+
+def test_https_answers_carry_hsts_and_a_secure_session_cookie():
+    s = requests.Session()
+    res = s.post(f"{VIP}/api/jobs", json={"script": script(1)}, timeout=10)
+    assert res.status_code == 202, res.text
+    assert res.headers["Strict-Transport-Security"].startswith("max-age=")
+    cookie = res.headers["Set-Cookie"]
+    assert cookie.startswith("tts_session=")
+    assert {"Secure", "HttpOnly", "SameSite=Lax"} <= {part.strip() for part in cookie.split(";")}, cookie
+    job = f"{VIP}/api/jobs/{res.json()['id']}"
+    assert s.get(job, timeout=5).status_code == 200                       # the cookie comes back over HTTPS
+    assert s.delete(job, timeout=5).status_code in (202, 400)             # (cancelled, or done already)
+
+
+def test_prometheus_probes_the_vip_over_https_against_the_lab_ca():
+    def probe(metric):
+        res = requests.get(f"{PROMETHEUS}/api/v1/query", params={"query": f'{metric}{{job="tts_vip"}}'}, timeout=5)
+        return [float(r["value"][1]) for r in res.json()["data"]["result"]]
+    wait(lambda: probe("probe_success") == [1.0], 15, "the VIP probe succeeding")
+    assert probe("probe_http_ssl") == [1.0]
+
+
+@pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium-driver is not installed")
+def test_the_page_over_https_through_the_vip(tmp_path):
+    browser = chromium(tmp_path, trust_ca=LAB_CA)
+    try:
+        duration, flac_duration = submit_and_listen(browser, VIP)
+        assert browser.current_url.startswith(f"https://{VIP_HOST}/")
+        assert duration > 2 and abs(flac_duration - duration) < 0.05, (duration, flac_duration)
+    finally:
+        browser.quit()
 
 PROMTOOL_TEST = """
 rule_files: [/etc/prometheus/tts-rules.yml]

@@ -65,6 +65,15 @@ def test_app_killed_on_the_primary(watcher):
     assert cluster_state()["primary"] == standby
     failovers = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] == "failover.yml"]
     assert len(failovers) == 1
+    # The job's story on ctl, from both nodes' uploaded journals and the receiver's own: claimed on the
+    # old primary, the receiver's decision sentence, claimed again and finished on the new primary.
+    story = wait(lambda: (s := on("ctl", f"tts-logs job {job_id}")) and f"job {job_id}: finished" in s and s,
+                 30, "the job's story on ctl")
+    lines = story.splitlines()
+    assert {line.split()[1] for line in lines if " claimed " in line} == {primary, standby}, story
+    decision = next(line for line in lines if " decision " in line and f"failing over to {standby}" in line)
+    assert lines.index(decision) < next(i for i, line in enumerate(lines) if standby in line and " claimed " in line)
+    assert "failover.yml" in on("ctl", "tts-logs failover")
     # The app comes back: TTSNodeNotInRole -> rejoin.yml makes it the standby.
     runs_before = {r["id"] for r in receiver_runs()}
     on(primary, APP_BACK)

@@ -1,7 +1,9 @@
 """Upgrading the pair without a failover (playbooks/upgrade.yml, issue 14): a wheel with a bumped
 version is installed standby first, then a planned switchover, then the old primary, while a job
 runs through the VIP. The receiver fails nothing over, the job finishes with nothing recomputed,
-both nodes report the new version, and never two primaries at once."""
+both nodes report the new version, and never two primaries at once. Then site.yml itself, deploying
+dist/'s wheel over that pair while it serves, goes the same way (through upgrade.yml on ctl)."""
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, on, operator_playbook, podman, receiver_runs,
@@ -89,3 +92,37 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     assert acted == [], acted
     print(f"\nupgrade.yml {state['primary']} -> {after['primary']} on {NEW}: {took:.0f} s, 0 chunks recomputed; "
           f"longest stretch a client polling the VIP had no primary: {vip.longest:.1f} s")
+
+
+def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.skip("deploys with Molecule's inventory")
+    old = {node: requests.get(f"{url}/ready", timeout=5).json()["version"] for node, url in NODES.items()}
+    assert set(old.values()) == {NEW}, old           # what the test above left
+    runs_before = {r["id"] for r in receiver_runs()}
+    state = cluster_state()
+    session = requests.Session()
+    job_id = start_job(session, 50, before_fault=2)  # ~3 min of paced audio: running through the deploy
+    roles, vip = RoleWatcher(), VipWatcher()
+    roles.start()
+    vip.start()
+    started = time.monotonic()
+    deploy = subprocess.run(["ansible-playbook", "-i", inventory, str(ROOT / "playbooks/site.yml"),
+                             "-e", f"@{ROOT / '.lab/molecule-secrets.yml'}"], capture_output=True, text=True,
+                            timeout=900)
+    took = time.monotonic() - started
+    assert deploy.returncode == 0, deploy.stdout[-4000:]
+    assert "upgrade.yml" in deploy.stdout and "failed=0" in deploy.stdout
+    job = wait_job_done(session, job_id, 50, timeout=300)
+    vip.finish()
+    roles.finish()                                    # never two unfenced primaries
+    after = cluster_state()
+    assert (after["primary"], after["epoch"]) == (state["standby"], state["epoch"] + 1), after
+    assert int(redis_hget(after["primary"], f"tts:job:{job_id}", "attempts")) == 50   # 0 recomputed
+    for node, url in NODES.items():
+        assert requests.get(f"{url}/ready", timeout=5).json()["version"] == "0.1.0", node
+    acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
+    assert acted == [], acted
+    print(f"\nsite.yml over the serving pair ({NEW} -> 0.1.0 through upgrade.yml): {took:.0f} s, 0 chunks "
+          f"recomputed; longest stretch a client polling the VIP had no primary: {vip.longest:.1f} s")

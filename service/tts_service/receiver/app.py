@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import socket
 from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
@@ -19,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..cluster import Cluster
 from ..config import parse_node_urls
+from .. import journal
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
 from .decision import Limits
@@ -37,6 +39,8 @@ def _token() -> str:
 
 def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
     env = os.environ
+    if journal.under_journald():   # gunicorn under systemd: decisions and runs with their fields
+        journal.setup("tts-receiver", socket.gethostname())
     token = _token().encode()
     shared = Path(env.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
     store = Store(Path(env.get("TTS_RECEIVER_DB", "/var/lib/tts-receiver/receiver.db")))

@@ -19,6 +19,7 @@ from typing import Callable
 
 from ..cluster import Cluster as ClusterFiles
 from ..cluster import ClusterError
+from ..journal import fields
 from ..storage import StorageUnavailable
 from . import decision as d
 from .store import Store
@@ -194,7 +195,8 @@ class Controller:
         decision_id = self.store.add_decision(notification_id, alert.name, alert.node, alert.status, epoch,
                                               decision.action, decision.target, decision.reason)
         log.info("%s%s %s %s: %s", "re-decided: " if recheck else "", alert.name, alert.node, alert.status,
-                 decision.reason)
+                 decision.reason, extra=fields(event="decision", epoch=epoch, action=decision.action,
+                                               target=decision.target, alert=alert.name))
         if decision.action in PLAYBOOKS:
             self._start_run(decision_id, decision, epoch)
         elif decision.action == d.ESCALATE:
@@ -209,7 +211,9 @@ class Controller:
         decision_id = self.store.add_decision(None, "ReceiverRestarted", run["target"] or "-", "firing",
                                               cluster.epoch if cluster else None, decision.action, decision.target,
                                               decision.reason)
-        log.info("after a restart: %s", decision.reason)
+        log.info("after a restart: %s", decision.reason,
+                 extra=fields(event="decision", epoch=cluster.epoch if cluster else None, action=decision.action,
+                              target=decision.target, alert="ReceiverRestarted"))
         if decision.action in PLAYBOOKS:
             self._start_run(decision_id, decision, cluster.epoch if cluster else None)
         elif decision.action == d.ESCALATE:
@@ -229,6 +233,8 @@ class Controller:
     def _start_run(self, decision_id: int, decision: d.Decision, epoch: int | None) -> None:
         playbook = PLAYBOOKS[decision.action]
         run_id = self.store.start_run(decision_id, playbook, decision.target, epoch)
+        log.info("%s #%d started for %s", playbook, run_id, decision.target,
+                 extra=fields(event="playbook", epoch=epoch, target=decision.target, action=decision.action))
         extravars = {"tts_target": decision.target}
         if decision.action == d.FAILOVER:
             extravars["tts_expect_epoch"] = decision.expect_epoch
@@ -239,7 +245,9 @@ class Controller:
             except Exception as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             self.store.end_run(run_id, "succeeded" if ok else "failed", detail)
-            log.info("%s #%d %s", playbook, run_id, "succeeded" if ok else f"failed: {detail[-300:]}")
+            log.info("%s #%d %s", playbook, run_id, "succeeded" if ok else f"failed: {detail[-300:]}",
+                     extra=fields(event="playbook", epoch=epoch, target=decision.target, action=decision.action,
+                                  result="succeeded" if ok else "failed"))
             if not ok:
                 self.notify({"event": "run_failed", "playbook": playbook, "target": decision.target,
                              "detail": detail[-500:]})

@@ -1,0 +1,86 @@
+"""Log lines with structured journal fields: TTS_NODE on every line, TTS_JOB / TTS_EPOCH / TTS_EVENT
+on the lines that tell a job's or a failover's story (claimed, chunk committed, fenced, resumed,
+decision, playbook run). `tts-logs` on ctl reads them from every host's journal (journal role).
+
+A line gets its fields from `extra=fields(job=..., epoch=..., event=...)`. Under systemd (the unit's
+stderr is the journal: JOURNAL_STREAM) records go to journald over its native protocol, so the fields
+are searchable (`journalctl TTS_JOB=<id>`); elsewhere (tests, `make serve`) they are plain lines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import sys
+
+SOCKET = "/run/systemd/journal/socket"
+PLAIN_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# journald's own limit on a datagram is larger; a log line over this is cut, never dropped.
+MAX_MESSAGE = 48 * 1024
+
+# logging level -> syslog priority
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def fields(**values: object) -> dict:
+    """`extra=` for a log call: fields(job=job_id, epoch=3, event="claimed") -> TTS_JOB, TTS_EPOCH, ..."""
+    return {"tts": {k: v for k, v in values.items() if v is not None}}
+
+
+def encode(entry: dict[str, str]) -> bytes:
+    """journald's native protocol: KEY=value lines; a value with a newline as KEY, length, bytes."""
+    out = bytearray()
+    for key, value in entry.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to journald as one entry with the TTS_* fields of its `extra=fields(...)`."""
+
+    def __init__(self, identifier: str, node: str, path: str = SOCKET):
+        super().__init__()
+        self.identifier, self.node, self.path = identifier, node, path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def entry(self, record: logging.LogRecord) -> dict[str, str]:
+        entry = {"MESSAGE": self.format(record)[:MAX_MESSAGE],
+                 "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
+                 "SYSLOG_IDENTIFIER": self.identifier,
+                 "LOGGER": record.name,
+                 "TTS_NODE": self.node}
+        for key, value in (getattr(record, "tts", None) or {}).items():
+            entry[f"TTS_{key.upper()}"] = str(value)
+        return entry
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sock.sendto(encode(self.entry(record)), self.path)
+        except Exception:   # a log line never takes the service down
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def under_journald() -> bool:
+    """True when this process's stderr is the journal (systemd sets JOURNAL_STREAM) and journald listens."""
+    return bool(os.environ.get("JOURNAL_STREAM")) and os.path.exists(SOCKET)
+
+
+def setup(identifier: str, node: str, level: str | int = "INFO") -> logging.Handler:
+    """The root logger's one handler: the journal with fields under systemd, stderr otherwise."""
+    if under_journald():
+        handler: logging.Handler = JournalHandler(identifier, node)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return handler
