@@ -16,7 +16,7 @@ import sys
 
 SOCKET = "/run/systemd/journal/socket"
 PLAIN_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-# journald's own limit on a datagram is larger; a log line over this is cut, never dropped.
+# journald's own limit on a datagram is larger; a log line over this many bytes is cut to fit.
 MAX_MESSAGE = 48 * 1024
 
 # logging level -> syslog priority
@@ -49,7 +49,8 @@ class JournalHandler(logging.Handler):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def entry(self, record: logging.LogRecord) -> dict[str, str]:
-        entry = {"MESSAGE": self.format(record)[:MAX_MESSAGE],
+        message = self.format(record).encode("utf-8", "replace")[:MAX_MESSAGE].decode("utf-8", "ignore")
+        entry = {"MESSAGE": message,
                  "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
                  "SYSLOG_IDENTIFIER": self.identifier,
                  "LOGGER": record.name,

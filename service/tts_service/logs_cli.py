@@ -50,8 +50,13 @@ def at(entry: dict) -> float:
 
 
 def text(value: object) -> str:
-    """journalctl -o json writes a non-UTF-8 or binary value as a list of bytes."""
-    return bytes(value).decode("utf-8", "replace") if isinstance(value, list) else str(value or "")
+    """journalctl -o json writes a binary value as a list of byte values, and a field the entry has
+    more than once as a list of its values."""
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return bytes(value).decode("utf-8", "replace")
+        return " | ".join(text(v) for v in value)
+    return str(value or "")
 
 
 def line(entry: dict) -> str:
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if not lines:
         print(f"tts-logs: {missing}", file=sys.stderr)
         return 1
+    print("# times in UTC; host, program, epoch, event, message")
     print("\n".join(lines))
     return 0
 

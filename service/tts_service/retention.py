@@ -7,6 +7,10 @@ unfenced primary (a fresh read of the cluster state) before it starts and again 
 fenced node or a standby removes nothing. A job's folder is first renamed to `jobs/.trash-<id>-<hex>`
 (one atomic step: from then on nobody sees the job), then deleted; a trash folder left by an
 interrupted run is deleted by the next one.
+
+Uploaded voice clips (`voices/<session>/`) go with their session: a session's folder is removed when
+its session is gone from Redis (expired: TTS_SESSION_TTL), its newest clip is older than `days`, and no
+unfinished job of that session is on storage (a job that resumes loads its clips again).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class RetentionReport:
     kept_active: int = 0
     kept_recent: int = 0
     skipped: list[str] = field(default_factory=list)
+    voices_removed: list[str] = field(default_factory=list)   # session ids whose clips were removed
     sentence: str = ""
 
 
@@ -49,12 +54,15 @@ def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport
         report.sentence = f"removed nothing: this node is not the unfenced primary ({exc})"
         return report
     files = rt.files
+    active_sessions: set[str] = set()
     for job_id in files.list_ids():
+        final = None   # unknown until read: an unreadable job keeps every voice clip this run
         try:
             markers = files.markers(job_id)
             final = next((m for m in FINAL if m in markers), None)
             if final is None:
                 report.kept_active += 1
+                active_sessions.add(str(files.request(job_id).get("session", "")))
                 continue
             finished_at = float(markers[final].get("at", 0) or 0)
             if not finished_at or finished_at > cutoff:
@@ -73,11 +81,46 @@ def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport
                 return report
             log.warning("job %s: not removed: %s", job_id, exc)
             report.skipped.append(job_id)
+            if final is None:   # a job not known to be finished, its session unknown: keep every clip
+                active_sessions.add("*")
     _empty_trash(rt)
+    try:
+        _expire_voices(rt, epoch, cutoff, active_sessions, report)
+    except Fenced as exc:
+        log.warning("voice clips: stopped: this node was fenced meanwhile (%s)", exc)
+    except (StorageUnavailable, OSError) as exc:
+        log.warning("voice clips: not expired: %s", exc)
     report.sentence = (f"removed {len(report.removed)} jobs finished more than {days:g} days ago; kept "
                        f"{report.kept_recent} finished more recently and {report.kept_active} not finished"
-                       + (f"; {len(report.skipped)} could not be read" if report.skipped else ""))
+                       + (f"; {len(report.skipped)} could not be read" if report.skipped else "")
+                       + f"; removed the voice clips of {len(report.voices_removed)} expired sessions")
     return report
+
+
+def _expire_voices(rt: Runtime, epoch: int, cutoff: float, active_sessions: set[str],
+                   report: RetentionReport) -> None:
+    """Remove voices/<sid>/ of sessions gone from Redis whose newest clip is older than the cutoff and
+    that no unfinished job uses."""
+    if "*" in active_sessions:
+        return
+    root = rt.voices.root
+    for sid in rt.storage.listdir(root):
+        if sid.startswith(TRASH_PREFIX):
+            rt.storage.call(shutil.rmtree, root / sid, timeout=max(rt.storage.timeout, 60.0))
+            continue
+        if sid in active_sessions or rt.redis.exists(k("session", sid)):
+            continue
+        try:
+            clips = rt.voices.list(sid)
+        except ValueError:          # not a session folder
+            continue
+        if clips and max(float(c.get("created_at", 0) or 0) for c in clips) > cutoff:
+            continue
+        rt.node.assert_primary(epoch)        # fresh read right before the removal
+        trash = root / f"{TRASH_PREFIX}{sid}-{secrets.token_hex(4)}"
+        rt.storage.call(os.rename, root / sid, trash)
+        rt.storage.call(shutil.rmtree, trash, timeout=max(rt.storage.timeout, 60.0))
+        report.voices_removed.append(sid)
 
 
 def _remove(rt: Runtime, job_id: str) -> None:

@@ -1,5 +1,6 @@
 """Retention (tts-retention) on real shared storage and a real Redis: old finished jobs go, from both;
-unfinished jobs stay whatever their age; a fenced node removes nothing."""
+unfinished jobs stay whatever their age; uploaded voice clips go with their expired session unless an
+unfinished job needs them; a fenced node removes nothing."""
 from __future__ import annotations
 
 import json
@@ -74,3 +75,41 @@ def test_a_fenced_node_removes_nothing(rt, api, shared):
     report = purge(rt, days=30)
     assert report.removed == [] and "not the unfenced primary" in report.sentence, report.sentence
     assert rt.files.dir(old).exists()
+
+
+def clip(rt, sid: str, days_ago: float) -> str:
+    """An uploaded clip of session sid, as if uploaded days_ago."""
+    import numpy as np
+    info = rt.voices.save(sid, "my voice", 0.1 * np.sin(np.linspace(0, 2000, 24000 * 3)).astype("float32"), "vibevoice")
+    meta = rt.voices.root / sid / f"{info['id']}.json"
+    meta.write_text(json.dumps({**info, "created_at": time.time() - days_ago * 86400}))
+    return info["id"]
+
+
+def test_voice_clips_go_with_their_expired_session_and_only_then(rt, api):
+    _token, expired = rt.sessions.create()
+    _token, alive = rt.sessions.create()
+    _token, recent = rt.sessions.create()
+    busy_job = submit(api, script="Speaker 1: Waiting for my voice.").get_json()["id"]   # stays queued
+    busy = rt.store.get(busy_job)["session"]
+    for sid in (expired, alive, recent, busy):
+        clip(rt, sid, 3 if sid == recent else 40)
+    for sid in (expired, recent, busy):                      # gone from Redis (TTS_SESSION_TTL)
+        rt.redis.delete(k("session", sid))
+
+    report = purge(rt, days=30)
+    assert report.voices_removed == [expired], report
+    assert "removed the voice clips of 1 expired sessions" in report.sentence
+    left = sorted(p.name for p in rt.voices.root.iterdir())
+    assert left == sorted([alive, recent, busy])             # no trash left behind either
+    assert len(rt.voices.list(busy)) == 1
+
+
+def test_a_fenced_node_expires_no_voice_clips(rt, shared):
+    _token, sid = rt.sessions.create()
+    clip(rt, sid, 40)
+    rt.redis.delete(k("session", sid))
+    Cluster(Storage(shared), shared / "cluster").promote("tts-b", expect_epoch=1, by="test")
+    time.sleep(0.6)   # past the node's state cache
+    report = purge(rt, days=30)
+    assert report.voices_removed == [] and (rt.voices.root / sid).is_dir()

@@ -141,3 +141,4 @@ def test_journalctl_json_is_read_including_binary_values(tmp_path):
     fake.chmod(0o755)
     entries = logs_cli.journal(["TTS_EVENT=x"], journalctl=str(fake))
     assert [logs_cli.text(e["MESSAGE"]) for e in entries] == ["hello", "café"]
+    assert logs_cli.text(["twice", "over"]) == "twice | over"       # a field the entry has twice

@@ -125,10 +125,32 @@ tests:
       - eval_time: 8m
         alertname: TTSStorageLow
         exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'probe_ssl_earliest_cert_expiry{job="tts_vip", node="vip", instance="https://vip/health"}'
+        values: '864000x30'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: TTSCertificateExpiring
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: TTSCertificateExpiring
+        exp_alerts:
+          - exp_labels: {severity: warning, node: vip, job: tts_vip}
+            exp_annotations:
+              summary: "the VIP's certificate expires in 9d 23h 45m 0s (renew it: tts_tls_cert, or the lab CA)"
+  - interval: 1m
+    input_series:
+      - series: 'probe_ssl_earliest_cert_expiry{job="tts_vip", node="vip", instance="https://vip/health"}'
+        values: '8640000x30'
+    alert_rule_test:
+      - eval_time: 15m
+        alertname: TTSCertificateExpiring
+        exp_alerts: []
 """
 
 
-def test_the_storage_alert_fires_below_its_threshold_and_only_then():
+def test_the_storage_and_certificate_alerts_fire_below_their_thresholds_and_only_then():
     on("ctl", f"cat > /tmp/storage-low-test.yml <<'EOF'\n{PROMTOOL_TEST}\nEOF")
     out = on("ctl", "cd /tmp && promtool test rules storage-low-test.yml")
     assert "SUCCESS" in out, out

@@ -74,6 +74,7 @@ def test_app_killed_on_the_primary(watcher):
     decision = next(line for line in lines if " decision " in line and f"failing over to {standby}" in line)
     assert lines.index(decision) < next(i for i, line in enumerate(lines) if standby in line and " claimed " in line)
     assert "failover.yml" in on("ctl", "tts-logs failover")
+    print(f"\ntts-logs job {job_id} on ctl:\n{story}")
     # The app comes back: TTSNodeNotInRole -> rejoin.yml makes it the standby.
     runs_before = {r["id"] for r in receiver_runs()}
     on(primary, APP_BACK)

@@ -68,7 +68,7 @@ class Case:
 
     def job_on(self, node):
         """The job as one node's app sees it (asked directly, with the session's cookie)."""
-        return requests.get(f"{NODES[node]}/api/jobs/{self.job}", timeout=3,
+        return requests.get(f"{NODES[node]}/api/jobs/{self.job}", timeout=10,
                             cookies={"tts_session": self.session.cookies.get("tts_session")}).json()
 
     def recomputed(self, node):
@@ -551,8 +551,13 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
     wait(lambda: on("nas", f"test -e {SHARED}/cluster/lock && echo held || echo free").strip() == "free", 20,
          "the lock released by its keeper")
     freed = time.time() - killed_at
-    run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby, finished=False), 120,
-               "the receiver acting on the primary's stopped worker", interval=0.5)
+    try:
+        run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby, finished=False), 120,
+                   "the receiver acting on the primary's stopped worker", interval=0.5)
+    except AssertionError as exc:   # say what the receiver decided instead
+        raise AssertionError(f"{exc}; the receiver decided: "
+                             f"{[(d['alert'], d['node'], d['action'], d['reason']) for d in decisions_since(c.t0)]}; "
+                             f"{c.primary} /ready: {requests.get(f'{NODES[c.primary]}/ready', timeout=10).text}") from None
     acted = run["started_at"] - killed_at
     wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover to end", interval=0.5)
     c.finish_job(c.standby)
