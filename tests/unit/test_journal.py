@@ -4,6 +4,7 @@ import json
 import logging
 import socket
 import struct
+import time
 
 import pytest
 
@@ -57,6 +58,33 @@ def test_a_line_carries_its_job_epoch_event_and_node(journald):
                      "TTS_EVENT": "chunk"}
     plain = parse(sock.recv(65536))
     assert "TTS_JOB" not in plain and plain["TTS_NODE"] == "tts-b" and plain["PRIORITY"] == "6"
+
+
+def test_a_one_shot_entry_goes_to_journald_and_is_nothing_without_it(journald, tmp_path):
+    path, sock = journald
+    assert journal.send("tts-drill", "ctl", "drill 1 (switchover): succeeded", path=path, event="drill", epoch=7,
+                        job=None)
+    entry = parse(sock.recv(65536))
+    assert (entry["SYSLOG_IDENTIFIER"], entry["TTS_EVENT"], entry["TTS_EPOCH"], entry["TTS_NODE"]) == \
+        ("tts-drill", "drill", "7", "ctl") and "TTS_JOB" not in entry
+    assert journal.send("tts-drill", "ctl", "nobody listens", path=str(tmp_path / "absent")) is False
+
+
+def test_a_journald_that_cannot_keep_up_loses_lines_but_never_holds_the_caller(journald):
+    path, _sock = journald                                 # bound, never read: its queue fills up
+    handler = journal.JournalHandler("tts-receiver", "ctl", path)
+    logger = logging.getLogger("test.journal.full")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        started = time.monotonic()
+        for n in range(3000):
+            logger.info("decision %d", n, extra=journal.fields(event="decision"))
+        assert time.monotonic() - started < 5
+        assert 0 < handler.dropped < 3000
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def test_a_multi_line_message_is_sent_with_its_length():

@@ -107,8 +107,10 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     roles, vip = RoleWatcher(), VipWatcher()
     roles.start()
     vip.start()
-    # As `molecule converge` runs it: the scenario's ansible.cfg (SSH settings), key and roles.
-    ephemeral = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or Path(inventory).parents[1])
+    # As `molecule converge` runs it: the scenario's inventory folder (Molecule's file and the linked
+    # hosts.yml with the addresses, group_vars), ansible.cfg (SSH settings), key and roles.
+    inventory = str(Path(inventory).parent)
+    ephemeral = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or Path(inventory).parent)
     env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
            "TTS_LAB_KEY": str(ROOT / ".lab/ssh/id_ed25519")}
     try:
@@ -117,7 +119,7 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
                                  "-e", f"@{ROOT / '.lab/molecule-secrets.yml'}"], capture_output=True, text=True,
                                 timeout=900, env=env)
         took = time.monotonic() - started
-        assert deploy.returncode == 0, deploy.stdout[-4000:]
+        assert deploy.returncode == 0, deploy.stdout[-4000:] + deploy.stderr[-2000:]
         assert "upgrade.yml" in deploy.stdout and "failed=0" in deploy.stdout
     except BaseException:
         session.delete(f"{VIP}/api/jobs/{job_id}", timeout=10)   # leave no 3-minute job to the next suites

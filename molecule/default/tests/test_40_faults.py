@@ -542,8 +542,12 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
            check=True)
     # Kill it while the primary's worker finishes its segment (the stop step in progress): the
     # worker stays stopped, the lock would have been held for its TTL.
-    wait(lambda: on(c.primary, "systemctl is-active tts-worker || true").strip() == "deactivating", 90,
-         "the switchover stopping the primary's worker", interval=0.1)
+    try:
+        wait(lambda: on(c.primary, "systemctl is-active tts-worker || true").strip() == "deactivating", 90,
+             "the switchover stopping the primary's worker", interval=0.1)
+    except AssertionError as exc:   # say what the switchover did instead
+        raise AssertionError(f"{exc}; switchover.yml said: {on('ctl', 'tail -c 3000 /tmp/switchover-killed.log')}; "
+                             f"the job: {c.job_on(c.primary)}") from None
     # Only the ansible-playbook processes (main and workers), not the shells around them.
     on("ctl", "pkill -9 -f '^/opt/tts-receiver/venv/bin/python[0-9.]* /opt/tts-receiver/venv/bin/ansible-playbook "
               ".*switchover[.]yml'")

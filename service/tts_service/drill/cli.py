@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+from .. import journal
 from . import report, verify, watch
 
 
@@ -76,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rep = report.build(meta, _load(args.watch), _load(args.verify), _load(args.receiver))
     js, md = report.write(rep, Path(args.out_dir))
+    before = rep.get("before") or {}
+    journal.send("tts-drill", socket.gethostname(),
+                 f"drill {rep['id']} ({rep['mode']}): {rep['result']}"
+                 + (f", RTO {rep['rto_s']:.1f} s" if rep.get("rto_s") is not None else "")
+                 + (f"; {rep['error']}" if rep.get("error") else "") + f" (report {md})",
+                 event="drill", epoch=before.get("epoch"), job=(rep.get("canary") or {}).get("job_id"),
+                 result=rep["result"])
     print(json.dumps({"result": rep["result"], "json": str(js), "md": str(md), "rto_s": rep["rto_s"]}))
     return 0
 
