@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import Settings
 from .jobs import FINAL, k
@@ -83,7 +84,7 @@ def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport
             report.skipped.append(job_id)
             if final is None:   # a job not known to be finished, its session unknown: keep every clip
                 active_sessions.add("*")
-    _empty_trash(rt)
+    _empty_trash(rt, rt.files.jobs_dir)
     try:
         _expire_voices(rt, epoch, cutoff, active_sessions, report)
     except Fenced as exc:
@@ -105,10 +106,7 @@ def _expire_voices(rt: Runtime, epoch: int, cutoff: float, active_sessions: set[
         return
     root = rt.voices.root
     for sid in rt.storage.listdir(root):
-        if sid.startswith(TRASH_PREFIX):
-            rt.storage.call(shutil.rmtree, root / sid, timeout=max(rt.storage.timeout, 60.0))
-            continue
-        if sid in active_sessions or rt.redis.exists(k("session", sid)):
+        if sid.startswith(TRASH_PREFIX) or sid in active_sessions or rt.redis.exists(k("session", sid)):
             continue
         try:
             clips = rt.voices.list(sid)
@@ -117,18 +115,15 @@ def _expire_voices(rt: Runtime, epoch: int, cutoff: float, active_sessions: set[
         if clips and max(float(c.get("created_at", 0) or 0) for c in clips) > cutoff:
             continue
         rt.node.assert_primary(epoch)        # fresh read right before the removal
-        trash = root / f"{TRASH_PREFIX}{sid}-{secrets.token_hex(4)}"
-        rt.storage.call(os.rename, root / sid, trash)
-        rt.storage.call(shutil.rmtree, trash, timeout=max(rt.storage.timeout, 60.0))
+        _delete(rt, _move_aside(rt, root / sid))
         report.voices_removed.append(sid)
+    _empty_trash(rt, root)
 
 
 def _remove(rt: Runtime, job_id: str) -> None:
     """Storage first (renamed away in one step), then Redis (a cache: reconcile never recreates a job
     whose folder is gone)."""
-    folder = rt.files.dir(job_id)
-    trash = folder.with_name(f"{TRASH_PREFIX}{job_id}-{secrets.token_hex(4)}")
-    rt.storage.call(os.rename, folder, trash)
+    trash = _move_aside(rt, rt.files.dir(job_id))
     session = rt.store.get(job_id) or {}
     pipe = rt.redis.pipeline()
     pipe.delete(k("job", job_id))
@@ -138,14 +133,26 @@ def _remove(rt: Runtime, job_id: str) -> None:
     if session.get("session"):
         pipe.zrem(k("sessjobs", session["session"]), job_id)
     pipe.execute()
-    rt.storage.call(shutil.rmtree, trash, timeout=max(rt.storage.timeout, 60.0))
+    _delete(rt, trash)
 
 
-def _empty_trash(rt: Runtime) -> None:
-    for name in rt.storage.listdir(rt.files.jobs_dir):
+def _move_aside(rt: Runtime, folder: Path) -> Path:
+    """Rename folder to a trash name beside it, in one step: from then on nobody sees it."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{secrets.token_hex(4)}")
+    rt.storage.call(os.rename, folder, trash)
+    return trash
+
+
+def _delete(rt: Runtime, folder: Path) -> None:
+    rt.storage.call(shutil.rmtree, folder, timeout=max(rt.storage.timeout, 60.0))
+
+
+def _empty_trash(rt: Runtime, root: Path) -> None:
+    """Delete what an interrupted run left moved aside under root."""
+    for name in rt.storage.listdir(root):
         if name.startswith(TRASH_PREFIX):
             try:
-                rt.storage.call(shutil.rmtree, rt.files.jobs_dir / name, timeout=max(rt.storage.timeout, 60.0))
+                _delete(rt, root / name)
             except (StorageUnavailable, OSError) as exc:
                 log.warning("trash %s not removed: %s", name, exc)
 
