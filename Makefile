@@ -16,17 +16,17 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_URL := https://10.89.60.100/
 
 .PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean
-# make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill
+# make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
 MODE ?= switchover
 RUNS ?= 5
-MODES ?= switchover,kill
+MODES ?= switchover,kill,host-lost,redis-down
 
 help:
 	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
 	@echo "make lab-down      remove the lab containers and network"
 	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
 	@echo "make serve         run the app at http://127.0.0.1:8000 with a local redis (state in .run/)"
-	@echo "make drill         one failover drill on the lab (MODE=switchover|kill), prints the report"
+	@echo "make drill         one failover drill on the lab (MODE=switchover|kill|redis-down|host-lost), prints the report"
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
 	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (prints a table)"
@@ -89,9 +89,10 @@ molecule: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
 serve: deps
 	scripts/serve-local.sh
 
-# A drill exactly as ctl's timer runs it (as the receiver's user, its key, its copy of the project).
+# A drill exactly as ctl's timer runs it (as the receiver's user, its key, its copy of the project);
+# host-lost drills ask this machine to kill the container (lab/host_requests.py serves that meanwhile).
 drill:
-	podman exec ctl /usr/local/bin/tts-drill-run $(MODE)
+	python3 lab/host_requests.py -- podman exec ctl /usr/local/bin/tts-drill-run $(MODE)
 
 bench: deps
 	$(PY) bench/failover_rto.py --runs $(RUNS) --modes $(MODES)

@@ -2,14 +2,15 @@
 """Benchmark: recovery time of the lab pair, measured by real drills (playbooks/drill.yml).
 
 Runs N drills of each mode on the running lab (`make lab` first), each exactly as the ctl timer
-does (`tts-drill-run MODE` inside the ctl container), reads each report from shared storage, and
+does (`tts-drill-run MODE` inside the ctl container; host-lost drills ask this machine to
+`podman kill` the primary's container, served by lab/host_requests.py), reads each report from shared storage, and
 prints, per mode, the median and p95 of the RTO and of every timeline stage, and the segments
 recomputed, beside the source design's figure: the standby took over 22 s after a simulated
 out-of-memory crash of the primary, and the job in flight lost all its progress.
 Between drills it waits for the pair to be healthy and the receiver's cooldown to pass.
 Prints numbers; asserts nothing.
 
-    python bench/failover_rto.py [--runs 5] [--modes switchover,kill] [--prefix ''] [--subnet 10.89.60]
+    python bench/failover_rto.py [--runs 5] [--modes switchover,kill,host-lost,redis-down] [--prefix ''] [--subnet 10.89.60]
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "service"))
+sys.path.insert(0, str(ROOT / "lab"))
+from host_requests import serve_while  # noqa: E402
 from tts_service.drill.report import REFERENCE_RTO_S, STAGES  # noqa: E402
 
 DRILLS = "/export/shared/tts/drills"
@@ -74,7 +78,7 @@ def fmt(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--modes", default="switchover,kill")
+    parser.add_argument("--modes", default="switchover,kill,host-lost,redis-down")
     parser.add_argument("--prefix", default="", help="container name prefix ('' for the lab)")
     parser.add_argument("--subnet", default="10.89.60")
     parser.add_argument("--cooldown", type=float, default=65, help="seconds after a failover before the next drill")
@@ -87,14 +91,15 @@ def main() -> None:
             wait_calm(args.subnet, args.cooldown)
             before = report_ids(args.prefix)
             started = time.time()
-            run = podman("exec", args.prefix + "ctl", "/usr/local/bin/tts-drill-run", mode)
+            with serve_while(args.prefix):
+                run = podman("exec", args.prefix + "ctl", "/usr/local/bin/tts-drill-run", mode)
             new = sorted(report_ids(args.prefix) - before)
             if not new:
                 print(f"{mode} #{i + 1}: no report (exit {run.returncode}):\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
                 continue
             rep = read_report(args.prefix, new[-1])
             results[mode].append(rep)
-            print(f"{mode} #{i + 1}: {rep['result']}, RTO {rep['rto_s']} s, "
+            print(f"{mode} #{i + 1}: {rep['result']}, RTO {rep['rto_s']} s, unserved {rep.get('unserved_s')} s, "
                   f"{(rep.get('canary') or {}).get('segments_recomputed')} recomputed, "
                   f"drill took {time.time() - started:.0f} s  ({new[-1]})", flush=True)
 
@@ -109,6 +114,11 @@ def main() -> None:
             print(f"  {label:48s} {fmt(values)}")
         rto = [r["rto_s"] for r in good if r.get("rto_s") is not None]
         print(f"  {'RTO (first 200 from the new primary, VIP)':48s} {fmt(rto)}   reference {REFERENCE_RTO_S:.0f}")
+        unserved = [r["unserved_s"] for r in good if r.get("unserved_s") is not None]
+        print(f"  {'no 200 through the VIP (seconds)':48s} {fmt(unserved)}")
+        again = [r["timeline_s"]["job_running_again"] - r["rto_s"] for r in good
+                 if r.get("rto_s") is not None and r["timeline_s"].get("job_running_again") is not None]
+        print(f"  {'job running again, after the RTO':48s} {fmt(again)}")
         recomputed = [float((r.get("canary") or {}).get("segments_recomputed") or 0) for r in good]
         print(f"  {'segments recomputed':48s} {fmt(recomputed)}   reference: all (job lost)")
 

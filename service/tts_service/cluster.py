@@ -3,6 +3,8 @@
     <shared>/cluster/state.json  {"epoch": 7, "primary": "tts-a", "standby": "tts-b",
                                   "updated_at": "...", "updated_by": "failover.yml"}
     <shared>/cluster/lock        {"holder": "...", "token": "...", "expires_at": <unix time>}
+    <shared>/cluster/alive/<node>  rewritten by <node> before each read of state.json: its mtime, in
+                                 the NAS's own clock, bounds when that node's belief can expire
 
 state.json is only ever replaced atomically (temp + rename), and only while holding the lock.
 The lock is a file created with O_EXCL (atomic across NFS/sshfs clients); it carries an expiry so a
@@ -22,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .storage import Storage, StorageUnavailable, link_new
+from .storage import MOUNT_FAILED, Storage, StorageUnavailable, _write_replace, link_new
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
@@ -55,6 +57,16 @@ class ClusterState:
     standby: str | None
     updated_at: str = ""
     updated_by: str = ""
+    # Fencing confirmed (tts-cluster confirm-fenced): `fenced_node` had no process left running from
+    # before `fenced_epoch` was written (its units were stopped and seen inactive after the change).
+    fenced_node: str | None = None
+    fenced_epoch: int = 0
+    fenced_by: str = ""
+
+    def fencing_confirmed(self, node: str | None) -> bool:
+        """Whether `node` is confirmed fenced in this very epoch (a confirmation of an older epoch
+        says nothing about beliefs read since)."""
+        return node is not None and self.fenced_node == node and self.fenced_epoch == self.epoch
 
     @classmethod
     def from_dict(cls, data: dict) -> "ClusterState":
@@ -64,12 +76,24 @@ class ClusterState:
         except (KeyError, TypeError, ValueError, ClusterError) as exc:
             raise ClusterError(f"cluster state is malformed: {exc}") from exc
         standby = data.get("standby")
+        fenced = data.get("fenced")
+        fenced_node, fenced_epoch, fenced_by = None, 0, ""
+        if isinstance(fenced, dict):   # a malformed confirmation is no confirmation (the safe reading)
+            try:
+                fenced_node, fenced_epoch = validate_node(fenced["node"]), int(fenced["epoch"])
+                fenced_by = str(fenced.get("by", ""))
+            except (KeyError, TypeError, ValueError, ClusterError):
+                fenced_node, fenced_epoch = None, 0
         return cls(epoch, primary, standby if standby else None,
-                   str(data.get("updated_at", "")), str(data.get("updated_by", "")))
+                   str(data.get("updated_at", "")), str(data.get("updated_by", "")),
+                   fenced_node, fenced_epoch, fenced_by)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "primary": self.primary, "standby": self.standby,
-                "updated_at": self.updated_at, "updated_by": self.updated_by}
+        out = {"epoch": self.epoch, "primary": self.primary, "standby": self.standby,
+               "updated_at": self.updated_at, "updated_by": self.updated_by}
+        if self.fenced_node:
+            out["fenced"] = {"node": self.fenced_node, "epoch": self.fenced_epoch, "by": self.fenced_by}
+        return out
 
 
 def _now_iso() -> str:
@@ -85,6 +109,7 @@ class Cluster:
         # The newest storage format any primary has written (jobfiles.STORAGE_FORMAT): a node whose
         # code knows only an older one must not become primary over it.
         self.format_path = self.dir / "format"
+        self.alive_dir = self.dir / "alive"
 
     # ---- reading ----
 
@@ -97,6 +122,18 @@ class Cluster:
         except json.JSONDecodeError as exc:
             raise ClusterError(f"{self.state_path} is not valid JSON: {exc}") from exc
         return ClusterState.from_dict(data)
+
+    # ---- renewals, timed by the NAS's clock ----
+
+    def touch_alive(self, node: str) -> None:
+        """Leave this renewal's mark: rewrite alive/<node>, so that its mtime (set by the NAS) is at
+        least the moment this node starts reading the state. StorageUnavailable if it cannot."""
+        self.storage.call(_touch, self.alive_dir / validate_node(node))
+
+    def silent_for(self, node: str) -> float | None:
+        """Seconds, by the NAS's clock, since `node` last touched alive/<node>, rounded down (a
+        lower bound); None if it never did. Compares two NAS timestamps, never two hosts' clocks."""
+        return self.storage.call(_silent_for, self.alive_dir / validate_node(node), self.dir)
 
     # ---- the lock ----
 
@@ -252,6 +289,23 @@ class Cluster:
             self._write(state)
             return state
 
+    def confirm_fenced(self, node: str, epoch: int, by: str, lock_token: str | None = None) -> ClusterState:
+        """Record that `node`, the standby of `epoch`, was confirmed fenced (its units stopped after
+        `epoch` was written): the primary of `epoch` need not wait for its belief to expire."""
+        validate_node(node)
+        with (self._held(lock_token) if lock_token else self.locked(f"confirm-fenced {node} by {by}")):
+            current = self.read()
+            if current is None or current.epoch != epoch:
+                raise ClusterError(f"epoch is {current.epoch if current else None}, not {epoch}: the "
+                                   f"confirmation is for an epoch that has passed")
+            if node != current.standby:
+                raise ClusterError(f"{node} is not the standby of epoch {epoch} (primary {current.primary}, "
+                                   f"standby {current.standby}): only an old primary is confirmed fenced")
+            state = ClusterState(current.epoch, current.primary, current.standby, current.updated_at,
+                                 current.updated_by, node, epoch, f"{by} at {_now_iso()}")
+            self._write(state)
+            return state
+
     def _write(self, state: ClusterState) -> None:
         self.storage.makedirs(self.dir)
         self.storage.write_replace(self.state_path, json.dumps(state.to_dict(), indent=1).encode())
@@ -277,6 +331,50 @@ def _create_exclusive(path: Path, body: bytes) -> bool:
             pass
 
 
+def _nas_now(directory: Path) -> float:
+    """Now, by the NAS's clock: the mtime of a file written just now in `directory`."""
+    probe = directory / f".clock-{secrets.token_hex(6)}"
+    try:
+        with open(probe, "wb"):
+            pass
+        return os.stat(probe).st_mtime
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+
+
+def _touch(path: Path) -> None:
+    """Rewrite path in place (its data write makes the NAS set its mtime); replace it if that fails."""
+    body = secrets.token_hex(8).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(path.parent, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        if exc.errno in MOUNT_FAILED:
+            raise
+        _write_replace(path, body)   # a damaged file (a folder, no permission) is replaced whole
+        return
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+
+
+def _silent_for(path: Path, directory: Path) -> float | None:
+    try:
+        touched = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+    now = _nas_now(directory)
+    # sshfs (SFTP v3) gives whole seconds: both stamps may be up to 1 s earlier than the truth.
+    grain = 1.0 if float(touched).is_integer() and float(now).is_integer() else 0.01
+    return max(0.0, now - touched - grain)
+
+
 def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
     """The lock's content (None if unreadable) and its age, both clocks the NAS's: the lock file's mtime
     against a probe file's mtime written just now (never this host's clock against the NAS's)."""
@@ -289,17 +387,7 @@ def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
         info = None
     if isinstance(info, dict) and info.get("token"):
         return info, 0.0          # readable: its own expiry decides; no age needed (and nothing written)
-    probe = directory / f".clock-{secrets.token_hex(6)}"
-    try:
-        with open(probe, "wb"):
-            pass
-        now = os.stat(probe).st_mtime
-    finally:
-        try:
-            os.unlink(probe)
-        except OSError:
-            pass
-    return None, now - mtime
+    return None, _nas_now(directory) - mtime
 
 
 def _break_lock(path: Path, expected_token: str | None) -> None:

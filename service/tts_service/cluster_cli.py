@@ -4,6 +4,9 @@
     tts-cluster init NODE [--standby OTHER]         first state, epoch 1, only when none exists
     tts-cluster promote NODE --expect-epoch N [--lock-token T]
                                                     compare-and-swap: epoch N -> N+1, NODE primary
+    tts-cluster confirm-fenced NODE --epoch N [--lock-token T]
+                                                    record that NODE, the standby (old primary) of
+                                                    epoch N, had its units stopped after N was written
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
     tts-cluster keep-lock TOKEN --while-pid PID [--ttl S]
@@ -44,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("node")
     promote.add_argument("--expect-epoch", type=int, required=True)
     promote.add_argument("--lock-token", help="promote under a lock already taken with `tts-cluster lock`")
+    confirm = sub.add_parser("confirm-fenced")
+    confirm.add_argument("node")
+    confirm.add_argument("--epoch", type=int, required=True)
+    confirm.add_argument("--lock-token")
     lock = sub.add_parser("lock")
     lock.add_argument("--holder", required=True)
     lock.add_argument("--ttl", type=float, default=300.0)
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "promote":
             _print(cluster.promote(args.node, args.expect_epoch, args.by, lock_token=args.lock_token,
                                    understands=STORAGE_FORMAT).to_dict())
+        elif args.command == "confirm-fenced":
+            _print(cluster.confirm_fenced(args.node, args.epoch, args.by, lock_token=args.lock_token).to_dict())
         elif args.command == "lock":
             if not 0 < args.ttl <= MAX_LOCK_TTL_S:
                 raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (renew a longer hold "

@@ -4,19 +4,22 @@ A node may write (accept jobs, commit segments) only while it is the primary of 
 it could read, and only if that read is recent (state_max_age_s). Anything else is `fenced`.
 The worker asks `assert_primary(epoch)` right before every commit, with a fresh read.
 
-Handover: a node that finds itself primary of a new epoch (> 1) does not act as primary at once. The
-previous primary may not have read the new state yet, and may go on believing it is primary for up to
-state_max_age_s after its last read. So the new primary waits until either that much time has passed
-since it first saw its new epoch, or the previous primary (the new state's standby) answers /ready
-saying it is fenced in an epoch at least as new. No two nodes ever report themselves unfenced
-primaries at the same time; a planned switchover (the old primary alive) takes a moment, a failover
-from a dead primary takes state_max_age_s + state_timeout_s more.
+A renewal is: note the time t0, rewrite cluster/alive/<node> (the NAS stamps its mtime, after t0),
+read state.json. The belief it gives lives until t0 + max_age_s, so it expires before
+mtime(alive/<node>) + max_age_s. A renewal whose mark could not be left gives no belief.
 
-The margin, whole: the old primary timestamps its belief when its read *returns*, which can be up to
-state_timeout_s after the state it read was current (a slow NAS). So its belief, read just before the
-epoch changed, can live until (epoch change) + state_timeout_s + max_age_s. The new primary first
-sees the new epoch after the change, and on top of those two it waits cache_s, the time the old
-node's other processes may still serve a belief they cached. handover_wait() says this once.
+Handover: a node that finds itself primary of a new epoch (> 1) does not act as primary at once. The
+previous primary (the new state's standby) may not have read the new state yet, and may go on
+believing it is primary until its belief expires. So the new primary waits until the first of:
+- the state records that the old primary was confirmed fenced in this epoch (failover.yml stopped
+  its units and saw them inactive after the epoch changed: `tts-cluster confirm-fenced`);
+- the old primary answers /ready saying it is fenced in an epoch at least as new (then cache_s, the
+  time its other processes may still serve a belief they cached);
+- the old primary's last mark is older, by the NAS's clock, than max_age_s + cache_s: whatever it
+  believed has expired (a dead or cut-off node stops leaving marks; a live one does not);
+- handover_wait() has passed since this node first saw its epoch: the bound that needs nothing from
+  storage (the old belief may have been read up to state_timeout_s before it was timestamped).
+No two nodes ever report themselves unfenced primaries at the same time.
 """
 from __future__ import annotations
 
@@ -78,7 +81,8 @@ class Belief:
             return f"{self.state.primary} is the primary of epoch {self.state.epoch}"
         if self.handover_s > 0:
             return (f"taking over as primary of epoch {self.state.epoch}: {self.state.standby} may still act "
-                    f"as primary for up to {self.handover_s:.1f} s (it has not confirmed it is fenced)")
+                    f"as primary for up to {self.handover_s:.1f} s (not confirmed fenced, its belief not yet "
+                    f"expired)")
         return "not fenced"
 
 
@@ -99,6 +103,9 @@ class NodeView:
         self._handed_over = 0                             # newest epoch whose handover is complete
         self._peer_asked_at = float("-inf")
         self._confirmed = False                           # the old primary said it is fenced
+        self._silence_asked_at = float("-inf")
+        self._expires_at = float("inf")                   # monotonic time the old primary's belief is known expired
+        self.handover_reason = ""                         # why the last handover ended when it did
         self._lock = threading.Lock()
         self._state: ClusterState | None = None
         self._read_at = float("-inf")    # monotonic time of the last successful read
@@ -111,6 +118,7 @@ class NodeView:
             if fresh or now - self._tried_at >= self.cache_s:
                 self._tried_at = now
                 try:
+                    self.cluster.touch_alive(self.node)   # the mark first: its mtime is after now
                     state = self.cluster.read()
                     if state is None:
                         self._state = None
@@ -122,7 +130,7 @@ class NodeView:
                         # An older epoch than one already seen: a stale read; never go backwards.
                         self._error = f"read epoch {state.epoch} after having seen {self._state.epoch}"
                     if self._error is None:
-                        self._read_at = time.monotonic()
+                        self._read_at = now              # timestamped before the mark and the read
                 except (StorageUnavailable, ClusterError, OSError) as exc:
                     self._error = str(exc)
             age = time.monotonic() - self._read_at
@@ -135,16 +143,41 @@ class NodeView:
             return 0.0
         now = time.monotonic()
         if self._takeover is None or self._takeover[0] != state.epoch:
-            self._takeover, self._confirmed = (state.epoch, now), False
+            self._takeover, self._confirmed, self._expires_at = (state.epoch, now), False, float("inf")
+        if state.fencing_confirmed(state.standby):
+            return self._handover_done(state, f"{state.standby} confirmed fenced ({state.fenced_by})")
         if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
             self._peer_asked_at = now
             self._confirmed = self.peer_fenced(state.standby, state.epoch)
+        if self._confirmed and now >= self._takeover[1] + self.cache_s:
+            return self._handover_done(state, f"{state.standby} said it is fenced")
+        if state.standby and now - self._silence_asked_at >= self.cache_s and self._expires_at == float("inf"):
+            self._silence_asked_at = now
+            self._expires_at = self._old_belief_expiry(state.standby, now)
+        if now >= self._expires_at:
+            return self._handover_done(state, f"{state.standby}'s belief expired by the NAS's clock")
         wait = self.cache_s if self._confirmed else self.handover_wait()
-        left = self._takeover[1] + wait - now
-        if left <= 0:
-            self._handed_over = state.epoch
-            return 0.0
-        return left
+        if now >= self._takeover[1] + wait:
+            return self._handover_done(state, f"waited {wait:g} s for {state.standby}'s belief to expire")
+        return min(self._takeover[1] + wait, self._expires_at) - now
+
+    def _handover_done(self, state: ClusterState, why: str) -> float:
+        self._handed_over = state.epoch
+        self.handover_reason = why
+        return 0.0
+
+    def _old_belief_expiry(self, old: str, now: float) -> float:
+        """When (monotonic) the old primary's belief is certainly expired, by its last mark's age on the
+        NAS's clock; inf if storage cannot say. Every belief it holds came from a renewal whose mark
+        came after its timestamp, and so expires by mark + max_age_s (+ cache_s for cached copies).
+        A renewal in flight now left its mark after this node saw the new epoch: it reads that epoch."""
+        try:
+            silent = self.cluster.silent_for(old)
+        except (StorageUnavailable, ClusterError, OSError):
+            return float("inf")
+        if silent is None:
+            return float("inf")
+        return now + max(0.0, self.max_age_s + self.cache_s - silent)
 
     def handover_wait(self) -> float:
         """How long a new primary waits, from first seeing its epoch, for an old primary that does

@@ -296,6 +296,12 @@ def test_the_handover_margin_covers_a_read_that_returned_late(cluster, monkeypat
         def __init__(self):
             self.reads = 0
 
+        def touch_alive(self, node):
+            if self.reads == 0:                    # the one renewal that reaches the NAS leaves its mark
+                cluster.touch_alive(node)
+            else:
+                raise StorageUnavailable("partitioned")
+
         def read(self):
             self.reads += 1
             if self.reads > 1:
@@ -334,3 +340,112 @@ def test_a_node_behind_the_recorded_storage_format_is_not_promoted(tmp_path):
         cluster.promote("tts-b", expect_epoch=1, by="test", understands=2)
     assert cluster.read().epoch == 1
     assert cluster.promote("tts-b", expect_epoch=1, by="test", understands=3).primary == "tts-b"
+
+
+# ---- issue 15: confirmed fencing in the state, the old primary's belief expiry by the NAS's clock ----
+
+def test_a_confirmation_in_the_state_ends_the_handover_at_once(cluster, shared):
+    cluster.init("tts-a", "tts-b", by="test")
+    # A long wait otherwise: the old primary renews, so its mark is fresh, and it never says it is fenced.
+    a = NodeView("tts-a", cluster, max_age_s=30, cache_s=0)
+    b = NodeView("tts-b", cluster, max_age_s=30, cache_s=0, peer_fenced=lambda peer, epoch: False)
+    assert not a.belief().fenced
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    assert b.belief().fenced and b.belief().handover_s > 25
+    with pytest.raises(ClusterError, match="not the standby"):
+        cluster.confirm_fenced("tts-b", 2, by="test")        # only the old primary is ever confirmed
+    with pytest.raises(ClusterError, match="not 1"):
+        cluster.confirm_fenced("tts-a", 1, by="test")        # a confirmation for a passed epoch
+    state = cluster.confirm_fenced("tts-a", 2, by="failover.yml")
+    assert state.fencing_confirmed("tts-a") and state.epoch == 2 and state.primary == "tts-b"
+    assert not b.belief().fenced and "confirmed fenced (failover.yml" in b.handover_reason
+    assert a.belief().fenced                                  # and tts-a reads that it is not primary
+    # The next epoch starts unconfirmed: a confirmation never carries over.
+    cluster.promote("tts-a", expect_epoch=2, by="switchover.yml")
+    assert not cluster.read().fencing_confirmed("tts-b")
+    assert json.loads((shared / "cluster" / "state.json").read_text()).get("fenced") is None
+
+
+def test_a_malformed_confirmation_confirms_nothing(cluster, shared):
+    cluster.init("tts-a", "tts-b", by="test")
+    cluster.promote("tts-b", expect_epoch=1, by="test")
+    path = shared / "cluster" / "state.json"
+    for bad in ({"node": "tts-a"}, {"node": "../x", "epoch": 2}, "tts-a", {"node": "tts-a", "epoch": "two"}):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "fenced": bad}))
+        assert not cluster.read().fencing_confirmed("tts-a"), bad
+
+
+def test_cli_confirm_fenced(shared):
+    assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
+    assert cluster_cli(shared, "promote", "tts-b", "--expect-epoch", "1").returncode == 0
+    res = cluster_cli(shared, "--by", "failover.yml", "confirm-fenced", "tts-a", "--epoch", "2")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["fenced"]["node"] == "tts-a"
+    res = cluster_cli(shared, "confirm-fenced", "tts-a", "--epoch", "1")
+    assert res.returncode == 1 and "passed" in res.stderr
+
+
+def test_a_dead_old_primarys_belief_is_known_expired_from_its_last_mark(cluster):
+    """The old primary stopped renewing (killed, host lost) longer than max_age ago: the new primary
+    takes over at once, although the bound that needs nothing from storage is 10 s away."""
+    cluster.init("tts-a", "tts-b", by="test")
+    a = NodeView("tts-a", cluster, max_age_s=0.8, cache_s=0)
+    b = NodeView("tts-b", cluster, max_age_s=0.8, cache_s=0, state_timeout_s=10, peer_fenced=lambda p, e: False)
+    assert not a.belief().fenced                               # tts-a's last renewal: its mark on the NAS
+    time.sleep(1.0)                                            # ... then it dies
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    belief = b.belief()
+    assert not belief.fenced, belief.why_fenced()
+    assert "belief expired by the NAS's clock" in b.handover_reason
+    assert cluster.silent_for("tts-a") >= 0.8 - 0.02 and cluster.silent_for("nobody") is None
+
+
+def test_a_live_old_primary_keeps_its_successor_waiting_and_never_two_primaries(cluster):
+    """The old primary goes on renewing (its Redis died, not its app): its marks stay fresh, so the new
+    primary waits until the old one has read the new epoch and its last primary belief expired. Sampled
+    every few ms from both sides: never two unfenced primaries."""
+    import threading
+    cluster.init("tts-a", "tts-b", by="test")
+    max_age = 0.6
+    a = NodeView("tts-a", cluster, max_age_s=max_age, cache_s=0.05)
+    b = NodeView("tts-b", cluster, max_age_s=max_age, cache_s=0.05, state_timeout_s=5,
+                 peer_fenced=lambda p, e: False)
+    stop, a_primary_until = threading.Event(), [0.0]
+
+    def old_primary():
+        while not stop.is_set():
+            if not a.belief().fenced:
+                a_primary_until[0] = time.monotonic()
+            time.sleep(0.005)
+    thread = threading.Thread(target=old_primary, daemon=True)
+    thread.start()
+    wait_for(lambda: a_primary_until[0] > 0, 2, what="tts-a primary")
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    promoted = time.monotonic()
+    b_primary_from = None
+    while time.monotonic() < promoted + 3 and b_primary_from is None:
+        if not b.belief(fresh=True).fenced:
+            b_primary_from = time.monotonic()
+        time.sleep(0.005)
+    assert b_primary_from is not None, "tts-b never took over"
+    time.sleep(0.1)
+    stop.set()
+    thread.join(2)
+    assert a_primary_until[0] < b_primary_from, "two unfenced primaries at once"
+    # It waited for the live node's marks (not the 5.6 s bound that needs nothing from storage).
+    assert b_primary_from - promoted < 3 and "NAS's clock" in b.handover_reason
+
+
+def test_a_renewal_that_cannot_leave_its_mark_gives_no_belief(cluster, shared):
+    cluster.init("tts-a", "tts-b", by="test")
+    mark = shared / "cluster" / "alive" / "tts-a"
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_bytes(b"\x00garbage")                          # a damaged mark is simply rewritten
+    view = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
+    assert not view.belief().fenced
+    mark.unlink()
+    mark.mkdir()
+    (mark / "x").write_text("in the way")
+    time.sleep(0.35)
+    belief = view.belief()
+    assert belief.fenced and belief.error and "has not been readable" in belief.why_fenced()

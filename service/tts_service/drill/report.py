@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 # The figure this project was asked to beat: the source design's standby took over 22 s after an
@@ -18,6 +19,7 @@ STAGES = (
     ("alert_fired", "alert reached the receiver"),
     ("receiver_decision", "receiver decided to fail over"),
     ("playbook_start", "playbook started"),
+    ("epoch_bumped", "epoch bumped on shared storage"),
     ("playbook_end", "playbook ended"),
     ("first_200_via_vip", "first 200 from the new primary through the VIP"),
     ("job_running_again", "canary running on the new primary"),
@@ -27,6 +29,14 @@ STAGES = (
 
 def _after(t: float | None, t0: float | None) -> float | None:
     return None if t is None or t0 is None else round(t - t0, 2)
+
+
+def _unix(iso: str | None) -> float | None:
+    """An ISO time as written in the cluster state (…Z) as a unix time; None if absent or unreadable."""
+    try:
+        return datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def receiver_events(receiver: dict, target: str, since: float) -> dict:
@@ -48,7 +58,7 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
     watch, verify, receiver = watch or {}, verify or {}, receiver or {}
     mode, fault_at = meta.get("mode"), meta.get("fault_at")
     target = (meta.get("before") or {}).get("standby")
-    events = receiver_events(receiver, target, fault_at) if (mode == "kill" and fault_at) else {}
+    events = receiver_events(receiver, target, fault_at) if (mode != "switchover" and fault_at) else {}
     if mode == "switchover":
         events = {"playbook": "switchover (drill.yml)", "playbook_start": meta.get("playbook_started_at"),
                   "playbook_end": meta.get("playbook_ended_at"),
@@ -56,7 +66,10 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
     absolute = {
         "fault": fault_at, "vip_lost": watch.get("vip_lost_at"), "alert_fired": events.get("alert_fired"),
         "receiver_decision": events.get("receiver_decision"), "playbook_start": events.get("playbook_start"),
-        "playbook_end": events.get("playbook_end"), "first_200_via_vip": watch.get("vip_target_at"),
+        "playbook_end": events.get("playbook_end"),
+        "epoch_bumped": _unix((meta.get("after") or {}).get("changed_at"))
+        if (meta.get("after") or {}).get("epoch") != (meta.get("before") or {}).get("epoch") else None,
+        "first_200_via_vip": watch.get("vip_target_at"),
         "job_running_again": watch.get("job_on_target_at"), "job_finished": watch.get("job_done_at"),
     }
     timeline = {key: _after(absolute[key], fault_at) for key, _ in STAGES}
@@ -67,7 +80,7 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
         failures.append(("watch the canary", f"canary: {watch['error']}"))
     if not failures and not verify.get("ok"):
         failures.append(("verify the canary", f"canary audio: {verify.get('reason') or 'not verified'}"))
-    if not failures and mode == "kill" and events.get("playbook_result") != "succeeded":
+    if not failures and mode != "switchover" and events.get("playbook_result") != "succeeded":
         failures.append(("the receiver's failover", "the receiver did not fail over to the standby"))
     after = meta.get("after") or {}
     if not failures and after.get("primary") != target:
@@ -81,9 +94,12 @@ def build(meta: dict, watch: dict | None, verify: dict | None, receiver: dict | 
         "started_at": meta.get("started_at"), "ended_at": meta.get("ended_at") or time.time(),
         "before": meta.get("before"), "after": after,
         "rto_s": timeline["first_200_via_vip"] if ok else None,
+        # Seconds without a 200 from a primary through the VIP (the planned switchover's measure).
+        "unserved_s": (round(absolute["first_200_via_vip"] - absolute["vip_lost"], 2)
+                       if ok and absolute["first_200_via_vip"] and absolute["vip_lost"] else None),
         "timeline_s": timeline, "timeline_at": absolute,
         "receiver": ({k: events.get(k) for k in ("alert", "reason", "playbook", "playbook_result")}
-                     if mode == "kill" and events else None),
+                     if mode != "switchover" and events else None),
         "canary": {"job_id": watch.get("job_id"), "job": watch.get("job"),
                    "segments_recomputed": verify.get("recomputed"), "verify": verify or None},
         "lab_settings": meta.get("settings"),
@@ -103,7 +119,8 @@ def markdown(report: dict) -> str:
     ]
     if report["result"] == "succeeded":
         lines.append(f"- RTO (fault to first 200 from the new primary through the VIP): **{report['rto_s']} s** "
-                     f"(reference: {REFERENCE_RTO_S:.0f} s and the job lost)")
+                     f"(reference: {REFERENCE_RTO_S:.0f} s and the job lost); no 200 through the VIP for "
+                     f"{report.get('unserved_s')} s")
     else:
         lines.append(f"- Failed step: **{report.get('failed_step')}**: {report.get('error')}")
     canary = report.get("canary") or {}
