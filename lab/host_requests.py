@@ -50,6 +50,12 @@ def serve(prefix: str, stop: threading.Event, poll_s: float = 0.05) -> None:
     while not stop.is_set():
         for request in sorted(where.glob("*.req")) if where.is_dir() else []:
             serve_one(request, prefix)
+        for answer in where.glob("*.done") if where.is_dir() else []:   # read by now
+            try:
+                if time.time() - answer.stat().st_mtime > 60:
+                    answer.unlink()
+            except OSError:
+                pass
         stop.wait(poll_s)
 
 

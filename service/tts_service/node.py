@@ -24,6 +24,7 @@ No two nodes ever report themselves unfenced primaries at the same time.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -32,7 +33,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cluster import Cluster, ClusterError, ClusterState
+from .journal import fields
 from .storage import StorageUnavailable
+
+log = logging.getLogger("tts.node")
 
 
 class Fenced(RuntimeError):
@@ -164,6 +168,9 @@ class NodeView:
     def _handover_done(self, state: ClusterState, why: str) -> float:
         self._handed_over = state.epoch
         self.handover_reason = why
+        took = time.monotonic() - self._takeover[1] if self._takeover else 0.0
+        log.info("acting as the primary of epoch %d after %.2f s because %s", state.epoch, took, why,
+                 extra=fields(event="handover", epoch=state.epoch))
         return 0.0
 
     def _old_belief_expiry(self, old: str, now: float) -> float:

@@ -87,3 +87,16 @@ def test_metrics_follow_the_newest_report_and_remember_the_last_success(tmp_path
     assert m["tts_drill_last_success_timestamp_seconds"] == 140.0 and m["tts_drill_last_rto_seconds"] == 4.0
     assert report.metrics([]) == {}
     assert json.loads((tmp_path / "20261120T030000Z.json").read_text())["result"] == "succeeded"
+
+
+def test_every_unplanned_mode_reads_the_receiver_and_times_the_epoch_bump_and_the_unserved_gap():
+    from datetime import datetime, timezone
+    bumped = datetime.fromtimestamp(103.25, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for mode in ("kill", "redis-down", "host-lost"):
+        rep = report.build(kill_meta(mode=mode, after={**AFTER, "changed_at": bumped}), WATCH, VERIFY, RECEIVER)
+        assert rep["result"] == "succeeded" and rep["receiver"]["playbook"] == "failover.yml", mode
+        assert rep["timeline_s"]["epoch_bumped"] == 3.25 and rep["unserved_s"] == 3.5
+        assert "no 200 through the VIP for 3.5 s" in report.markdown(rep)
+    # No epoch change: no bump time (the state's last change was an older one).
+    rep = report.build(kill_meta(after={**BEFORE, "changed_at": bumped}), WATCH, VERIFY, RECEIVER)
+    assert rep["timeline_s"]["epoch_bumped"] is None and rep["result"] == "failed"

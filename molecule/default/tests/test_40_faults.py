@@ -373,11 +373,14 @@ def test_06_receiver_killed_mid_failover_finishes_it_after_its_restart(case):
 def test_10a_storage_lost_by_the_primary_only_fails_over_and_the_job_resumes(case):
     c = case(needs_failover=True)
     cut(c.primary, "nas")
+    t_fault = time.time()
     try:
         # Not ready at once; fenced once its last read of the cluster state is TTS_STATE_MAX_AGE old.
         code, body = wait(lambda: (r := requests.get(f"{NODES[c.primary]}/ready", timeout=3)).status_code == 503
                           and r.json()["fenced"] and (r.status_code, r.json()), 60, "the primary fenced")
         assert body["checks"]["storage"] is False, body
+        served = wait(lambda: (r := requests.get(f"{VIP}/primary", timeout=1)).status_code == 200
+                      and r.json()["node"] == c.standby and time.time(), 120, "the standby serving", interval=0.1)
         run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
         assert run["result"] == "succeeded", run
         c.finish_job(c.standby)
@@ -386,7 +389,8 @@ def test_10a_storage_lost_by_the_primary_only_fails_over_and_the_job_resumes(cas
     finally:
         heal(c.primary, "nas")
     note("10a storage lost by the primary", f"primary fenced itself ({body['reason']}); failover to "
-                                            f"{c.standby}; job finished there, {c.recomputed(c.standby)} recomputed")
+                                            f"{c.standby}, /primary 200 through the VIP {served - t_fault:.1f} s after "
+                                            f"the cut; job finished there, {c.recomputed(c.standby)} recomputed")
     recover_by_hand(c, state)
 
 
