@@ -76,6 +76,9 @@ class Settings:
     state_timeout_s: float = field(default_factory=lambda: _float("TTS_STATE_TIMEOUT", 0.8))
     # A node that has not read the cluster state for this long is fenced.
     state_max_age_s: float = field(default_factory=lambda: _float("TTS_STATE_MAX_AGE", 5.0))
+    # Each process re-reads the cluster state at most this often (a belief is served from this cache
+    # in between); also how long a new primary waits after its old primary said it is fenced.
+    state_cache_s: float = field(default_factory=lambda: _float("TTS_STATE_CACHE", 0.25))
     # Below this much free space on shared storage the node is not ready and jobs wait.
     storage_min_free_bytes: int = field(default_factory=lambda: _int("TTS_STORAGE_MIN_FREE_BYTES", 1_000_000))
     session_ttl_s: int = field(default_factory=lambda: _int("TTS_SESSION_TTL", 30 * 24 * 3600))

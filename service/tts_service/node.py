@@ -94,7 +94,7 @@ PeerFenced = Callable[[str, int], bool]
 
 
 class NodeView:
-    def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.5,
+    def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.25,
                  peer_fenced: PeerFenced | None = None, state_timeout_s: float = 0.0):
         self.node = node
         self.cluster = cluster
@@ -150,16 +150,18 @@ class NodeView:
             self._takeover, self._confirmed, self._expires_at = (state.epoch, now), False, float("inf")
         if state.fencing_confirmed(state.standby):
             return self._handover_done(state, f"{state.standby} confirmed fenced ({state.fenced_by})")
-        if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
-            self._peer_asked_at = now
-            self._confirmed = self.peer_fenced(state.standby, state.epoch)
-        if self._confirmed and now >= self._takeover[1] + self.cache_s:
-            return self._handover_done(state, f"{state.standby} said it is fenced")
+        # Storage first (a few quick file operations); then the peer, which a lost host makes slow.
         if state.standby and now - self._silence_asked_at >= self.cache_s and self._expires_at == float("inf"):
             self._silence_asked_at = now
             self._expires_at = self._old_belief_expiry(state.standby, now)
         if now >= self._expires_at:
             return self._handover_done(state, f"{state.standby}'s belief expired by the NAS's clock")
+        if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
+            self._peer_asked_at = now
+            self._confirmed = self.peer_fenced(state.standby, state.epoch)
+            now = time.monotonic()
+        if self._confirmed and now >= self._takeover[1] + self.cache_s:
+            return self._handover_done(state, f"{state.standby} said it is fenced")
         wait = self.cache_s if self._confirmed else self.handover_wait()
         if now >= self._takeover[1] + wait:
             return self._handover_done(state, f"waited {wait:g} s for {state.standby}'s belief to expire")

@@ -71,7 +71,11 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         reasons.append(f"Redis is unreachable: {exc}")
 
     hb, why = heartbeat.read(heartbeat.heartbeat_path(settings.run_dir, settings.node))
-    checks["worker"] = hb is not None and not hb.get("stopping")
+    # A stopping worker (SIGTERM: it finishes its chunk and hands its job back) keeps a primary serving:
+    # a planned switchover promotes the standby right after, and jobs accepted meanwhile wait on
+    # storage. A standby whose worker stops is not fit for promotion. A worker that stays stopped is
+    # seen anyway once its heartbeat is stale.
+    checks["worker"] = hb is not None and (belief.role == "primary" or not hb.get("stopping"))
     if hb is None:
         reasons.append(why)
     checks["engine"] = bool(hb and hb.get("engine_loaded"))

@@ -42,7 +42,7 @@ class Runtime:
             state_storage=state_storage,
             cluster=cluster,
             node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s,
-                          state_timeout_s=settings.state_timeout_s,
+                          cache_s=settings.state_cache_s, state_timeout_s=settings.state_timeout_s,
                           peer_fenced=peer_fenced_by_http({n: u for n, u in settings.peer_urls().items()
                                                            if n != settings.node})),
             redis=r,

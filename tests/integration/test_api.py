@@ -153,3 +153,21 @@ def test_ready_without_a_worker_is_503_and_says_why(client):
 def test_page_is_served(client):
     res = client.get("/")
     assert res.status_code == 200 and b"Speaker 1:" in res.data and b"app.js" in res.data
+
+
+def test_a_stopping_worker_keeps_the_primary_serving_but_not_a_standby(shared, tmp_path, redis_url, cluster):
+    """SIGTERM makes the worker finish its chunk and hand its job back (a planned switchover): the
+    primary keeps answering /primary meanwhile (jobs wait on storage); a standby whose worker stops is
+    not fit for promotion."""
+    import time as _time
+    from tts_service import heartbeat
+    apps = {}
+    for node in ("tts-a", "tts-b"):
+        settings = make_settings(shared, tmp_path, redis_url, node=node)
+        heartbeat.write(heartbeat.heartbeat_path(settings.run_dir, node),
+                        {"ts": _time.time(), "engine_loaded": True, "stopping": True})
+        apps[node] = create_app(settings).test_client()
+    res = apps["tts-a"].get("/primary")
+    assert res.status_code == 200 and res.get_json()["checks"]["worker"] is True, res.get_json()
+    body = apps["tts-b"].get("/ready").get_json()
+    assert body["role"] == "standby" and body["checks"]["worker"] is False
