@@ -28,6 +28,12 @@ from .storage import MOUNT_FAILED, Storage, StorageUnavailable, _write_replace, 
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
+# The layout of jobs/ this code writes (/ready shows it; cluster/format records the newest any primary
+# wrote): 1 = a segment per turn; 2 = segments are chunks of a part's stream, with .ckpt/.state beside
+# them for stateful engines, and jobs/<id>/log. Here, not in jobfiles.py, so that tts-cluster starts
+# without numpy (it is on a failover's critical path).
+STORAGE_FORMAT = 2
+
 
 # The longest TTL anything takes the lock with (tts-cluster lock --ttl is capped to it).
 MAX_LOCK_TTL_S = 300.0
@@ -106,7 +112,7 @@ class Cluster:
         self.dir = Path(cluster_dir)
         self.state_path = self.dir / "state.json"
         self.lock_path = self.dir / "lock"
-        # The newest storage format any primary has written (jobfiles.STORAGE_FORMAT): a node whose
+        # The newest storage format any primary has written (STORAGE_FORMAT): a node whose
         # code knows only an older one must not become primary over it.
         self.format_path = self.dir / "format"
         self.alive_dir = self.dir / "alive"

@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cluster import MAX_LOCK_TTL_S, Cluster, ClusterError
-from .jobfiles import STORAGE_FORMAT
+from .cluster import MAX_LOCK_TTL_S, STORAGE_FORMAT, Cluster, ClusterError
 from .storage import Storage, StorageUnavailable
 
 

@@ -42,11 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from . import audio
+from .cluster import STORAGE_FORMAT  # noqa: F401  (the layout this module writes; defined beside the record of it)
 from .storage import Storage, link_new
 
-# The layout this code writes (/ready shows it): 1 = a segment per turn; 2 = segments are chunks of
-# a part's stream, with .ckpt/.state beside them for stateful engines, and jobs/<id>/log.
-STORAGE_FORMAT = 2
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
 _STATE_RE = re.compile(r"^(\d{5})\.(\d+)\.(ckpt|state)$")

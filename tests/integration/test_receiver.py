@@ -304,3 +304,41 @@ def test_a_witness_that_does_not_answer_is_asked_twice_then_escalated_never_fail
     assert decision["action"] == "escalate" and "asked twice" in decision["reason"], decision
     assert len(asked) == 2 and runs(c)["runs"] == [] and state(shared)["epoch"] == 1
     controller.stop()
+
+
+def test_the_ssh_warmer_pings_the_nodes_with_the_projects_settings(tmp_path, project):
+    """A real ad-hoc ping through ansible-runner (the project's ansible.cfg and inventory); its
+    artifacts do not pile up."""
+    from tts_service.receiver.controller import ssh_warmer
+    inventory = project / "nodes.yml"
+    inventory.write_text("tts_nodes:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {sys.executable}\n")
+    warm = ssh_warmer(str(project), str(inventory), str(tmp_path / "runner-warm"))
+    assert warm() and warm() and warm()
+    assert len(list((tmp_path / "runner-warm" / "artifacts").iterdir())) == 1
+    inventory.write_text("tts_nodes:\n  hosts:\n    nowhere:\n      ansible_host: 127.0.0.1\n      ansible_port: 9\n"
+                         "      ansible_ssh_timeout: 2\n")
+    assert warm() is False
+
+
+def test_the_receiver_keeps_connections_warm_only_between_playbooks(tmp_path, shared):
+    from tts_service.cluster import Cluster
+    from tts_service.receiver.controller import Controller, NodeProbe
+    from tts_service.receiver.store import Store
+    from tts_service.storage import Storage
+    calls = []
+    store = Store(tmp_path / "receiver.db")
+    controller = Controller(store, Cluster(Storage(shared), shared / "cluster"), NodeProbe({}),
+                            runner=lambda playbook, extravars: (True, ""), warm=lambda: calls.append(time.time()) or True,
+                            warm_every_s=0.05).start()
+    try:
+        wait_for(lambda: len(calls) >= 3, 5, what="three warm-ups")
+        run_id = store.start_run(0, "failover.yml", "tts-b", 1)
+        time.sleep(0.1)
+        during = len(calls)
+        time.sleep(0.3)
+        assert len(calls) == during, "warmed up while a playbook ran"
+        store.end_run(run_id, "succeeded")
+        wait_for(lambda: len(calls) > during, 5, what="warm-ups again after the run")
+    finally:
+        controller.stop()

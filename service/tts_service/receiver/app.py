@@ -24,7 +24,7 @@ from .. import journal
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
 from .decision import Limits
-from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier
+from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier, ssh_warmer
 from .store import Store
 from .webhook import WebhookError, parse
 
@@ -45,18 +45,21 @@ def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
     shared = Path(env.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
     store = Store(Path(env.get("TTS_RECEIVER_DB", "/var/lib/tts-receiver/receiver.db")))
     storage = Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3")))
+    warm = None
     if runner is None:
         project = env.get("TTS_RECEIVER_PROJECT", "/opt/tts/ansible")
-        runner = ansible_runner(project, env.get("TTS_RECEIVER_INVENTORY", f"{project}/inventory/hosts.yml"),
-                                env.get("TTS_RECEIVER_RUNNER_DIR", "/var/lib/tts-receiver/runner"),
-                                env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
+        inventory = env.get("TTS_RECEIVER_INVENTORY", f"{project}/inventory/hosts.yml")
+        runner_dir = env.get("TTS_RECEIVER_RUNNER_DIR", "/var/lib/tts-receiver/runner")
+        runner = ansible_runner(project, inventory, runner_dir, env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
+        warm = ssh_warmer(project, inventory, f"{runner_dir}-warm")
     controller = Controller(
         store, Cluster(storage, shared / "cluster"),
         NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES"),
                   timeout_s=float(env.get("TTS_RECEIVER_PROBE_TIMEOUT", "2.5"))), runner,
         cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")),
         limits=Limits(failovers_per_hour=int(env.get("TTS_FAILOVER_MAX_PER_HOUR", "3")),
-                      rejoins_per_epoch=int(env.get("TTS_REJOIN_MAX_PER_EPOCH", "3"))))
+                      rejoins_per_epoch=int(env.get("TTS_REJOIN_MAX_PER_EPOCH", "3"))),
+        warm=warm, warm_every_s=float(env.get("TTS_RECEIVER_SSH_WARM_EVERY", "90")))
     if start:
         controller.start()
 

@@ -106,7 +106,8 @@ class LazyProbes:
 class Controller:
     def __init__(self, store: Store, cluster: ClusterFiles, probe: NodeProbe, runner: Runner,
                  cooldown_s: float = 60.0, notify: Callable[[dict], None] | None = None,
-                 limits: d.Limits = d.Limits()):
+                 limits: d.Limits = d.Limits(), warm: Callable[[], bool] | None = None,
+                 warm_every_s: float = 90.0):
         self.store = store
         self.cluster = cluster
         self.probe = probe
@@ -120,6 +121,8 @@ class Controller:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._run_thread: threading.Thread | None = None
+        # Keeps the SSH connections a failover's first task needs open (see ssh_warmer).
+        self.warm, self.warm_every_s = warm, warm_every_s
 
     # ---- lifecycle ----
 
@@ -129,8 +132,22 @@ class Controller:
             self.notify({"event": "run_interrupted", "playbook": run["playbook"], "target": run["target"]})
             self.finish_interrupted(run)
         threading.Thread(target=self._loop, name="receiver-loop", daemon=True).start()
+        if self.warm is not None and self.warm_every_s > 0:
+            threading.Thread(target=self._keep_warm, name="receiver-ssh-warm", daemon=True).start()
         self._wake.set()
         return self
+
+    def _keep_warm(self) -> None:
+        """Every warm_every_s, unless a playbook runs (it keeps its own connections open), open or
+        keep open the connections to the nodes. Apart from the decision loop: never delays a decision."""
+        while not self._stop.is_set():
+            if self.store.running() is None:
+                try:
+                    if not self.warm():
+                        log.info("keeping SSH connections to the nodes open: not every node answered")
+                except Exception:
+                    log.exception("keeping SSH connections to the nodes open failed")
+            self._stop.wait(self.warm_every_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -284,6 +301,21 @@ def ansible_runner(project_dir: str, inventory: str, private_dir: str, extravars
                                  "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"})
         return result.rc == 0, f"status={result.status} rc={result.rc}"
     return run
+
+
+def ssh_warmer(project_dir: str, inventory: str, private_dir: str) -> Callable[[], bool]:
+    """An ad-hoc ping of the TTS nodes through ansible-runner, with the playbooks' own settings
+    (ansible.cfg: ControlPersist 120 s), so that the SSH connection set-up is paid before an alert
+    arrives, not on a failover's critical path. True when every node answered."""
+    def warm() -> bool:
+        import ansible_runner as ar
+        os.makedirs(private_dir, exist_ok=True)
+        result = ar.run(private_data_dir=private_dir, project_dir=project_dir, inventory=inventory,
+                        host_pattern="tts_nodes", module="ansible.builtin.ping", quiet=True, rotate_artifacts=1,
+                        envvars={"ANSIBLE_CONFIG": f"{project_dir}/ansible.cfg",
+                                 "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"})
+        return result.rc == 0
+    return warm
 
 
 def http_notifier(url: str) -> Callable[[dict], None]:
