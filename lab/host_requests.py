@@ -41,7 +41,7 @@ def serve_one(request: Path, prefix: str) -> None:
           file=sys.stderr, flush=True)
     answer = request.with_suffix(".done")
     tmp = request.with_suffix(".answer")
-    tmp.write_text(f"{done_at:.3f}\n" if res.returncode == 0 else "")
+    tmp.write_text(f"{done_at:.3f}\n" if res.returncode == 0 else f"failed: {res.stderr.strip()[:200]}\n")
     tmp.rename(answer)
 
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .storage import MOUNT_FAILED, Storage, StorageUnavailable, _write_replace, link_new
+from .storage import Storage, StorageUnavailable, link_new
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
@@ -352,29 +352,40 @@ def _nas_now(directory: Path) -> float:
 
 
 def _touch(path: Path) -> None:
-    """Rewrite path in place (its data write makes the NAS set its mtime); replace it if that fails."""
+    """Leave a mark at path: 16 bytes written over the old ones in place (no truncation, so a full
+    NAS needs no new block; the write makes the NAS set the mtime). Anything else in the way (a
+    folder, a `cluster/alive` that is a file) is moved aside first, so that a damaged mark never keeps
+    a healthy node from renewing its belief."""
     body = secrets.token_hex(8).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except FileNotFoundError:
-        os.makedirs(path.parent, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as exc:
-        if exc.errno in MOUNT_FAILED:
-            raise
-        _write_replace(path, body)   # a damaged file (a folder, no permission) is replaced whole
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            os.makedirs(path.parent, exist_ok=True)
+            continue
+        except (IsADirectoryError, NotADirectoryError, FileExistsError):
+            _move_aside(path if not path.parent.is_file() else path.parent)
+            continue
+        try:
+            os.pwrite(fd, body, 0)
+        finally:
+            os.close(fd)
         return
-    try:
-        os.write(fd, body)
-    finally:
-        os.close(fd)
+    raise OSError(f"could not leave a mark at {path}")
+
+
+def _move_aside(path: Path) -> None:
+    os.rename(path, path.with_name(f".damaged-{path.name}-{secrets.token_hex(4)}"))
 
 
 def _silent_for(path: Path, directory: Path) -> float | None:
     try:
-        touched = os.stat(path).st_mtime
+        st = os.stat(path)
     except FileNotFoundError:
         return None
+    # ctime too: a mark put back with an old mtime (cp -p, rsync -a, a restore) must not look old;
+    # on NFS ctime is the server's change time. (sshfs reports no real ctime; its mtime is the write's.)
+    touched = max(st.st_mtime, st.st_ctime)
     now = _nas_now(directory)
     # sshfs (SFTP v3) gives whole seconds: both stamps may be up to 1 s earlier than the truth.
     grain = 1.0 if float(touched).is_integer() and float(now).is_integer() else 0.01

@@ -153,7 +153,8 @@ class NodeView:
         # Storage first (a few quick file operations); then the peer, which a lost host makes slow.
         if state.standby and now - self._silence_asked_at >= self.cache_s and self._expires_at == float("inf"):
             self._silence_asked_at = now
-            self._expires_at = self._old_belief_expiry(state.standby, now)
+            self._expires_at = self._old_belief_expiry(state.standby)
+            now = time.monotonic()
         if now >= self._expires_at:
             return self._handover_done(state, f"{state.standby}'s belief expired by the NAS's clock")
         if not self._confirmed and state.standby and self.peer_fenced and now - self._peer_asked_at >= self.cache_s:
@@ -175,7 +176,7 @@ class NodeView:
                  extra=fields(event="handover", epoch=state.epoch))
         return 0.0
 
-    def _old_belief_expiry(self, old: str, now: float) -> float:
+    def _old_belief_expiry(self, old: str) -> float:
         """When (monotonic) the old primary's belief is certainly expired, by its last mark's age on the
         NAS's clock; inf if storage cannot say. Every belief it holds came from a renewal whose mark
         came after its timestamp, and so expires by mark + max_age_s (+ cache_s for cached copies).
@@ -186,7 +187,8 @@ class NodeView:
             return float("inf")
         if silent is None:
             return float("inf")
-        return now + max(0.0, self.max_age_s + self.cache_s - silent)
+        # Anchored when the answer came back (after the NAS's "now" was taken), never before.
+        return time.monotonic() + max(0.0, self.max_age_s + self.cache_s - silent)
 
     def handover_wait(self) -> float:
         """How long a new primary waits, from first seeing its epoch, for an old primary that does
@@ -195,10 +197,14 @@ class NodeView:
         return self.max_age_s + self.state_timeout_s + self.cache_s
 
     def assert_primary(self, epoch: int | None = None) -> Belief:
-        """Read the state now; raise Fenced unless this node is the primary (of `epoch`, if given)."""
+        """Read the state now; raise Fenced unless this node is the primary (of `epoch`, if given).
+        The read must succeed now: before a write, an older belief that is still fresh is not enough
+        (its process may be the one that has not seen a new epoch its peers already answer with)."""
         belief = self.belief(fresh=True)
         if belief.fenced:
             raise Fenced(belief.why_fenced())
+        if belief.error is not None:
+            raise Fenced(f"the cluster state could not be read just now: {belief.error}")
         if epoch is not None and belief.epoch != epoch:
             raise Fenced(f"the epoch moved from {epoch} to {belief.epoch}")
         return belief

@@ -1,4 +1,5 @@
 import json
+import shutil
 import time
 
 import pytest
@@ -436,16 +437,59 @@ def test_a_live_old_primary_keeps_its_successor_waiting_and_never_two_primaries(
     assert b_primary_from - promoted < 3 and "NAS's clock" in b.handover_reason
 
 
-def test_a_renewal_that_cannot_leave_its_mark_gives_no_belief(cluster, shared):
+def test_a_damaged_mark_never_fences_a_healthy_primary(cluster, shared):
+    """Garbage in the mark, a folder where it should be, `cluster/alive` a file: each is moved aside
+    or written over, and the primary renews its belief as before."""
     cluster.init("tts-a", "tts-b", by="test")
-    mark = shared / "cluster" / "alive" / "tts-a"
-    mark.parent.mkdir(parents=True, exist_ok=True)
-    mark.write_bytes(b"\x00garbage")                          # a damaged mark is simply rewritten
+    alive = shared / "cluster" / "alive"
+    mark = alive / "tts-a"
     view = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
     assert not view.belief().fenced
+    mark.write_bytes(b"\x00garbage that is longer than a mark")
+    assert not view.belief().fenced and view.belief().error is None
     mark.unlink()
     mark.mkdir()
     (mark / "x").write_text("in the way")
+    assert not view.belief().fenced and view.belief().error is None and mark.is_file()
+    shutil.rmtree(alive)
+    alive.write_text("not a folder")
+    assert not view.belief().fenced and view.belief().error is None and mark.is_file()
+    assert any(p.name.startswith(".damaged-") for p in (shared / "cluster").iterdir())
+
+
+def test_a_renewal_that_cannot_leave_its_mark_gives_no_belief(cluster, monkeypatch):
+    from tts_service.storage import StorageUnavailable
+    cluster.init("tts-a", "tts-b", by="test")
+    view = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
+    assert not view.belief().fenced
+
+    def refuse(node):
+        raise StorageUnavailable("the NAS refused the write")
+    monkeypatch.setattr(cluster, "touch_alive", refuse)
+    with pytest.raises(Fenced, match="could not be read just now"):
+        view.assert_primary()               # a write needs a renewal that succeeded now
     time.sleep(0.35)
     belief = view.belief()
-    assert belief.fenced and belief.error and "has not been readable" in belief.why_fenced()
+    assert belief.fenced and "has not been readable" in belief.why_fenced()
+
+
+def test_the_expiry_deadline_is_anchored_after_a_slow_answer(cluster, monkeypatch):
+    """The NAS's "now" may be read well before a slow silent_for() returns: the deadline must count
+    from the return (anchored at the asking, it came 0.8 s early here)."""
+    cluster.init("tts-a", "tts-b", by="test")
+    a = NodeView("tts-a", cluster, max_age_s=1.0, cache_s=0)
+    assert not a.belief().fenced
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    b = NodeView("tts-b", cluster, max_age_s=1.0, cache_s=0, state_timeout_s=10, peer_fenced=lambda p, e: False)
+    real = cluster.silent_for
+
+    def slow(node):
+        silent = real(node)
+        time.sleep(0.8)                     # the answer comes back late
+        return silent
+    monkeypatch.setattr(cluster, "silent_for", slow)
+    asked = time.monotonic()
+    while b.belief().fenced:
+        time.sleep(0.01)
+    # tts-a's mark is ~0 s old when the NAS's clock is read: 1 s more from the answer, 0.8 s later.
+    assert time.monotonic() - asked >= 0.8 + 1.0 - 0.05
