@@ -100,7 +100,7 @@ class Watcher:
         if o.in_flight and o.vip_target_at is None:
             status, body = self._call("GET", "/primary", timeout=1.0)
             if status == 200 and body.get("node") == o.target:
-                o.vip_target_at = now
+                o.vip_target_at = time.time()      # when the answer came (the RTO never flattered)
             elif status != 200 and o.vip_lost_at is None:
                 o.vip_lost_at = now
 
