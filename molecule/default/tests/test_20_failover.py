@@ -62,7 +62,10 @@ def test_app_killed_on_the_primary(watcher):
     on(primary, APP_KILLED)
     stages = follow_failover(session, job_id, standby, t_fault, runs_before)
     report(f"app killed on {primary}", stages)
-    assert cluster_state()["primary"] == standby
+    state = cluster_state()
+    assert state["primary"] == standby
+    # failover.yml stopped the old primary's app for certain and recorded it in the state.
+    assert (state.get("fenced") or {}).get("node") == primary and state["fenced"]["epoch"] == state["epoch"], state
     failovers = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] == "failover.yml"]
     assert len(failovers) == 1
     # The job's story on ctl, from both nodes' uploaded journals and the receiver's own: claimed on the
@@ -94,6 +97,14 @@ def test_host_of_the_new_primary_lost(watcher):
         report(f"host {primary} lost", stages)
         failovers = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] == "failover.yml"]
         assert len(failovers) == 1
+        # A lost host cannot be confirmed fenced: the new primary knew its belief had expired from the
+        # dead node's last mark on the NAS (its own clock), and said so in its journal (shipped to ctl).
+        assert "fenced" not in cluster_state()
+        epoch = cluster_state()["epoch"]
+        handover = wait(lambda: [line for line in on("ctl", "journalctl -D /var/log/journal/remote -o cat "
+                                                            f"TTS_EVENT=handover TTS_EPOCH={epoch}").splitlines()
+                                 if "acting as the primary" in line], 30, "the handover in the journal")
+        assert any("expired by the NAS's clock" in line for line in handover), handover
     finally:
         runs_before = {r["id"] for r in receiver_runs()}
         podman("start", PREFIX + primary)
