@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .storage import Storage, StorageUnavailable, link_new
+from .storage import Storage, StorageUnavailable, link_new, unlink_quietly
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
@@ -331,10 +331,7 @@ def _create_exclusive(path: Path, body: bytes) -> bool:
     try:
         return link_new(tmp, path)
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quietly(tmp)
 
 
 def _nas_now(directory: Path) -> float:
@@ -345,10 +342,7 @@ def _nas_now(directory: Path) -> float:
             pass
         return os.stat(probe).st_mtime
     finally:
-        try:
-            os.unlink(probe)
-        except OSError:
-            pass
+        unlink_quietly(probe)
 
 
 def _touch(path: Path) -> None:

@@ -164,7 +164,7 @@ def _write_temp(directory: Path, data: bytes) -> Path:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     os.close(fd)
     return tmp
@@ -175,7 +175,7 @@ def _write_replace(path: Path, data: bytes) -> None:
     try:
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     _fsync_dir(path.parent)
 
@@ -185,7 +185,7 @@ def _commit_new(path: Path, data: bytes) -> bool:
     try:
         return link_new(tmp, path)
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
 
 
 def link_new(tmp: Path, path: Path) -> bool:
@@ -216,7 +216,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
     except OSError:
