@@ -163,10 +163,11 @@ class NodeView:
             now = time.monotonic()
         if self._confirmed and now >= self._takeover[1] + self.cache_s:
             return self._handover_done(state, f"{state.standby} said it is fenced")
-        wait = self.cache_s if self._confirmed else self.handover_wait()
-        if now >= self._takeover[1] + wait:
-            return self._handover_done(state, f"waited {wait:g} s for {state.standby}'s belief to expire")
-        return min(self._takeover[1] + wait, self._expires_at) - now
+        if now >= self._takeover[1] + self.handover_wait():
+            return self._handover_done(state, f"waited {self.handover_wait():g} s for {state.standby}'s "
+                                              f"belief to expire")
+        until = self._takeover[1] + (self.cache_s if self._confirmed else self.handover_wait())
+        return min(until, self._expires_at) - now
 
     def _handover_done(self, state: ClusterState, why: str) -> float:
         self._handed_over = state.epoch
