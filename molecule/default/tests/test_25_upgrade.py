@@ -77,7 +77,7 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     roles.start()
     vip.start()
     started = time.monotonic()
-    operator_playbook("upgrade.yml", state["standby"], timeout=600, extra=f"-e tts_app_wheel=/tmp/{wheel.name}")
+    operator_playbook("upgrade.yml", state["standby"], timeout=600, extra=f"-e tts_wheel=/tmp/{wheel.name}")
     took = time.monotonic() - started
     job = wait_job_done(session, job_id, TURNS)
     vip.finish()
