@@ -13,7 +13,8 @@ SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
-LAB_URL := https://10.89.60.100/
+LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
+LAB_URL := https://$(LAB_SUBNET).100/
 
 .PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
@@ -68,7 +69,7 @@ image: system-deps
 lab: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/secrets.yml image
 	ansible-playbook lab/containers.yml
 	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
-	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://10.89.60.10:9090, Alertmanager http://10.89.60.10:9093)"
+	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://$(LAB_SUBNET).10:9090, Alertmanager http://$(LAB_SUBNET).10:9093)"
 
 lab-down: venv
 	ansible-playbook lab/containers.yml -e lab_state=absent

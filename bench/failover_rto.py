@@ -10,7 +10,7 @@ out-of-memory crash of the primary, and the job in flight lost all its progress.
 Between drills it waits for the pair to be healthy and the receiver's cooldown to pass.
 Prints numbers; asserts nothing.
 
-    python bench/failover_rto.py [--runs 5] [--modes switchover,kill,host-lost,redis-down] [--prefix ''] [--subnet 10.89.60]
+    python bench/failover_rto.py [--runs 5] [--modes switchover,kill,host-lost,redis-down] [--inventory inventory/lab/hosts.yml]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "service"))
 sys.path.insert(0, str(ROOT / "lab"))
 from host_requests import serve_while  # noqa: E402
+from inventory import LAB_INVENTORY, Lab  # noqa: E402
 from tts_service.drill.report import REFERENCE_RTO_S, STAGES  # noqa: E402
 
 DRILLS = "/export/shared/tts/drills"
@@ -38,22 +39,22 @@ def podman(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def report_ids(prefix: str) -> set[str]:
-    out = podman("exec", prefix + "nas", "ls", DRILLS, timeout=30)
+def report_ids(lab: Lab) -> set[str]:
+    out = podman("exec", lab.container("nas"), "ls", DRILLS, timeout=30)
     return {n[:-5] for n in out.stdout.split() if n.endswith(".json")}
 
 
-def read_report(prefix: str, drill_id: str) -> dict:
-    return json.loads(podman("exec", prefix + "nas", "cat", f"{DRILLS}/{drill_id}.json", timeout=30).stdout)
+def read_report(lab: Lab, drill_id: str) -> dict:
+    return json.loads(podman("exec", lab.container("nas"), "cat", f"{DRILLS}/{drill_id}.json", timeout=30).stdout)
 
 
-def wait_calm(subnet: str, cooldown: float, timeout: float = 300) -> None:
+def wait_calm(lab: Lab, cooldown: float, timeout: float = 300) -> None:
     """Both nodes fit for their roles and no failover in the receiver's cooldown."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            ready = [requests.get(f"http://{subnet}.{n}:8000/ready", timeout=2).status_code for n in (11, 12)]
-            runs = requests.get(f"http://{subnet}.10:9095/runs", timeout=5).json()["runs"]
+            ready = [requests.get(f"{lab.node_url(n)}/ready", timeout=2).status_code for n in lab.nodes]
+            runs = requests.get(f"http://{lab.ctl}:9095/runs", timeout=5).json()["runs"]
             busy = any(r["result"] == "running" for r in runs)
             recent = [r["ended_at"] for r in runs if r["playbook"] == "failover.yml" and r["ended_at"]]
             if ready == [200, 200] and not busy and (not recent or time.time() - max(recent) > cooldown):
@@ -79,25 +80,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="switchover,kill,host-lost,redis-down")
-    parser.add_argument("--prefix", default="", help="container name prefix ('' for the lab)")
-    parser.add_argument("--subnet", default="10.89.60")
+    parser.add_argument("--inventory", default=str(LAB_INVENTORY), help="the pair's hosts.yml (the lab's by default)")
     parser.add_argument("--cooldown", type=float, default=65, help="seconds after a failover before the next drill")
     args = parser.parse_args()
+    lab = Lab.load(args.inventory)
 
     results: dict[str, list[dict]] = {}
     for mode in args.modes.split(","):
         results[mode] = []
         for i in range(args.runs):
-            wait_calm(args.subnet, args.cooldown)
-            before = report_ids(args.prefix)
+            wait_calm(lab, args.cooldown)
+            before = report_ids(lab)
             started = time.time()
-            with serve_while(args.prefix):
-                run = podman("exec", args.prefix + "ctl", "/usr/local/bin/tts-drill-run", mode)
-            new = sorted(report_ids(args.prefix) - before)
+            with serve_while(lab.prefix):
+                run = podman("exec", lab.container("ctl"), "/usr/local/bin/tts-drill-run", mode)
+            new = sorted(report_ids(lab) - before)
             if not new:
                 print(f"{mode} #{i + 1}: no report (exit {run.returncode}):\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
                 continue
-            rep = read_report(args.prefix, new[-1])
+            rep = read_report(lab, new[-1])
             results[mode].append(rep)
             print(f"{mode} #{i + 1}: {rep['result']}, RTO {rep['rto_s']} s, unserved {rep.get('unserved_s')} s, "
                   f"{(rep.get('canary') or {}).get('segments_recomputed')} recomputed, "

@@ -13,7 +13,7 @@ jobs, longest unavailability seen by a client polling the VIP's /primary. Exit s
 was lost, two primaries were seen or a false failover happened. Not part of `make test` (too long).
 
     make soak RUNS=20        (the lab: make lab first)
-    TTS_TEST_SUBNET=10.89.61 TTS_TEST_PREFIX=mol- python bench/soak.py --runs 3   (a molecule pair)
+    TTS_TEST_INVENTORY=molecule/default/inventory/hosts.yml python bench/soak.py --runs 3   (a molecule pair)
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("TTS_TEST_SUBNET", "10.89.60")
-os.environ.setdefault("TTS_TEST_PREFIX", "")
+os.environ.setdefault("TTS_TEST_INVENTORY", str(Path(__file__).resolve().parents[1] / "inventory" / "lab" / "hosts.yml"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "default" / "tests"))
 
 import requests  # noqa: E402

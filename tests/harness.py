@@ -142,9 +142,7 @@ def start_pair(shared: Path, tmp_path: Path, redis_url: str, **settings: object)
     return nodes
 
 
-def dialogue(turns: int, speakers: int = 2) -> str:
-    lines = []
-    for i in range(turns):
-        lines.append(f"Speaker {i % speakers + 1}: This is turn number {i + 1} of the conversation. "
-                     f"It has two short sentences.")
-    return "\n".join(lines)
+def dialogue(turns: int, speakers: int = 2,
+             line: str = "This is turn number {n} of the conversation. It has two short sentences.") -> str:
+    """The tests' scripts (Molecule's too): `turns` lines, the speakers in turn; {n} is the line's number."""
+    return "\n".join(f"Speaker {i % speakers + 1}: {line.format(n=i + 1)}" for i in range(turns))

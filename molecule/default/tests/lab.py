@@ -1,46 +1,47 @@
 """What the suites after test_10_pair share: the pair's addresses, commands inside its containers,
 the cluster state, the receiver's history, waiting on real events, the double-primary watcher and
-the faults CONTRACTS.md defines. Molecule's pair by default; the lab with
-    TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX=
+the faults CONTRACTS.md defines. The pair is the one its inventory describes (lab/inventory.py):
+Molecule's by default; the lab with
+    TTS_TEST_INVENTORY=inventory/lab/hosts.yml
 """
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-SUBNET = os.environ.get("TTS_TEST_SUBNET", "10.89.61")
-PREFIX = os.environ.get("TTS_TEST_PREFIX", "mol-")
-ADDRESS = {"nas": f"{SUBNET}.5", "ctl": f"{SUBNET}.10", "tts-a": f"{SUBNET}.11", "tts-b": f"{SUBNET}.12"}
-VIP = f"https://{SUBNET}.100"
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "lab"))
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import dialogue, wait_for  # noqa: E402  (the one wait loop and script generator of the tests)
+from inventory import Lab  # noqa: E402
+
+LAB = Lab.from_env()
+SUBNET = LAB.subnet
+PREFIX = LAB.prefix
+ADDRESS = LAB.address
+VIP = LAB.vip
 # Clients reach the VIP over HTTPS only (port 80 redirects). Its certificate is checked against the
 # lab CA the pki role made on this machine; every requests call of the suites (they talk to the pair
 # only) uses it.
-LAB_CA = Path(__file__).resolve().parents[3] / ".lab" / "ca.pem"
+LAB_CA = ROOT / ".lab" / "ca.pem"
 os.environ["REQUESTS_CA_BUNDLE"] = str(LAB_CA)
-RECEIVER = f"http://{SUBNET}.10:9095"
-PROMETHEUS = f"http://{SUBNET}.10:9090"
-ALERTMANAGER = f"http://{SUBNET}.10:9093"
-NODES = {"tts-a": f"http://{SUBNET}.11:8000", "tts-b": f"http://{SUBNET}.12:8000"}
+RECEIVER = f"http://{LAB.ctl}:9095"
+PROMETHEUS = f"http://{LAB.ctl}:9090"
+ALERTMANAGER = f"http://{LAB.ctl}:9093"
+NODES = {node: LAB.node_url(node) for node in LAB.nodes}
 SHARED = "/export/shared/tts"            # on the nas container
 COOLDOWN_S = 30                          # alert_receiver_cooldown
 
-# "App killed" (CONTRACTS.md): kill -9 of the app's processes and the units kept from restarting
-# (a runtime drop-in; `systemctl mask --runtime` cannot override units that live in /etc).
-APP_KILLED = ("for u in tts-web tts-worker; do mkdir -p /run/systemd/system/$u.service.d; "
-              "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/$u.service.d/fault.conf; done; "
-              "systemctl daemon-reload; systemctl kill --signal=SIGKILL tts-web tts-worker")
-APP_BACK = ("rm -rf /run/systemd/system/tts-web.service.d /run/systemd/system/tts-worker.service.d; "
-            "systemctl daemon-reload; systemctl reset-failed tts-web tts-worker; systemctl start tts-worker tts-web")
-
-# "Redis down" on a node: killed and kept from restarting, the same way.
-REDIS_KILLED = ("mkdir -p /run/systemd/system/redis-server.service.d; "
-                "printf '[Service]\\nRestart=no\\n' > /run/systemd/system/redis-server.service.d/fault.conf; "
-                "systemctl daemon-reload; systemctl kill --signal=SIGKILL redis-server")
-REDIS_BACK = "rm -rf /run/systemd/system/redis-server.service.d; systemctl daemon-reload"
+# The faults CONTRACTS.md defines, with the tts-fault command the tts_app role installs (drills use it).
+APP_KILLED = "tts-fault app-killed"
+APP_BACK = "tts-fault app-back"
+REDIS_KILLED = "tts-fault redis-down"
+REDIS_BACK = "tts-fault redis-back"
 
 
 def podman(*args, check=False, timeout=60):
@@ -87,16 +88,16 @@ def holds_within(predicate, timeout, interval=1):
 
 
 def wait(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """wait_for() on a pair that may not answer yet: a failed request or check counts as "not yet"."""
+    def answered():
         try:
-            value = predicate()
+            return predicate()
         except (requests.RequestException, ValueError, KeyError, AssertionError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            return None
+    try:
+        return wait_for(answered, timeout, interval, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def receiver(path="/runs"):
@@ -184,7 +185,7 @@ class RoleWatcher(threading.Thread):
 
 
 def script(turns):
-    return "\n".join(f"Speaker {i % 2 + 1}: This is line {i + 1}, short and clear." for i in range(turns))
+    return dialogue(turns, line="This is line {n}, short and clear.")
 
 
 def start_job(session, turns, before_fault=3, url=VIP):

@@ -10,7 +10,7 @@ import wave
 import pytest
 import requests
 
-from lab import VIP
+from lab import ADDRESS, NODES, PROMETHEUS, VIP
 
 
 def name(host):
@@ -44,7 +44,7 @@ def test_redis_primary_is_writable_and_the_standby_replicates(host):
         assert "role:master" in info and "connected_slaves:1" in info
     else:
         assert "role:slave" in info and "master_link_status:up" in info
-        assert "master_host:10.89.61.11" in info
+        assert f"master_host:{ADDRESS['tts-a']}" in info
     assert "requirepass" not in host.run("redis-cli -p 6379 PING").stdout  # needs the password
     assert "NOAUTH" in host.run("redis-cli -p 6379 PING").stdout
     config = host.file("/etc/redis/redis.conf")
@@ -75,10 +75,10 @@ def test_cluster_state_names_the_primary(host):
 def test_nodes_are_ready_for_their_roles(host):
     if name(host) != "ctl":
         pytest.skip("probe from the control host, as Prometheus does")
-    for node, addr, role in (("tts-a", "10.89.61.11", "primary"), ("tts-b", "10.89.61.12", "standby")):
-        body = json.loads(host.check_output("curl -s -m 3 http://%s:8000/ready", addr))
+    for node, role in (("tts-a", "primary"), ("tts-b", "standby")):
+        body = json.loads(host.check_output("curl -s -m 3 %s/ready", NODES[node]))
         assert (body["node"], body["role"], body["checks"]["redis"]) == (node, role, True), body
-    targets = json.loads(host.check_output("curl -s http://10.89.61.10:9090/api/v1/targets"))
+    targets = json.loads(host.check_output("curl -s %s/api/v1/targets", PROMETHEUS))
     jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
     assert {"tts_ready", "tts_health", "tts_vip", "tts_app"} <= jobs
 
@@ -106,5 +106,5 @@ def test_a_two_speaker_job_through_the_vip_finishes_with_audio(host):
         assert w.getframerate() == 22050
         assert abs(w.getnframes() / w.getframerate() - job["duration_s"]) < 0.01
     # The standby refuses writes even when asked directly; nginx would retry on the primary.
-    direct = s.post("http://10.89.61.12:8000/api/jobs", json={"script": "Speaker 1: hi"}, timeout=5)
+    direct = s.post(f"{NODES['tts-b']}/api/jobs", json={"script": "Speaker 1: hi"}, timeout=5)
     assert direct.status_code == 503 and direct.headers["Retry-After"]

@@ -2,7 +2,7 @@
 a job in flight, the primary's app killed ("app killed" in CONTRACTS.md), then the new primary's host
 lost (`podman kill`). Waits on real events only (receiver runs, job state, /ready of both nodes);
 prints the measured RTO split into its stages. Runs against the lab too:
-    TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX= .venv/bin/pytest -s molecule/default/tests/test_20_failover.py
+    TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_20_failover.py
 """
 import time
 

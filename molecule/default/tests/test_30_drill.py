@@ -2,7 +2,7 @@
 as ctl's timer runs it (`tts-drill-run`, as the receiver's user) succeeds and is reported on shared
 storage and in Prometheus; a drill made to fail (the standby stopped first) gives a failed report
 naming the step, the TTSDrillFailed alert, and leaves the primary serving. Runs against the lab too:
-    TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX= .venv/bin/pytest -s molecule/default/tests/test_30_drill.py
+    TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_30_drill.py
 """
 import json
 

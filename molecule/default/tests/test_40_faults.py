@@ -5,7 +5,7 @@ DROP inside the containers, both directions; kill -9 with the unit kept down; po
 the outcome on real state (both nodes' /ready, the receiver's decisions and runs, the cluster state,
 the job and its segment files), heals, and waits for the pair to be healthy again. Every case also
 watches both nodes' /ready for two unfenced primaries. Runs against the lab too:
-    TTS_TEST_SUBNET=10.89.60 TTS_TEST_PREFIX= .venv/bin/pytest -s molecule/default/tests/test_40_faults.py
+    TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_40_faults.py
 """
 import json
 import time
