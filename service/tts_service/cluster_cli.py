@@ -28,13 +28,14 @@ import time
 from pathlib import Path
 
 from .cluster import MAX_LOCK_TTL_S, STORAGE_FORMAT, Cluster, ClusterError
+from .config import storage_timeout_from_env
 from .storage import Storage, StorageUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tts-cluster", description="Read or change the TTS cluster state.")
     parser.add_argument("--shared-dir", default=os.environ.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("TTS_STORAGE_TIMEOUT", "5")))
+    parser.add_argument("--timeout", type=float, default=storage_timeout_from_env())
     parser.add_argument("--by", default=os.environ.get("TTS_CLUSTER_ACTOR", "tts-cluster"),
                         help="who makes the change (recorded as updated_by)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -29,6 +29,15 @@ def _int(name: str, default: int) -> int:
     return int(_float(name, default))
 
 
+# Seconds a call to shared storage may take before it counts as failed (TTS_STORAGE_TIMEOUT): one
+# default for the app, the receiver and tts-cluster.
+STORAGE_TIMEOUT_S = 3.0
+
+
+def storage_timeout_from_env() -> float:
+    return _float("TTS_STORAGE_TIMEOUT", STORAGE_TIMEOUT_S)
+
+
 def parse_node_urls(raw: str, variable: str) -> dict[str, str]:
     """"tts-a=http://10.89.60.11:8000,tts-b=http://..." -> {node: base URL}; bad entries are errors."""
     from .cluster import NODE_RE
@@ -70,7 +79,7 @@ class Settings:
     # Job lease in Redis: a job is claimable by another worker only after this much silence.
     lease_s: float = field(default_factory=lambda: _float("TTS_LEASE_SECONDS", 6.0))
     # Every access to shared storage gives up after this long (a hung NAS must not hang us).
-    storage_timeout_s: float = field(default_factory=lambda: _float("TTS_STORAGE_TIMEOUT", 3.0))
+    storage_timeout_s: float = field(default_factory=storage_timeout_from_env)
     # The small reads on the request path (cluster state, free space for /ready) give up sooner, so
     # that /ready answers "storage unavailable" within a probe's timeout instead of timing out itself.
     state_timeout_s: float = field(default_factory=lambda: _float("TTS_STATE_TIMEOUT", 0.8))

@@ -43,12 +43,12 @@ import numpy as np
 
 from . import audio
 from .cluster import STORAGE_FORMAT  # noqa: F401  (the layout this module writes; defined beside the record of it)
+from .statuses import FINAL as MARKERS
 from .storage import Storage, link_new
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
 _STATE_RE = re.compile(r"^(\d{5})\.(\d+)\.(ckpt|state)$")
-MARKERS = ("cancelled", "done", "failed")
 
 
 class BadJobId(ValueError):

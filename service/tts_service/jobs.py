@@ -19,11 +19,9 @@ import time
 
 import redis
 
-from .jobfiles import JobFiles
+from .statuses import FINAL  # noqa: F401  (re-exported; the statuses are defined in statuses.py)
 
 PREFIX = "tts:"
-FINAL = ("done", "failed", "cancelled")
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -124,9 +122,8 @@ def public_job(h: dict) -> dict:
 
 
 class JobStore:
-    def __init__(self, r: redis.Redis, files: JobFiles):
+    def __init__(self, r: redis.Redis):
         self.r = r
-        self.files = files
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._acquire = r.register_script(_ACQUIRE)

@@ -23,16 +23,14 @@ No two nodes ever report themselves unfenced primaries at the same time.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
 from .cluster import Cluster, ClusterError, ClusterState
+from .httpjson import get_json
 from .journal import fields
 from .storage import StorageUnavailable
 
@@ -214,18 +212,7 @@ class NodeView:
 def ask_ready(url: str, timeout: float) -> tuple[int | None, dict, str | None]:
     """GET <url>/ready of a peer: (HTTP status or None, JSON body or {}, error or None). A 503 is an
     answer (the body says why); only a peer that cannot be reached gives an error."""
-    try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=timeout) as res:
-            status, raw = res.status, res.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except OSError as exc:
-        return None, {}, str(exc)[:200]
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = {}
-    return status, body if isinstance(body, dict) else {}, None
+    return get_json(f"{url}/ready", timeout)
 
 
 def peer_fenced_by_http(peer_urls: dict[str, str], timeout: float = 0.5) -> PeerFenced:

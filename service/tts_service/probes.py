@@ -14,6 +14,7 @@ from . import __version__, heartbeat
 from .jobfiles import STORAGE_FORMAT
 from .node import ask_ready
 from .runtime import Runtime
+from .statuses import FINAL
 from .storage import StorageUnavailable
 
 bp = Blueprint("probes", __name__)
@@ -165,7 +166,7 @@ class _Collector:
                 g.add_metric([status], n)
             yield g
             c = CounterMetricFamily("tts_jobs_finished", "Jobs finished, by final status", labels=["status"])
-            for status in ("done", "failed", "cancelled"):
+            for status in FINAL:
                 c.add_metric([status], stats.get(status, 0))
             yield c
             c = CounterMetricFamily("tts_jobs_submitted", "Jobs accepted")

@@ -47,7 +47,7 @@ class Runtime:
                                                            if n != settings.node})),
             redis=r,
             files=files,
-            store=JobStore(r, files),
+            store=JobStore(r),
             sessions=Sessions(r, settings.session_ttl_s),
             engine=create_engine(settings),
             voices=VoiceClips(storage, settings.shared_dir / "voices"),

@@ -295,8 +295,8 @@ def test_a_witness_that_does_not_answer_is_asked_twice_then_escalated_never_fail
             return None, {}                                      # no answer within the receiver's timeout
         return real_get(url)
 
-    real_get = controller.probe._get
-    controller.probe._get = silent_witness
+    real_get = controller.probe.get
+    controller.probe.get = silent_witness
     kill_node(nodes["tts-a"])
     assert post(c, notification()).status_code == 200
     wait_for(lambda: runs(c)["decisions"], 10, what="the decision")

@@ -38,7 +38,7 @@ def verify(job_id: str, settings: Settings | None = None) -> Verdict:
     job_id = check_job_id(job_id)
     storage = Storage(settings.shared_dir, timeout=settings.storage_timeout_s)
     files = JobFiles(storage, settings.jobs_dir)
-    record = JobStore(connect(settings.redis_url), files).get(job_id) or {}
+    record = JobStore(connect(settings.redis_url)).get(job_id) or {}
     v = Verdict(job_id=job_id, ok=False, reason="", status=record.get("status", "unknown"))
     v.segments_total = int(record.get("segments_total") or len(files.request(job_id).get("segments", [])))
     v.attempts = int(record.get("attempts") or 0)

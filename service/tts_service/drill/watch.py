@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FINAL = ("done", "failed", "cancelled")
+from ..statuses import FINAL
 
 
 def canary_script(turns: int, speakers: int = 3) -> str:

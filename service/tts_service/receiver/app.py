@@ -1,65 +1,45 @@
 """The alert receiver (`gunicorn 'tts_service.receiver.app:create_app()'`, one process): Alertmanager
 calls POST /alerts; the controller decides and runs failover.yml / rejoin.yml in the background.
 
-Environment: TTS_ALERT_TOKEN or TTS_ALERT_TOKEN_FILE (bearer token), TTS_RECEIVER_DB (sqlite file),
-TTS_SHARED_DIR (cluster state), TTS_RECEIVER_NODES ("tts-a=http://10.89.60.11:8000,tts-b=..."),
-TTS_RECEIVER_PROJECT (this repository on ctl: playbooks, roles, inventory), TTS_RECEIVER_INVENTORY,
-TTS_RECEIVER_EXTRAVARS_FILE (secrets for the playbooks), TTS_FAILOVER_COOLDOWN, TTS_OPERATORS_URL,
-TTS_FAILOVER_MAX_PER_HOUR (3), TTS_REJOIN_MAX_PER_EPOCH (3), TTS_RECEIVER_PROBE_TIMEOUT (2.5 s).
+Settings: receiver/settings.py (ReceiverSettings, from the environment the alert_receiver role writes).
 """
 from __future__ import annotations
 
 import hmac
-import os
 import socket
-from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..cluster import Cluster
-from ..config import parse_node_urls
 from .. import journal
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
 from .decision import Limits
+from .settings import ReceiverSettings
 from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier, ssh_warmer
 from .store import Store
 from .webhook import WebhookError, parse
 
 
-def _token() -> str:
-    path = os.environ.get("TTS_ALERT_TOKEN_FILE")
-    token = Path(path).read_text().strip() if path else os.environ.get("TTS_ALERT_TOKEN", "")
-    if len(token) < 16:
-        raise RuntimeError("the alert token (TTS_ALERT_TOKEN or TTS_ALERT_TOKEN_FILE) must have 16+ characters")
-    return token
-
-
-def create_app(runner: Runner | None = None, start: bool = True) -> Flask:
-    env = os.environ
+def create_app(runner: Runner | None = None, start: bool = True,
+               settings: ReceiverSettings | None = None) -> Flask:
+    cfg = settings or ReceiverSettings()
     if journal.under_journald():   # gunicorn under systemd: decisions and runs with their fields
         journal.setup("tts-receiver", socket.gethostname())
-    token = _token().encode()
-    shared = Path(env.get("TTS_SHARED_DIR", "/mnt/nas/tts"))
-    store = Store(Path(env.get("TTS_RECEIVER_DB", "/var/lib/tts-receiver/receiver.db")))
-    storage = Storage(shared, timeout=float(env.get("TTS_STORAGE_TIMEOUT", "3")))
+    token = cfg.alert_token.encode()
+    store = Store(cfg.db)
+    storage = Storage(cfg.shared_dir, timeout=cfg.storage_timeout_s)
     warm = None
     if runner is None:
-        project = env.get("TTS_RECEIVER_PROJECT", "/opt/tts/ansible")
-        inventory = env.get("TTS_RECEIVER_INVENTORY", f"{project}/inventory/hosts.yml")
-        runner_dir = env.get("TTS_RECEIVER_RUNNER_DIR", "/var/lib/tts-receiver/runner")
-        runner = ansible_runner(project, inventory, runner_dir, env.get("TTS_RECEIVER_EXTRAVARS_FILE", ""))
-        warm = ssh_warmer(project, inventory, f"{runner_dir}-warm")
+        runner = ansible_runner(cfg.project, cfg.inventory_path, cfg.runner_dir, cfg.extravars_file)
+        warm = ssh_warmer(cfg.project, cfg.inventory_path, f"{cfg.runner_dir}-warm")
     controller = Controller(
-        store, Cluster(storage, shared / "cluster"),
-        NodeProbe(parse_node_urls(env.get("TTS_RECEIVER_NODES", ""), "TTS_RECEIVER_NODES"),
-                  timeout_s=float(env.get("TTS_RECEIVER_PROBE_TIMEOUT", "2.5"))), runner,
-        cooldown_s=float(env.get("TTS_FAILOVER_COOLDOWN", "60")), notify=http_notifier(env.get("TTS_OPERATORS_URL", "")),
-        limits=Limits(failovers_per_hour=int(env.get("TTS_FAILOVER_MAX_PER_HOUR", "3")),
-                      rejoins_per_epoch=int(env.get("TTS_REJOIN_MAX_PER_EPOCH", "3"))),
-        warm=warm, warm_every_s=float(env.get("TTS_RECEIVER_SSH_WARM_EVERY", "90")))
+        store, Cluster(storage, cfg.shared_dir / "cluster"), NodeProbe(cfg.nodes, timeout_s=cfg.probe_timeout_s),
+        runner, cooldown_s=cfg.cooldown_s, notify=http_notifier(cfg.operators_url),
+        limits=Limits(failovers_per_hour=cfg.failovers_per_hour, rejoins_per_epoch=cfg.rejoins_per_epoch),
+        warm=warm, warm_every_s=cfg.ssh_warm_every_s)
     if start:
         controller.start()
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import urllib.error
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from typing import Callable
 
 from ..cluster import Cluster as ClusterFiles
 from ..cluster import ClusterError
+from ..httpjson import get_json
 from ..journal import fields
 from ..storage import StorageUnavailable
 from . import decision as d
@@ -40,17 +40,9 @@ class NodeProbe:
     nodes: dict[str, str]          # node id -> base URL of its app
     timeout_s: float = 2.5         # longer than the witness's own probe of the primary (TTS_WITNESS_TIMEOUT)
 
-    def _get(self, url: str) -> tuple[int | None, dict]:
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as res:
-                return res.status, json.loads(res.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            try:
-                return exc.code, json.loads(exc.read() or b"{}")
-            except ValueError:
-                return exc.code, {}
-        except (OSError, ValueError):
-            return None, {}
+    def get(self, url: str) -> tuple[int | None, dict]:
+        status, body, _error = get_json(url, self.timeout_s)
+        return status, body
 
     def probes(self, cluster: d.Cluster, alert: d.Alert) -> "LazyProbes":
         return LazyProbes(self, cluster, alert)
@@ -72,9 +64,9 @@ class LazyProbes:
             if url is None:
                 self._cache[key] = None
             else:
-                code, body = self._probe._get(f"{url}{path}")
+                code, body = self._probe.get(f"{url}{path}")
                 if key == "witness" and code != 200:   # unknown: ask once more before calling it unknown
-                    code, body = self._probe._get(f"{url}{path}")
+                    code, body = self._probe.get(f"{url}{path}")
                 if code is None:
                     self._cache[key] = None
                 elif key == "witness":

@@ -92,12 +92,6 @@ def _resolved(i: Inputs) -> Decision | None:
     return None
 
 
-def _unknown_alert(i: Inputs) -> Decision | None:
-    if i.alert.name not in ("TTSNodeDown", "TTSNodeNotInRole"):
-        return Decision(NONE, f"{i.alert.name} is not an alert this receiver acts on")
-    return None
-
-
 def _stranger(i: Inputs) -> Decision | None:
     if i.alert.node not in (i.cluster.primary, i.cluster.standby):
         return Decision(NONE, f"{i.alert.node!r} is not a member of the cluster "
@@ -118,21 +112,21 @@ def _busy(i: Inputs) -> Decision | None:
 # ---- TTSNodeDown ----
 
 def _down_standby(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown" and i.alert.node != i.cluster.primary:
+    if i.alert.node != i.cluster.primary:
         return Decision(NONE, f"{i.alert.node} is the standby, not the primary ({i.cluster.primary} is): "
                               "losing the standby needs no failover")
     return None
 
 
 def _already_failed_over(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown" and i.cluster.epoch in i.history.failover_epochs:
+    if i.cluster.epoch in i.history.failover_epochs:
         return Decision(NONE, f"a failover from epoch {i.cluster.epoch} was already done: at most one "
                               "failover per epoch")
     return None
 
 
 def _second_failure(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown" and i.cluster.epoch in i.history.failed_failover_epochs:
+    if i.cluster.epoch in i.history.failed_failover_epochs:
         return Decision(ESCALATE, f"a failover from epoch {i.cluster.epoch} already failed: stopping here "
                                   "and telling the operators rather than trying again")
     return None
@@ -140,7 +134,7 @@ def _second_failure(i: Inputs) -> Decision | None:
 
 def _cooldown(i: Inputs) -> Decision | None:
     last = i.history.last_failover_at
-    if i.alert.name == "TTSNodeDown" and last is not None and i.history.now - last < i.cooldown_s:
+    if last is not None and i.history.now - last < i.cooldown_s:
         left = i.cooldown_s - (i.history.now - last)
         return Decision(NONE, f"not failing over now because the last failover ended {i.history.now - last:.0f} s "
                               f"ago (cooldown {i.cooldown_s:.0f} s, {left:.0f} s left); deciding again then",
@@ -150,14 +144,14 @@ def _cooldown(i: Inputs) -> Decision | None:
 
 def _flapping(i: Inputs) -> Decision | None:
     n, limit = i.history.failovers_last_hour, i.limits.failovers_per_hour
-    if i.alert.name == "TTSNodeDown" and n >= limit:
+    if n >= limit:
         return Decision(ESCALATE, f"not failing over because {n} failovers already ended in the last hour "
                                   f"(limit {limit}): the pair is flapping; telling the operators")
     return None
 
 
 def _witness_unknown(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown" and i.cluster.standby and i.probes.standby_sees_primary_ready is None:
+    if i.cluster.standby and i.probes.standby_sees_primary_ready is None:
         return Decision(ESCALATE, f"not failing over because the standby {i.cluster.standby} could not say "
                                   f"whether it reaches the primary {i.cluster.primary} (asked twice): an unknown "
                                   "is not a witness that saw nothing; telling the operators")
@@ -165,15 +159,13 @@ def _witness_unknown(i: Inputs) -> Decision | None:
 
 
 def _witness_sees_primary(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown" and i.probes.standby_sees_primary_ready:
+    if i.probes.standby_sees_primary_ready:
         return Decision(NONE, f"not failing over because the standby {i.cluster.standby} still reaches a "
                               f"ready primary {i.cluster.primary}: the monitor may be the partitioned one")
     return None
 
 
 def _standby_unfit(i: Inputs) -> Decision | None:
-    if i.alert.name != "TTSNodeDown":
-        return None
     if i.cluster.standby is None:
         return Decision(ESCALATE, f"{i.cluster.primary} is down and there is no standby to promote")
     if not i.probes.standby_ready:
@@ -184,37 +176,35 @@ def _standby_unfit(i: Inputs) -> Decision | None:
 
 
 def _failover(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeDown":
-        return Decision(FAILOVER, f"failing over to {i.cluster.standby} because the primary {i.cluster.primary} "
-                                  f"is down, the standby cannot reach it either, and the standby is ready",
-                        target=i.cluster.standby, expect_epoch=i.cluster.epoch)
-    return None
+    return Decision(FAILOVER, f"failing over to {i.cluster.standby} because the primary {i.cluster.primary} "
+                              f"is down, the standby cannot reach it either, and the standby is ready",
+                    target=i.cluster.standby, expect_epoch=i.cluster.epoch)
 
 
 # ---- TTSNodeNotInRole ----
 
 def _primary_not_in_role(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeNotInRole" and i.alert.node == i.cluster.primary:
+    if i.alert.node == i.cluster.primary:
         return Decision(ESCALATE, f"the primary {i.alert.node} is up but not fit for its role: rejoin is for "
                                   "standbys; telling the operators")
     return None
 
 
 def _already_in_role(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeNotInRole" and i.probes.node_in_role:
+    if i.probes.node_in_role:
         return Decision(NONE, f"{i.alert.node} is ready for its role again: nothing to rejoin")
     return None
 
 
 def _rejoin_cannot_help(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeNotInRole" and i.probes.node_storage_ok is False:
+    if i.probes.node_storage_ok is False:
         return Decision(ESCALATE, f"not rejoining {i.alert.node} because it cannot reach the shared storage: a "
                                   "rejoin would not help; telling the operators")
     return None
 
 
 def _rejoin_failed_before(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeNotInRole" and (i.alert.node, i.cluster.epoch) in i.history.rejoins_failed:
+    if (i.alert.node, i.cluster.epoch) in i.history.rejoins_failed:
         return Decision(ESCALATE, f"rejoining {i.alert.node} already failed in epoch {i.cluster.epoch}: "
                                   "telling the operators rather than looping")
     return None
@@ -222,25 +212,30 @@ def _rejoin_failed_before(i: Inputs) -> Decision | None:
 
 def _rejoin_flapping(i: Inputs) -> Decision | None:
     n = i.history.rejoins_succeeded.get((i.alert.node, i.cluster.epoch), 0)
-    if i.alert.name == "TTSNodeNotInRole" and n >= i.limits.rejoins_per_epoch:
+    if n >= i.limits.rejoins_per_epoch:
         return Decision(ESCALATE, f"not rejoining {i.alert.node} again: it was rejoined {n} times in epoch "
                                   f"{i.cluster.epoch} and did not stay in role; telling the operators")
     return None
 
 
 def _rejoin(i: Inputs) -> Decision | None:
-    if i.alert.name == "TTSNodeNotInRole":
-        return Decision(REJOIN, f"rejoining {i.alert.node} as the standby of {i.cluster.primary} because it "
-                                "is up but not following the current primary", target=i.alert.node)
-    return None
+    return Decision(REJOIN, f"rejoining {i.alert.node} as the standby of {i.cluster.primary} because it "
+                            "is up but not following the current primary", target=i.alert.node)
 
 
-RULES: tuple[Rule, ...] = (
-    _resolved, _unknown_alert, _stranger, _busy,
-    _down_standby, _already_failed_over, _second_failure, _flapping, _cooldown, _witness_sees_primary,
-    _standby_unfit, _witness_unknown, _failover,
-    _primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before, _rejoin_flapping, _rejoin,
-)
+def _unknown_alert(i: Inputs) -> Decision | None:
+    return Decision(NONE, f"{i.alert.name} is not an alert this receiver acts on")
+
+
+# An alert meets the common rules, then the rules of its own name, in order: the first that answers
+# decides (the last rule of each list always answers). A resolved notification is never acted on.
+COMMON_RULES: tuple[Rule, ...] = (_stranger, _busy)
+RULES_BY_ALERT: dict[str, tuple[Rule, ...]] = {
+    "TTSNodeDown": (_down_standby, _already_failed_over, _second_failure, _flapping, _cooldown,
+                    _witness_sees_primary, _standby_unfit, _witness_unknown, _failover),
+    "TTSNodeNotInRole": (_primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before,
+                         _rejoin_flapping, _rejoin),
+}
 
 
 @dataclass(frozen=True)
@@ -282,8 +277,9 @@ def finish_interrupted(run: Interrupted, cluster: Cluster | None) -> Decision:
 def decide(alert: Alert, cluster: Cluster, probes: Probes, history: History, cooldown_s: float,
            limits: Limits = Limits()) -> Decision:
     inputs = Inputs(alert, cluster, probes, history, cooldown_s, limits)
-    for rule in RULES:
+    rules = COMMON_RULES + RULES_BY_ALERT[alert.name] if alert.name in RULES_BY_ALERT else (_unknown_alert,)
+    for rule in (_resolved,) + rules:
         decision = rule(inputs)
         if decision is not None:
             return decision
-    return Decision(NONE, "no rule applies")  # unreachable: _unknown_alert filters the rest
+    raise AssertionError("the last rule of every list answers")
