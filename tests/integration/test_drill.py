@@ -1,5 +1,5 @@
 """The drill's own parts against a real node: the canary watcher (through HTTP, as from ctl), the
-verification of the canary's files and Redis record, and the report the CLI writes from them. The
+verification of the canary's files and Redis record, and the report published from them. The
 switch itself is rehearsed on containers (molecule/default/tests/test_30_drill.py)."""
 import json
 import subprocess
@@ -10,6 +10,8 @@ import pytest
 
 from tests.harness import Node, cluster_cli, node_env, wait_for
 from tts_service.config import Settings
+from tts_service.drill import report as drill_report
+from tts_service.drill import run as drill_run
 from tts_service.drill import verify as drill_verify
 from tts_service.drill.watch import Watcher
 
@@ -99,18 +101,14 @@ def test_the_cli_verifies_with_the_app_env_file_and_writes_the_report(node, shar
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     verdict = json.loads(out.stdout)
     assert out.returncode == 0 and verdict["ok"], out.stderr
-    (tmp_path / "verify.json").write_text(out.stdout)
     meta = {"id": "20261125T120000Z", "mode": "switchover", "started_at": 1.0, "fault_at": 2.0,
             "playbook_started_at": 2.0, "playbook_ended_at": 9.0,
             "before": {"primary": "tts-b", "standby": "tts-a", "epoch": 1},
             "after": {"primary": "tts-a", "standby": "tts-b", "epoch": 2}}
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    out = subprocess.run([sys.executable, "-m", "tts_service.drill", "report", "--meta", str(tmp_path / "meta.json"),
-                          "--watch", str(tmp_path / "watch.json"), "--verify", str(tmp_path / "verify.json"),
-                          "--out-dir", str(tmp_path / "drills")], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
-    assert summary["result"] == "succeeded"
+    watched = json.loads((tmp_path / "watch.json").read_text())
+    rep = drill_report.build(meta, watched, verdict, None)
+    drill_run.publish(rep, tmp_path / "drills")
+    assert rep["result"] == "succeeded"
     report = json.loads((tmp_path / "drills" / "20261125T120000Z.json").read_text())
     assert report["canary"]["segments_recomputed"] == 0 and report["canary"]["job_id"] == job_id
     assert "SUCCEEDED" in (tmp_path / "drills" / "20261125T120000Z.md").read_text()

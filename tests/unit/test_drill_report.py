@@ -100,3 +100,22 @@ def test_every_unplanned_mode_reads_the_receiver_and_times_the_epoch_bump_and_th
     # No epoch change: no bump time (the state's last change was an older one).
     rep = report.build(kill_meta(after={**BEFORE, "changed_at": bumped}), WATCH, VERIFY, RECEIVER)
     assert rep["timeline_s"]["epoch_bumped"] is None and rep["result"] == "failed"
+
+
+def test_the_plan_from_drill_yml_gives_every_node_its_app_url_and_splits_the_power_commands():
+    from tts_service.drill.run import Plan
+    plan = Plan.from_dict({"mode": "host-lost", "shared_dir": "/mnt/nas/tts", "vip": "https://10.0.0.100",
+                           "receiver": "http://10.0.0.10:9095", "node_addresses": {"tts-a": "10.0.0.11", "tts-b": "10.0.0.12"},
+                           "app_port": 8000, "project": "/opt/p", "inventory": "/opt/p/inventory",
+                           "host_kill_cmd": "/usr/local/bin/tts-lab-host kill", "host_start_cmd": ""})
+    assert plan.nodes == {"tts-a": "http://10.0.0.11:8000", "tts-b": "http://10.0.0.12:8000"}
+    assert plan.host_kill_cmd == ["/usr/local/bin/tts-lab-host", "kill"] and plan.host_start_cmd == []
+
+
+def test_an_adhoc_result_is_read_from_the_json_callback_and_an_unreachable_host_is_minus_one():
+    from tts_service.drill.run import adhoc_result
+    ok = {"plays": [{"tasks": [{"hosts": {"tts-b": {"rc": 0, "stdout": '{"ok": true}'}}}]}]}
+    assert adhoc_result(json.dumps(ok), "tts-b") == (0, '{"ok": true}')
+    lost = {"plays": [{"tasks": [{"hosts": {"tts-b": {"unreachable": True, "msg": "timeout"}}}]}]}
+    assert adhoc_result(json.dumps(lost), "tts-b") == (-1, "")
+    assert adhoc_result("not json", "tts-b") == (-1, "")

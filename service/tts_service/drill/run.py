@@ -1,0 +1,342 @@
+"""`tts-drill run`: one failover drill, start to end, from the controller (ctl). playbooks/drill.yml
+is its entry point: it passes the inventory's values (addresses, ports, the VIP, the lab's power
+switch) and this orchestrator does the rest in one language:
+
+    preflight  both nodes fit for their roles, no receiver run in progress, no recent failover
+    canary     a multi-speaker job through the VIP, watched to the end (watch.py)
+    switch     drill_mode=switchover: switchover.yml under the drill's cluster lock;
+               kill / redis-down: `tts-fault` on the primary, then the real alert chain acts;
+               host-lost: the inventory's power-off command for the primary's host
+    verify     the canary on shared storage (`tts-drill verify` on the new primary), the old
+               primary back as the standby
+    report     drills/<UTC timestamp>.json and .md on shared storage (report.py), in the journal
+
+A failing step ends the drill with a failed report naming that step; a fault injected is always
+lifted again. The cluster lock is held from preflight to the switch (a fault drill releases it just
+before the fault, so that the receiver can act), renewed by a keeper that ends with this process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import journal
+from ..cluster import Cluster, ClusterError
+from ..config import storage_timeout_from_env
+from ..httpjson import get_json
+from ..storage import Storage, StorageUnavailable
+from . import report
+from .watch import Watcher
+
+MODES = ("switchover", "kill", "redis-down", "host-lost")
+# tts-fault's names for a mode's fault and its undoing (roles/tts_app/files/tts-fault).
+FAULTS = {"kill": ("app-killed", "app-back"), "redis-down": ("redis-down", "redis-back")}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the drill needs from the inventory (drill.yml writes it as JSON)."""
+    mode: str
+    shared_dir: Path
+    vip: str                          # tts_vip_url
+    receiver: str                     # the alert receiver's base URL
+    nodes: dict[str, str]             # node -> its app's base URL (or node_addresses + app_port)
+    project: Path                     # this repository on the controller (playbooks/, ansible.cfg)
+    inventory: str
+    extra_vars: list[str] = field(default_factory=list)   # -e arguments for the playbooks (secrets)
+    turns: int = 12
+    cooldown_s: float = 60.0          # no drill within this long after a failover ended
+    canary_timeout_s: float = 600.0   # submission to the canary's end
+    rejoin_timeout_s: float = 180.0   # the old primary a ready standby again
+    lock_ttl_s: float = 30.0
+    allow_host_kill: bool = False
+    host_kill_cmd: list[str] = field(default_factory=list)
+    host_start_cmd: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        data = dict(data)
+        if "node_addresses" in data:   # drill.yml: every node's app on the same port
+            port = data.pop("app_port")
+            data["nodes"] = {node: f"http://{address}:{port}" for node, address in data.pop("node_addresses").items()}
+        data["shared_dir"], data["project"] = Path(data["shared_dir"]), Path(data["project"])
+        for key in ("host_kill_cmd", "host_start_cmd"):
+            value = data.get(key) or []
+            data[key] = value.split() if isinstance(value, str) else list(value)
+        return cls(**data)
+
+
+class StepFailed(Exception):
+    pass
+
+
+class Ansible:
+    """The drill's hands on the nodes: this project's playbooks and ad-hoc commands, with the
+    controller's Ansible (the one running drill.yml)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.bin = Path(sys.executable).parent
+        self.env = dict(os.environ)
+        if (plan.project / "ansible.cfg").exists():
+            self.env["ANSIBLE_CONFIG"] = str(plan.project / "ansible.cfg")
+
+    def _extra(self) -> list[str]:
+        return [arg for value in self.plan.extra_vars for arg in ("-e", value)]
+
+    def playbook(self, name: str, extra: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / "ansible-playbook"), "-i", self.plan.inventory,
+                               str(self.plan.project / "playbooks" / name), *self._extra(), "-e", json.dumps(extra)],
+                              cwd=self.plan.project, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def command(self, host: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
+        """Run argv on host: (its exit status, its stdout); -1 when the host could not be reached."""
+        env = dict(self.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
+        out = subprocess.run([str(self.bin / "ansible"), host, "-i", self.plan.inventory, *self._extra(),
+                              "-m", "ansible.builtin.command", "-a", json.dumps({"argv": argv})],
+                             cwd=self.plan.project, env=env, capture_output=True, text=True, timeout=timeout)
+        return adhoc_result(out.stdout, host)
+
+
+def adhoc_result(stdout: str, host: str) -> tuple[int, str]:
+    """(rc, stdout) of `host` from the json callback's output of an ad-hoc command."""
+    try:
+        result = json.loads(stdout)["plays"][0]["tasks"][0]["hosts"][host]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return -1, ""
+    if result.get("unreachable"):
+        return -1, ""
+    return int(result.get("rc", 1)), result.get("stdout", "")
+
+
+def _utc_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+class Drill:
+    def __init__(self, plan: Plan, ansible: Ansible | None = None, workdir: Path | None = None):
+        self.plan = plan
+        self.ansible = ansible or Ansible(plan)
+        self.cluster = Cluster(Storage(plan.shared_dir, timeout=storage_timeout_from_env()),
+                               plan.shared_dir / "cluster")
+        self.own_workdir = workdir is None     # the watcher's notes, removed at the end if ours
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tts-drill-"))
+        self.meta: dict = {"id": _utc_id(), "mode": plan.mode, "started_at": time.time(), "fault_at": None,
+                           "playbook_started_at": None, "playbook_ended_at": None, "failed_step": None,
+                           "error": None, "settings": {}}
+        self.step = "Read who is primary now"
+        self.token: str | None = None
+        self.keeper: subprocess.Popen | None = None
+        self.watcher: Watcher | None = None
+        self.watch_thread: threading.Thread | None = None
+        self.fault_injected = False
+        self.verdict: dict = {}
+
+    # ---- the steps: each named as the report names a failed one ----
+
+    def _do(self, step: str, ok: bool, why: str = "") -> None:
+        self.step = step
+        if not ok:
+            raise StepFailed(why or step)
+
+    def read_state(self) -> dict:
+        try:
+            state = self.cluster.read()
+        except (ClusterError, StorageUnavailable) as exc:
+            raise StepFailed(f"the cluster state cannot be read: {exc}") from exc
+        if state is None:
+            raise StepFailed("there is no cluster state on shared storage")
+        return state.to_dict()
+
+    def check_request(self) -> None:
+        p = self.plan
+        self._do("Check the request", p.mode in MODES, f"drill_mode is one of {', '.join(MODES)}, not {p.mode}")
+        self._do("Check the request", p.mode != "host-lost" or (p.allow_host_kill and p.host_kill_cmd
+                                                                   and p.host_start_cmd),
+                 "host-lost needs drill_allow_host_kill=true, drill_host_kill_cmd and drill_host_start_cmd")
+
+    def take_lock(self) -> None:
+        self.step = "Take the cluster lock (no failover or other drill meanwhile; renewed while the drill runs)"
+        try:
+            self.token = self.cluster.acquire_lock("drill.yml", self.plan.lock_ttl_s)
+        except (ClusterError, StorageUnavailable) as exc:
+            raise StepFailed(str(exc)) from exc
+        self.keeper = subprocess.Popen(
+            [sys.executable, "-m", "tts_service.cluster_cli", "--shared-dir", str(self.plan.shared_dir), "keep-lock",
+             self.token, "--ttl", str(self.plan.lock_ttl_s), "--while-pid", str(os.getpid())],
+            stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def release_lock(self) -> None:
+        if self.token is None:
+            return
+        token, self.token = self.token, None
+        try:
+            self.cluster.release_lock(token)
+        except (ClusterError, StorageUnavailable):
+            pass   # the keeper sees this process gone and releases it, or the TTL ends it
+
+    def preflight(self) -> None:
+        p, before = self.plan, self.meta["before"]
+        status, body, error = get_json(f"{p.nodes[before['primary']]}/primary", 5)
+        self._do("Preflight - the primary serves as the primary", status == 200,
+                 f"{before['primary']} answers /primary with {status or error}")
+        self.meta["settings"] = {k: body[k] for k in ("engine", "engine_pace") if k in body}
+        status, body, error = get_json(f"{p.nodes[before['standby']]}/ready", 5)
+        self._do("Preflight - the standby is ready and its replica in sync",
+                 status == 200 and body.get("role") == "standby" and bool((body.get("checks") or {}).get("redis")),
+                 f"{before['standby']} answers /ready with {status or error}: {json.dumps(body)[:300]}")
+        status, body, error = get_json(f"{p.receiver}/runs", 10)
+        runs = body.get("runs") or []
+        recent = [r for r in runs if r.get("playbook") == "failover.yml" and isinstance(r.get("ended_at"), (int, float))
+                  and r["ended_at"] > self.meta["started_at"] - p.cooldown_s]
+        self._do("Preflight - no receiver run in progress and no failover in cooldown",
+                 status == 200 and not any(r.get("result") == "running" for r in runs) and not recent,
+                 f"the receiver ({status or error}) is running a playbook, or a failover ended less than "
+                 f"{p.cooldown_s:.0f} s ago")
+
+    def start_canary(self) -> None:
+        self.step = "Start the canary job through the VIP and watch it"
+        self.watcher = Watcher(self.plan.vip, self.meta["before"]["standby"], self.workdir / "watch.json",
+                               turns=self.plan.turns, timeout=self.plan.canary_timeout_s)
+        self.watch_thread = threading.Thread(target=self.watcher.run, name="canary", daemon=True)
+        self.watch_thread.start()
+        deadline = time.monotonic() + 120
+        while not (self.watcher.obs.in_flight or self.watcher.obs.finished) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        obs = self.watcher.obs
+        self._do("Check the canary is in flight", obs.in_flight and not obs.error,
+                 f"the canary is not in flight: {obs.error or obs.job}")
+
+    def switch_over(self) -> None:
+        before = self.meta["before"]
+        self.step = "Switch over"
+        self.meta["fault_at"] = self.meta["playbook_started_at"] = time.time()
+        run = self.ansible.playbook("switchover.yml", {"tts_target": before["standby"], "switchover_by": "drill.yml",
+                                                       "switchover_lock_token": self.token})
+        self._do("Switch over", run.returncode == 0,
+                 f"switchover.yml exited {run.returncode}: {(run.stdout + run.stderr)[-400:]}")
+        self.meta["playbook_ended_at"] = time.time()
+
+    def inject_fault(self) -> None:
+        p, primary = self.plan, self.meta["before"]["primary"]
+        self.step = "Release the cluster lock so that the receiver can act"
+        self.release_lock()
+        self.step = f"inject {p.mode} on the primary"
+        self.meta["fault_at"] = time.time()
+        self.fault_injected = True
+        if p.mode in FAULTS:
+            rc, struck = self.ansible.command(primary, ["/usr/local/sbin/tts-fault", FAULTS[p.mode][0]])
+            self._do("Break the primary's app or Redis and keep it down", rc == 0, f"tts-fault exited {rc}")
+        else:
+            run = subprocess.run(p.host_kill_cmd + [primary], capture_output=True, text=True, timeout=120)
+            self._do("Kill the primary's host (prints when it was done)", run.returncode == 0,
+                     f"{' '.join(p.host_kill_cmd)} exited {run.returncode}: {run.stderr[-300:]}")
+            struck = run.stdout
+        try:   # tts-fault and the host killer say when the fault struck (not when the command started)
+            self.meta["fault_at"] = float(struck.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            pass
+
+    def check_canary(self) -> None:
+        self.step = "Wait for the canary to finish"
+        self.watch_thread.join(self.plan.canary_timeout_s + 60)
+        obs, target = self.watcher.obs, self.meta["before"]["standby"]
+        self._do("Check the canary finished on the standby",
+                 not obs.error and obs.job.get("status") == "done" and obs.job.get("node") == target,
+                 f"the canary: {obs.error or obs.job}")
+        rc, out = self.ansible.command(target, ["/usr/local/bin/tts-drill", "verify", obs.job_id,
+                                                "--env-file", "/etc/tts/tts.env"])
+        try:
+            self.verdict = json.loads(out)
+        except ValueError:
+            self.verdict = {"job_id": obs.job_id, "ok": False, "reason": f"tts-drill verify exited {rc}"}
+        self._do("Check the canary's segments and audio on shared storage", bool(self.verdict.get("ok")),
+                 str(self.verdict.get("reason")))
+
+    def undo_fault(self) -> None:
+        if not self.fault_injected:
+            return
+        self.fault_injected = False
+        p, primary = self.plan, self.meta["before"]["primary"]
+        if p.mode in FAULTS:
+            rc, _ = self.ansible.command(primary, ["/usr/local/sbin/tts-fault", FAULTS[p.mode][1]])
+            self._do("Bring the old primary's app or Redis back", rc == 0, f"tts-fault exited {rc}")
+        elif p.mode == "host-lost":
+            run = subprocess.run(p.host_start_cmd + [primary], capture_output=True, text=True, timeout=300)
+            self._do("Bring the old primary's host back", run.returncode == 0,
+                     f"{' '.join(p.host_start_cmd)} exited {run.returncode}: {run.stderr[-300:]}")
+
+    def wait_rejoined(self) -> None:
+        old = self.meta["before"]["primary"]
+        deadline = time.monotonic() + self.plan.rejoin_timeout_s
+        while True:
+            status, _body, _error = get_json(f"{self.plan.nodes[old]}/standby", 3)
+            if status == 200:
+                return
+            self._do("Wait until the old primary is a ready standby again", time.monotonic() < deadline,
+                     f"{old} did not answer /standby with 200 within {self.plan.rejoin_timeout_s:.0f} s")
+            time.sleep(2)
+
+    # ---- the whole drill ----
+
+    def run(self) -> dict:
+        try:
+            self.meta["before"] = {k: v for k, v in self.read_state().items() if k in ("primary", "standby", "epoch")}
+            self.check_request()
+            self.take_lock()
+            self.preflight()
+            self.start_canary()
+            if self.plan.mode == "switchover":
+                self.switch_over()
+            else:
+                self.inject_fault()
+            self.check_canary()
+            self.undo_fault()
+            self.wait_rejoined()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the report's failed step
+            self.meta["failed_step"], self.meta["error"] = self.step, (str(exc) or type(exc).__name__)[:500]
+            try:
+                self.undo_fault()
+            except Exception:  # noqa: BLE001 - the report says the first failure; this one is logged
+                print(f"tts-drill: could not undo the fault: {sys.exc_info()[1]}", file=sys.stderr)
+        finally:
+            self.release_lock()
+        return self.finish()
+
+    def finish(self) -> dict:
+        self.meta["ended_at"] = time.time()
+        try:
+            self.meta["after"] = self.read_state()
+            self.meta["after"]["changed_at"] = self.meta["after"].get("updated_at")
+        except StepFailed:
+            self.meta["after"] = {}
+        _status, receiver, _error = get_json(f"{self.plan.receiver}/runs", 10)
+        watched = asdict(self.watcher.obs) if self.watcher else {}
+        rep = report.build(self.meta, watched, self.verdict, receiver)
+        publish(rep, self.plan.shared_dir / "drills")
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return rep
+
+
+def publish(rep: dict, drills_dir: Path) -> tuple[Path, Path]:
+    """Write the report (drills/<id>.json and .md) and say so in the journal."""
+    js, md = report.write(rep, drills_dir)
+    before = rep.get("before") or {}
+    journal.send("tts-drill", socket.gethostname(),
+                 f"drill {rep['id']} ({rep['mode']}): {rep['result']}"
+                 + (f", RTO {rep['rto_s']:.1f} s" if rep.get("rto_s") is not None else "")
+                 + (f"; {rep['error']}" if rep.get("error") else "") + f" (report {md})",
+                 event="drill", epoch=before.get("epoch"), job=(rep.get("canary") or {}).get("job_id"),
+                 result=rep["result"])
+    return js, md
