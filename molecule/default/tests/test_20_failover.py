@@ -23,6 +23,15 @@ def watcher():
     w.finish()
 
 
+def job_in_flight():
+    """The pair as it stands and a job in flight through the VIP: (primary, standby, the receiver's runs
+    so far, the job's session, its id)."""
+    state = cluster_state()
+    runs_before = {r["id"] for r in receiver_runs()}
+    session = requests.Session()
+    return state["primary"], state["standby"], runs_before, session, start_job(session, TURNS)
+
+
 def follow_failover(session, job_id, standby, t_fault, runs_before):
     """Wait for the chain; return the stages of the RTO (seconds after the fault)."""
     run = wait(lambda: new_run(runs_before, "failover.yml", standby), 90, f"failover.yml to {standby}")
@@ -53,11 +62,7 @@ def report(case, stages):
 
 
 def test_app_killed_on_the_primary(watcher):
-    state = cluster_state()
-    primary, standby = state["primary"], state["standby"]
-    runs_before = {r["id"] for r in receiver_runs()}
-    session = requests.Session()
-    job_id = start_job(session, TURNS)
+    primary, standby, runs_before, session, job_id = job_in_flight()
     t_fault = time.time()
     on(primary, APP_KILLED)
     stages = follow_failover(session, job_id, standby, t_fault, runs_before)
@@ -85,11 +90,7 @@ def test_app_killed_on_the_primary(watcher):
 
 
 def test_host_of_the_new_primary_lost(watcher):
-    state = cluster_state()
-    primary, standby = state["primary"], state["standby"]
-    runs_before = {r["id"] for r in receiver_runs()}
-    session = requests.Session()
-    job_id = start_job(session, TURNS)
+    primary, standby, runs_before, session, job_id = job_in_flight()
     t_fault = time.time()
     podman("kill", PREFIX + primary)
     try:
@@ -114,11 +115,7 @@ def test_host_of_the_new_primary_lost(watcher):
 
 def test_planned_switchover_loses_nothing(watcher):
     """An operator on ctl runs switchover.yml (as the receiver's user, with its key and inventory)."""
-    state = cluster_state()
-    primary, standby = state["primary"], state["standby"]
-    runs_before = {r["id"] for r in receiver_runs()}
-    session = requests.Session()
-    job_id = start_job(session, TURNS)
+    primary, standby, runs_before, session, job_id = job_in_flight()
     started = time.time()
     operator_playbook("switchover.yml", standby)
     took = time.time() - started
