@@ -112,10 +112,13 @@ def test_the_plan_from_drill_yml_gives_every_node_its_app_url_and_splits_the_pow
     assert plan.host_kill_cmd == ["/usr/local/bin/tts-lab-host", "kill"] and plan.host_start_cmd == []
 
 
-def test_an_adhoc_result_is_read_from_the_json_callback_and_an_unreachable_host_is_minus_one():
-    from tts_service.drill.run import adhoc_result
-    ok = {"plays": [{"tasks": [{"hosts": {"tts-b": {"rc": 0, "stdout": '{"ok": true}'}}}]}]}
-    assert adhoc_result(json.dumps(ok), "tts-b") == (0, '{"ok": true}')
-    lost = {"plays": [{"tasks": [{"hosts": {"tts-b": {"unreachable": True, "msg": "timeout"}}}]}]}
-    assert adhoc_result(json.dumps(lost), "tts-b") == (-1, "")
-    assert adhoc_result("not json", "tts-b") == (-1, "")
+def test_a_commands_result_is_read_from_ansible_runners_events_and_an_unreachable_host_is_minus_one():
+    from tts_service.drill.run import command_result
+    ok = [{"event": "playbook_on_start", "event_data": {}},
+          {"event": "runner_on_ok", "event_data": {"host": "tts-b", "res": {"rc": 0, "stdout": '{"ok": true}'}}}]
+    assert command_result(ok, "tts-b") == (0, '{"ok": true}')
+    failed = [{"event": "runner_on_failed", "event_data": {"host": "tts-b", "res": {"rc": 3, "stdout": "x"}}}]
+    assert command_result(failed, "tts-b") == (3, "x")
+    lost = [{"event": "runner_on_unreachable", "event_data": {"host": "tts-b", "res": {"msg": "timeout"}}}]
+    assert command_result(lost, "tts-b") == (-1, "")
+    assert command_result(ok, "tts-a") == (-1, "")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -100,23 +101,31 @@ class Ansible:
                               cwd=self.plan.project, env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def command(self, host: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
-        """Run argv on host: (its exit status, its stdout); -1 when the host could not be reached."""
-        env = dict(self.env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
-        out = subprocess.run([str(self.bin / "ansible"), host, "-i", self.plan.inventory, *self._extra(),
-                              "-m", "ansible.builtin.command", "-a", json.dumps({"argv": argv})],
-                             cwd=self.plan.project, env=env, capture_output=True, text=True, timeout=timeout)
-        return adhoc_result(out.stdout, host)
+        """Run argv on host through ansible-runner, as the receiver does: (its exit status, its stdout);
+        -1 when the host could not be reached."""
+        import ansible_runner
+        with tempfile.TemporaryDirectory(prefix="tts-drill-runner-") as private:
+            result = ansible_runner.run(
+                private_data_dir=private, project_dir=str(self.plan.project), inventory=self.plan.inventory,
+                host_pattern=host, module="ansible.builtin.command", module_args=json.dumps({"argv": argv}),
+                cmdline=" ".join(shlex.quote(arg) for arg in self._extra()), quiet=True, timeout=int(timeout),
+                envvars={"ANSIBLE_CONFIG": self.env.get("ANSIBLE_CONFIG", ""),
+                         "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"})
+            return command_result(list(result.events), host)
 
 
-def adhoc_result(stdout: str, host: str) -> tuple[int, str]:
-    """(rc, stdout) of `host` from the json callback's output of an ad-hoc command."""
-    try:
-        result = json.loads(stdout)["plays"][0]["tasks"][0]["hosts"][host]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return -1, ""
-    if result.get("unreachable"):
-        return -1, ""
-    return int(result.get("rc", 1)), result.get("stdout", "")
+def command_result(events: list[dict], host: str) -> tuple[int, str]:
+    """(rc, stdout) of `host` in an ad-hoc command's ansible-runner events; -1 if it did not answer."""
+    for event in events:
+        data = event.get("event_data") or {}
+        if data.get("host") != host:
+            continue
+        if event.get("event") in ("runner_on_ok", "runner_on_failed"):
+            res = data.get("res") or {}
+            return int(res.get("rc", 1)), res.get("stdout", "")
+        if event.get("event") == "runner_on_unreachable":
+            return -1, ""
+    return -1, ""
 
 
 def _utc_id() -> str:
