@@ -8,6 +8,8 @@ from __future__ import annotations
 import hmac
 import socket
 
+from pathlib import Path
+
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -75,7 +77,7 @@ def create_app(runner: Runner | None = None, start: bool = True,
     def metrics():
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(store))
-        registry.register(_DrillCollector(storage, shared / "drills"))
+        registry.register(_DrillCollector(storage, cfg.shared_dir / "drills"))
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
 
     @app.errorhandler(413)
@@ -113,7 +115,7 @@ class _Collector:
 
 
 class _DrillCollector:
-    """The latest drill reports on shared storage (drill.yml writes them) as gauges, for the
+    """The latest drill reports on shared storage (tts-drill run writes them) as gauges, for the
     TTSDrillFailed and TTSNoRecentDrill rules. A storage that does not answer shows as
     tts_drill_reports_readable 0, never as a hung scrape."""
 
