@@ -185,14 +185,23 @@ class Drill:
              self.token, "--ttl", str(self.plan.lock_ttl_s), "--while-pid", str(os.getpid())],
             stdout=subprocess.DEVNULL, start_new_session=True)
 
-    def release_lock(self) -> None:
+    def release_lock(self) -> bool:
+        """Stop the keeper (so that no renewal races the release), release the lock; True when it is
+        free now. If not, the lock's TTL ends it (the keeper no longer renews it)."""
+        if self.keeper is not None:
+            self.keeper.terminate()
+            try:
+                self.keeper.wait(10)
+            except subprocess.TimeoutExpired:
+                self.keeper.kill()
+            self.keeper = None
         if self.token is None:
-            return
+            return True
         token, self.token = self.token, None
         try:
-            self.cluster.release_lock(token)
+            return self.cluster.release_lock(token) or self.cluster.lock_holder() is None
         except (ClusterError, StorageUnavailable):
-            pass   # the keeper sees this process gone and releases it, or the TTL ends it
+            return False
 
     def preflight(self) -> None:
         p, before = self.plan, self.meta["before"]
@@ -238,8 +247,9 @@ class Drill:
 
     def inject_fault(self) -> None:
         p, primary = self.plan, self.meta["before"]["primary"]
-        self.step = "Release the cluster lock so that the receiver can act"
-        self.release_lock()
+        # Never a fault while the receiver is kept out: no fault unless the lock is free.
+        self._do("Release the cluster lock so that the receiver can act", self.release_lock(),
+                 "the cluster lock could not be released (it expires within its TTL); no fault injected")
         self.step = f"inject {p.mode} on the primary"
         self.meta["fault_at"] = time.time()
         self.fault_injected = True
@@ -273,9 +283,9 @@ class Drill:
                  str(self.verdict.get("reason")))
 
     def undo_fault(self) -> None:
+        """Lift the fault; it counts as lifted only once that worked (a failed drill tries again)."""
         if not self.fault_injected:
             return
-        self.fault_injected = False
         p, primary = self.plan, self.meta["before"]["primary"]
         if p.mode in FAULTS:
             rc, _ = self.ansible.command(primary, ["/usr/local/sbin/tts-fault", FAULTS[p.mode][1]])
@@ -284,6 +294,7 @@ class Drill:
             run = subprocess.run(p.host_start_cmd + [primary], capture_output=True, text=True, timeout=300)
             self._do("Bring the old primary's host back", run.returncode == 0,
                      f"{' '.join(p.host_start_cmd)} exited {run.returncode}: {run.stderr[-300:]}")
+        self.fault_injected = False
 
     def wait_rejoined(self) -> None:
         old = self.meta["before"]["primary"]
@@ -332,7 +343,10 @@ class Drill:
         _status, receiver, _error = get_json(f"{self.plan.receiver}/runs", 10)
         watched = asdict(self.watcher.obs) if self.watcher else {}
         rep = report.build(self.meta, watched, self.verdict, receiver)
-        publish(rep, self.plan.shared_dir / "drills")
+        try:
+            publish(rep, self.plan.shared_dir / "drills")
+        except (OSError, StorageUnavailable) as exc:   # the report still goes to stdout; the drill fails
+            rep["result"], rep["error"] = "failed", f"the report could not be written to shared storage: {exc}"
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return rep
