@@ -545,17 +545,22 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
            f"-e @/etc/tts-receiver/secrets.yml -e tts_target={c.standby} > /tmp/switchover-killed.log 2>&1",
            check=True)
     # Kill it while the primary's worker finishes its segment (the stop step in progress): the
-    # worker stays stopped, the lock would have been held for its TTL.
+    # worker stays stopped, the lock would have been held for its TTL. Watched and killed from ctl in
+    # one command (the receiver's key reaches the nodes), so that the kill lands within milliseconds of
+    # the stop beginning, not after the stop ended and the playbook went on to promote.
+    epoch_before = cluster_state()["epoch"]
+    watch = ("until [ \"$(systemctl is-active tts-worker)\" = deactivating ]; do sleep 0.02; done")
     try:
-        wait(lambda: on(c.primary, "systemctl is-active tts-worker || true").strip() == "deactivating", 90,
-             "the switchover stopping the primary's worker", interval=0.1)
+        on("ctl", f"timeout 90 runuser -u tts-receiver -- ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                  f"-o LogLevel=ERROR -i /var/lib/tts-receiver/.ssh/id_ed25519 root@{ADDRESS[c.primary]} '{watch}' && "
+                  # Only the ansible-playbook processes (main and workers), not the shells around them.
+                  "pkill -9 -f '^/opt/tts-receiver/venv/bin/python[0-9.]* /opt/tts-receiver/venv/bin/ansible-playbook "
+                  ".*switchover[.]yml'", timeout=120)
     except AssertionError as exc:   # say what the switchover did instead
         raise AssertionError(f"{exc}; switchover.yml said: {on('ctl', 'tail -c 3000 /tmp/switchover-killed.log')}; "
                              f"the job: {c.job_on(c.primary)}") from None
-    # Only the ansible-playbook processes (main and workers), not the shells around them.
-    on("ctl", "pkill -9 -f '^/opt/tts-receiver/venv/bin/python[0-9.]* /opt/tts-receiver/venv/bin/ansible-playbook "
-              ".*switchover[.]yml'")
     killed_at = time.time()
+    assert cluster_state()["epoch"] == epoch_before, "switchover.yml promoted before the kill landed"
     wait(lambda: on("nas", f"test -e {SHARED}/cluster/lock && echo held || echo free").strip() == "free", 20,
          "the lock released by its keeper")
     freed = time.time() - killed_at
