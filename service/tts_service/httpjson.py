@@ -24,4 +24,17 @@ def get_json(url: str, timeout: float) -> tuple[int | None, dict, str | None]:
         if 200 <= status < 300:
             return None, {}, f"{url} answered {status} with a body that is not JSON"
         body = {}
-    return status, body if isinstance(body, dict) else {}, None
+    return status, json_object(body), None
+
+
+def json_object(value: object) -> dict:
+    """The JSON object an answer holds, or {} for any other JSON value."""
+    return value if isinstance(value, dict) else {}
+
+
+def read_object(raw: bytes) -> dict:
+    """An answer's body as a JSON object; {} when it is empty, not JSON, or not an object."""
+    try:
+        return json_object(json.loads(raw or b"{}"))
+    except ValueError:
+        return {}

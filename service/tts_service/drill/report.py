@@ -1,5 +1,5 @@
 """The drill report: one JSON document and a short Markdown page per drill (drills/<id>.json, .md on
-shared storage), built from what drill.yml gathered: its own notes (mode, nodes, when the fault was
+shared storage), built from what `tts-drill run` gathered (run.py): its own notes (mode, nodes, when the fault was
 injected, the failed step), the canary watcher's observation, the receiver's history, and the
 canary's verification on storage. Also the metrics the receiver exports from the latest reports."""
 from __future__ import annotations

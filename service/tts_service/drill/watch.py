@@ -1,7 +1,7 @@
 """The canary: a multi-speaker job submitted through the VIP, watched until it ends.
 
 The watcher polls the job and the VIP's /primary every `interval` seconds and writes what it saw to a
-JSON file, first when the canary is in flight (drill.yml waits for that before the fault), then at
+JSON file, first when the canary is in flight (`tts-drill run` waits for that before the fault), then at
 the end. Times are Unix seconds (the drill's hosts share NTP time; the lab shares one clock).
 Standard library only: it runs in the receiver's venv on ctl as well as on an operator's machine.
 """
@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..httpjson import read_object
 from ..statuses import FINAL
 
 
@@ -61,9 +62,9 @@ class Watcher:
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
             with self.http.open(req, timeout=timeout) as res:
-                return res.status, _json(res.read())
+                return res.status, read_object(res.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, _json(exc.read())
+            return exc.code, read_object(exc.read())
         except (OSError, ValueError):
             return 0, {}
 
@@ -127,11 +128,3 @@ class Watcher:
         self.obs.finished = True
         self.save()
         return self.obs
-
-
-def _json(raw: bytes) -> dict:
-    try:
-        value = json.loads(raw or b"{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
