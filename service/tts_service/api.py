@@ -22,7 +22,7 @@ from .journal import fields
 from .node import Fenced
 from .recovery import job_from_storage
 from .runtime import Runtime
-from .script import MAX_SPEAKERS, ScriptError, estimate_seconds, segment_script, speakers_of
+from .script import MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, segment_script, speakers_of
 from .storage import StorageFull, StorageUnavailable
 from .voices import MAX_CLIPS_PER_SESSION, VOICE_ID_RE, ClipError, decode_clip
 
@@ -177,6 +177,7 @@ def submit():
     if len(script) > settings.max_script_chars:
         raise ApiError(413, f"the script is {len(script)} characters; the limit is {settings.max_script_chars}")
     try:
+        script = clean_text(script)
         segments = segment_script(script, settings.max_segment_chars)
     except ScriptError as exc:
         raise ApiError(400, str(exc)) from None

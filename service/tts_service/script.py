@@ -6,6 +6,7 @@ the previous turn. Blank lines are ignored. Anything else is a ScriptError namin
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 
 MAX_SPEAKERS = 4
@@ -27,9 +28,34 @@ class Segment:
         return asdict(self)
 
 
+# Line breaks and tabs are layout; every other control character (and a lone surrogate, which no
+# encoding can write) is refused at the door rather than left for the engine to choke on.
+_LAYOUT = {"\n", "\r", "\t"}
+
+
+def clean_text(text: str) -> str:
+    """The text in NFC, or ScriptError naming the first character no engine can take (a control
+    character, a lone surrogate, a noncharacter) by its line."""
+    if not isinstance(text, str):
+        raise ScriptError("the script must be text")
+    for number, line in enumerate(text.split("\n"), start=1):
+        for ch in line:
+            category = unicodedata.category(ch)
+            if ch in _LAYOUT:
+                continue
+            if category == "Cs":
+                raise ScriptError(f"line {number} contains U+{ord(ch):04X}, half of a surrogate pair: the text "
+                                  "is not valid Unicode")
+            if category == "Cc" or (category == "Cn" and (ord(ch) & 0xFFFE == 0xFFFE or 0xFDD0 <= ord(ch) <= 0xFDEF)):
+                raise ScriptError(f"line {number} contains the control character U+{ord(ch):04X}; "
+                                  "send plain text")
+    return unicodedata.normalize("NFC", text)
+
+
 def parse_turns(script: str) -> list[tuple[int, str]]:
     if not isinstance(script, str) or not script.strip():
         raise ScriptError("the script is empty")
+    script = clean_text(script)
     turns: list[tuple[int, list[str]]] = []
     for number, raw in enumerate(script.splitlines(), start=1):
         line = raw.strip()

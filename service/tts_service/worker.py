@@ -46,6 +46,7 @@ from .journal import fields
 from .node import Fenced
 from .recovery import reconcile
 from .runtime import Runtime
+from .script import ScriptError, clean_text
 from .storage import StorageFull, StorageUnavailable
 from .voices import VOICE_ID_RE
 
@@ -59,6 +60,11 @@ class Abandon(Exception):
 class Attempt(Exception):
     """This attempt at the job failed for a reason that another attempt may not meet (a transient
     engine error after its retry): charged to the job, which is handed back."""
+
+
+class EngineFault(Attempt):
+    """A failed attempt that is the engine's doing, not the job's (it failed twice on one chunk, or
+    raised something unforeseen): besides the job, it counts toward the node's unfitness."""
 
 
 class _Ended(Exception):
@@ -281,11 +287,14 @@ class Worker:
 
     def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
         """A failed attempt at the job: durable count on storage (only by the primary of this epoch);
-        `failed` after max_attempts without progress. The same failure on several jobs in a row is
-        the node's, not theirs: the engine is marked unfit (/ready 503) and the pair fails over."""
+        `failed` after max_attempts without progress. Engine faults (EngineFault) on several jobs in a
+        row are the node's, not theirs: the engine is marked unfit (/ready 503) and the pair fails
+        over. Nothing else counts there: a job's own files or input never make the node unfit, and a
+        committed chunk starts the count again."""
         what = str(exc) if isinstance(exc, Attempt) else f"{type(exc).__name__}: {exc}"
         self.backoff[job_id] = time.monotonic() + self.settings.failure_backoff_s
-        self.failed_in_a_row.append(job_id)
+        if isinstance(exc, EngineFault):
+            self.failed_in_a_row.append(job_id)
         if len(self.failed_in_a_row) >= 3 and len(set(self.failed_in_a_row)) >= 2:
             self.engine_loaded = False
             self.engine_error = (f"attempts failed on {len(set(self.failed_in_a_row))} different jobs in a row "
@@ -371,7 +380,7 @@ class Worker:
                     log.exception("engine recover() failed")
                 run.check()   # fenced or lost the lease meanwhile: abandon, charge nothing
                 if engine_failures >= 2:
-                    raise Attempt(f"the engine failed twice on one chunk: {exc}") from exc
+                    raise EngineFault(f"the engine failed twice on one chunk: {exc}") from exc
             except _Rescan as again:
                 log.warning("job %s: %s; scanning again", job_id, again)
             except _Ended as ended:
@@ -409,6 +418,11 @@ class Worker:
                 except (FileNotFoundError, ValueError, RuntimeError) as exc:   # gone, or not audio any more
                     raise EngineInputError(f"the uploaded voice {voice} is gone from shared storage or "
                                            f"damaged: {exc}") from exc
+        for seg in request["segments"]:
+            try:   # a job stored before its text was checked at the door is refused here, as its own fault
+                clean_text(seg["text"])
+            except ScriptError as exc:
+                raise EngineInputError(f"segment {int(seg.get('index', 0)) + 1}: {exc}") from None
         engine = self.rt.engine
         parts = engine.plan(request["segments"], clips)
         seed = int(request.get("seed", 0) or 0)
@@ -496,18 +510,31 @@ class Worker:
             if not rt.engine.stateful:
                 n, index = p, 0
             started = time.monotonic()
-            try:
-                for chunk in rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume):
-                    rt.store.count_attempt(run.job_id)
-                    self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
-                    run.generated += 1
-                    n += 1
-                    index += 1
-                    if not chunk.final:
-                        self._between_chunks(run, n)
-                    started = time.monotonic()
-            except EngineInputError as exc:
-                raise EngineInputError(f"{'part' if rt.engine.stateful else 'segment'} {p + 1}: {exc}") from exc
+            stream = rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume)
+            while (chunk := self._next_chunk(stream, p)) is not None:
+                rt.store.count_attempt(run.job_id)
+                self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
+                run.generated += 1
+                n += 1
+                index += 1
+                if not chunk.final:
+                    self._between_chunks(run, n)
+                started = time.monotonic()
+
+    def _next_chunk(self, stream, p: int):
+        """The engine's next chunk (None at the end of the part). Whose fault a failure is decides what
+        it costs: text the engine cannot take is the job's input (EngineInputError: the job fails at
+        once); anything unforeseen the engine raises is the engine's (EngineFault: counts toward the
+        node's unfitness)."""
+        try:
+            return next(stream, None)
+        except (EngineInputError, UnicodeError) as exc:
+            what = exc if isinstance(exc, EngineInputError) else f"{type(exc).__name__}: {exc}"
+            raise EngineInputError(f"{'part' if self.rt.engine.stateful else 'segment'} {p + 1}: {what}") from exc
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineFault(f"the engine failed ({type(exc).__name__}: {exc})") from exc
 
     def _between_chunks(self, run: JobRun, n: int) -> None:
         run.check()

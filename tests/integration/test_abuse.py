@@ -1,0 +1,130 @@
+"""No client takes the pair down: what a client sends costs only that client. Real redis-server, real
+jobs folder, real espeak-ng, Flask's test client or real gunicorn processes (tests/harness.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tts_service.cluster import Cluster
+from tts_service.config import Settings
+from tts_service.engines.espeak import EspeakEngine
+from tts_service.runtime import Runtime
+from tts_service.storage import Storage
+from tts_service.worker import Worker
+
+from .test_api import submit
+from .test_safety import run_cycles
+
+
+@pytest.fixture
+def rt(shared, tmp_path, redis_url):
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    settings = Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                        engine="espeak", lease_s=3, failure_backoff_s=0, job_max_attempts=3)
+    return Runtime.build(settings)
+
+
+@pytest.fixture
+def api(rt):
+    from tts_service.app import create_app
+    return create_app(rt.settings).test_client()
+
+
+def post_raw(api, body: bytes, **kw):
+    return api.post("/api/jobs", data=body, content_type="application/json", **kw)
+
+
+# ---- text checked at the door ----
+
+@pytest.mark.parametrize("escaped, why", [
+    ("\\ud800", "surrogate"),            # valid JSON, not valid Unicode: no encoding can write it
+    ("ok\\u0007bell", "control character U+0007"),
+    ("ok\\u001b[31m", "control character U+001B"),
+    ("\\uffff", "U+FFFF"),
+])
+def test_text_no_engine_can_take_is_refused_at_submit_with_a_sentence(api, rt, escaped, why):
+    res = post_raw(api, b'{"script": "Speaker 1: ' + escaped.encode() + b'"}')
+    assert res.status_code == 400, res.get_json()
+    assert why in res.get_json()["error"] and "line 1" in res.get_json()["error"]
+    assert rt.store.active_ids() == []                  # no job was made
+
+
+def test_text_is_stored_in_nfc(api, rt):
+    res = post_raw(api, json.dumps({"script": "Speaker 1: Cafe\u0301 au lait.\tTab and\r\nSpeaker 2: fin."}).encode())
+    assert res.status_code == 202, res.get_json()
+    request = rt.files.request(res.get_json()["id"])
+    assert request["segments"][0]["text"] == "Caf\u00e9 au lait.\tTab and"
+    assert "Caf\u00e9" in request["script"]
+
+
+# ---- an input error costs its job, never the node ----
+
+def _smuggle(rt, api, text: str) -> str:
+    """A job whose stored text never passed the door (written by an older release, or by hand)."""
+    job_id = submit(api, script="Speaker 1: placeholder").get_json()["id"]
+    path = rt.files.dir(job_id) / "request.json"
+    request = json.loads(path.read_text())
+    request["segments"][0]["text"] = text
+    path.write_text(json.dumps(request))
+    return job_id
+
+
+class UnicodeChokingEngine(EspeakEngine):
+    """espeak-ng behind a text encoding that chokes on one word: an input error the engine raises as
+    a plain exception (not an EngineError), as the real one did with a lone surrogate."""
+
+    def synthesize(self, text, voice_id):
+        if "poison" in text:
+            "poison \ud800".encode("utf-8")
+        return super().synthesize(text, voice_id)
+
+
+def test_bad_input_fails_its_job_at_once_and_never_makes_the_node_unfit(rt, api):
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    smuggled = [_smuggle(rt, api, f"turn {n} \ud800") for n in range(3)]
+    for job_id in smuggled:
+        assert run_cycles(worker, job_id, rt, cycles=3) == "failed"
+        error = rt.files.markers(job_id)["failed"]["error"]
+        assert "surrogate" in error and "gave up" not in error        # at once, with its reason
+    rt.engine = UnicodeChokingEngine()
+    choking = [submit(api, script=f"Speaker 1: poison {n}").get_json()["id"] for n in range(3)]
+    for job_id in choking:
+        assert run_cycles(worker, job_id, rt, cycles=3) == "failed"
+        assert "UnicodeEncodeError" in rt.files.markers(job_id)["failed"]["error"]
+    assert worker.engine_loaded and worker.engine_error is None, worker.engine_error
+    good = submit(api, script="Speaker 1: After six bad jobs, a good one.").get_json()["id"]
+    assert run_cycles(worker, good, rt) == "done"
+
+
+class BrokenEngine(EspeakEngine):
+    """An engine whose device failed (a stand-in for a CUDA error: no GPU here)."""
+    broken = True
+
+    def synthesize(self, text, voice_id):
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (stand-in)")
+        return super().synthesize(text, voice_id)
+
+
+def test_engine_faults_on_several_jobs_make_the_node_unfit_and_a_success_clears_the_count(rt, api):
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    rt.engine = BrokenEngine()
+    first = submit(api, script="Speaker 1: one").get_json()["id"]
+    second = submit(api, script="Speaker 1: two").get_json()["id"]
+    worker.cycle()                     # an attempt at the first job: the engine's fault, charged to both
+    rt.engine.broken = False
+    assert run_cycles(worker, second, rt) == "done"      # a success: the count starts again
+    assert run_cycles(worker, first, rt) == "done"
+    assert worker.failed_in_a_row == []
+    rt.engine.broken = True
+    for n in range(3):
+        submit(api, script=f"Speaker 1: job {n}")
+    for _ in range(9):
+        if not worker.engine_loaded:
+            break
+        worker.cycle()
+    assert not worker.engine_loaded
+    assert "unfit" in worker.engine_error and "CUDA error" in worker.engine_error
