@@ -5,12 +5,15 @@ standby answers 503 with Retry-After so that nginx retries on the other node.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
 import secrets
 import time
+from urllib.parse import urlsplit
 
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, stream_with_context
@@ -64,11 +67,14 @@ def _storage_error(exc: StorageUnavailable):
 
 # ---- sessions ----
 
-def current_session(create: bool) -> str | None:
+def current_session(create: bool, token: str | None = None) -> str | None:
+    """The caller's session id. A session is created only by a request that stores something (a
+    submit, an upload): reading creates nothing, so clients without a cookie jar leave no state.
+    `token`: the cookie to create it with (a keyed submit's, see idempotent_session_token)."""
     rt = _rt()
     sid = rt.sessions.lookup(request.cookies.get(COOKIE))
     if sid is None and create:
-        token, sid = rt.sessions.create()
+        token, sid = rt.sessions.create(token)
         g.new_session_token = token
     return sid
 
@@ -187,17 +193,23 @@ def submit():
     key = _idempotency_key()
 
     epoch = require_primary()
-    sid = current_session(create=True)
+    sid = current_session(create=False)
     voices = _resolve_voices(body.get("voices", {}), speakers_of(segments), sid)
-    job_id = idempotent_job_id(sid, key) if key else new_job_id()
     fingerprint = _request_fingerprint(script, voices, seed)
+    job_id = idempotent_job_id(key, fingerprint) if key else new_job_id()
     if key:
-        replay = _replay(job_id, fingerprint)
+        replay = _replay(job_id)
         if replay is not None:
+            if sid is None:   # a retry without the first answer's cookie: the session its key names
+                current_session(create=True, token=idempotent_session_token(key, fingerprint))
             return replay
     client = request.remote_addr or "unknown"
-    for scope, who, limit in (("session", sid, settings.rate_limit_per_session),
-                              ("client", client, settings.rate_limit_per_client)):
+    wait = rt.store.hit_rate_limit("client", client, settings.rate_limit_per_client)
+    if wait:
+        raise ApiError(429, f"too many jobs submitted from this client ({settings.rate_limit_per_client} a "
+                            f"minute); try again in {wait} s", retry_after=wait)
+    sid = sid or current_session(create=True, token=idempotent_session_token(key, fingerprint) if key else None)
+    for scope, who, limit in (("session", sid, settings.rate_limit_per_session),):
         wait = rt.store.hit_rate_limit(scope, who, limit)
         if wait:
             raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
@@ -222,7 +234,7 @@ def submit():
     except StorageFull:
         raise ApiError(503, "shared storage is full; the job was not accepted", retry_after=30) from None
     except FileExistsError:   # the same key, committed by a concurrent retry of this very submit
-        replay = _replay(job_id, fingerprint)
+        replay = _replay(job_id)
         if replay is not None:
             return replay
         raise
@@ -252,26 +264,36 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def idempotent_job_id(sid: str, key: str) -> str:
-    """The job id a (session, Idempotency-Key) pair always maps to: a retried submit, even one whose
-    first attempt was answered 503 while its storage write still completed, finds the same job."""
-    return hashlib.sha256(f"idempotency:{sid}:{key}".encode()).hexdigest()[:32]
+def idempotent_job_id(key: str, fingerprint: str) -> str:
+    """The job an Idempotency-Key names together with what was asked (script, voices, seed): a retried
+    submit finds the same job whether or not it carries the first answer's cookie (that answer may be
+    the one that was lost), even when its first attempt was answered 503 while the storage write still
+    completed. The same key with another script names another job."""
+    return hashlib.sha256(f"idempotency:{key}:{fingerprint}".encode()).hexdigest()[:32]
+
+
+def idempotent_session_token(key: str, fingerprint: str) -> str:
+    """The cookie a keyed submit without a session gets: the same for its retries, so a retry whose
+    first answer (and Set-Cookie) was lost lands in the session that owns the job. Keyed with the
+    deployment's Redis password: knowing a job's id (it is in URLs and logs) does not give its
+    session; knowing the key and the script does, as it gives the job."""
+    secret = (urlsplit(_rt().settings.redis_url).password or "").encode()
+    digest = hmac.new(secret, f"session:{key}:{fingerprint}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def _request_fingerprint(script: str, voices: dict[int, str], seed: int | None) -> str:
     return hashlib.sha256(json.dumps([script, sorted(voices.items()), seed]).encode()).hexdigest()
 
 
-def _replay(job_id: str, fingerprint: str) -> Response | None:
-    """The response for a submit whose job exists already (same session and key); None if it does not."""
+def _replay(job_id: str) -> Response | None:
+    """The response for a submit whose job exists already (same key and script); None if it does not."""
     rt = _rt()
     try:
         existing = rt.files.request(job_id)
     except FileNotFoundError:
         return None
-    if existing.get("fingerprint") != fingerprint:
-        raise ApiError(400, "this Idempotency-Key was already used for a different script or voices in this "
-                            "session; use a new key for a new job")
+    rt.sessions.ensure(existing["session"])
     job = rt.store.get(job_id)
     if job is None:   # durable, but Redis never heard of it (the first attempt failed after the write)
         rt.store.add(job_id, existing["session"], int(existing.get("segments_total") or len(existing["segments"])),
@@ -305,9 +327,7 @@ def _resolve_voices(raw: object, speakers: list[int], sid: str | None) -> dict[i
 
 @bp.get("/jobs")
 def list_jobs():
-    # Creates the session: the page lists jobs on load, so its first submit already carries the
-    # cookie that scopes its Idempotency-Key (a retry whose first answer was lost finds the same job).
-    sid = current_session(create=True)
+    sid = current_session(create=False)
     jobs = _rt().store.session_jobs(sid) if sid else []
     return jsonify({"jobs": [public_job(j) for j in jobs]})
 

@@ -90,10 +90,11 @@ class Sessions:
         sid = session_id(token)
         return sid if self.r.exists(k("session", sid)) else None
 
-    def create(self) -> tuple[str, str]:
-        token = secrets.token_urlsafe(32)
+    def create(self, token: str | None = None) -> tuple[str, str]:
+        """A new session (or the one a keyed submit's token names: created if Redis has lost it)."""
+        token = token or secrets.token_urlsafe(32)
         sid = session_id(token)
-        self.r.set(k("session", sid), str(time.time()), ex=self.ttl_s)
+        self.r.set(k("session", sid), str(time.time()), ex=self.ttl_s, nx=True)
         return token, sid
 
     def touch(self, sid: str) -> None:

@@ -128,3 +128,17 @@ def test_engine_faults_on_several_jobs_make_the_node_unfit_and_a_success_clears_
         worker.cycle()
     assert not worker.engine_loaded
     assert "unfit" in worker.engine_error and "CUDA error" in worker.engine_error
+
+
+# ---- no state for nothing ----
+
+def test_3000_cookieless_requests_leave_a_bounded_handful_of_redis_keys(rt, api, redis_server):
+    job_id = submit(api, script="Speaker 1: a job to look at").get_json()["id"]
+    before = redis_server.client.dbsize()
+    paths = ["/api/jobs", "/api/voices", f"/api/jobs/{job_id}", "/api/jobs/" + "0" * 32, "/ready", "/health"]
+    api.delete_cookie("tts_session")
+    for n in range(3000):   # no cookie jar: every request arrives without one
+        res = api.get(paths[n % len(paths)], headers={"Cookie": ""})
+        assert res.status_code in (200, 404, 503), (paths[n % len(paths)], res.status_code)
+        assert "Set-Cookie" not in res.headers
+    assert redis_server.client.dbsize() - before <= 3, sorted(redis_server.client.keys("*"))
