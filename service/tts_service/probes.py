@@ -38,6 +38,17 @@ def redis_fits_role(info: dict, role: str, topology: str, require_link: bool = T
     return True, "ok"
 
 
+def redis_refuses_writes(rt: Runtime) -> str | None:
+    """Why the local Redis master refuses writes (full at maxmemory with noeviction, a failed save with
+    stop-writes-on-bgsave-error), or None: one small write tells, whatever the cause. A node whose
+    Redis takes no writes could accept jobs but never run them: it says so instead."""
+    try:
+        rt.redis.set(f"tts:probe:{rt.settings.node}", "1", px=60000)
+    except redis.ResponseError as exc:
+        return f"local Redis refuses writes: {exc}"
+    return None
+
+
 def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     settings = rt.settings
     belief = rt.node.belief()
@@ -62,8 +73,11 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         reasons.append(f"shared storage is unavailable: {exc}")
 
     try:
-        ok, why = redis_fits_role(rt.redis.info("replication"), belief.role, settings.redis_topology,
-                                  require_link=not for_promotion)
+        info = rt.redis.info("replication")
+        ok, why = redis_fits_role(info, belief.role, settings.redis_topology, require_link=not for_promotion)
+        if ok and info.get("role") == "master":
+            why = redis_refuses_writes(rt)
+            ok = why is None
         checks["redis"] = ok
         if not ok:
             reasons.append(why)
@@ -179,6 +193,15 @@ class _Collector:
             info = rt.redis.info("replication")
         except redis.RedisError:
             info = None
+        try:   # TTSRedisMemoryHigh: long before noeviction refuses every write
+            memory = rt.redis.info("memory")
+            for name, field, what in (("tts_redis_used_memory_bytes", "used_memory", "Memory the local Redis uses"),
+                                      ("tts_redis_maxmemory_bytes", "maxmemory", "The local Redis's maxmemory (0: none)")):
+                g = GaugeMetricFamily(name, what)
+                g.add_metric([], float(memory.get(field, 0)))
+                yield g
+        except redis.RedisError:
+            pass
         if info is not None:
             g = GaugeMetricFamily("tts_redis_is_master", "1 if the local Redis is a master")
             g.add_metric([], 1.0 if info.get("role") == "master" else 0.0)

@@ -142,3 +142,21 @@ def test_3000_cookieless_requests_leave_a_bounded_handful_of_redis_keys(rt, api,
         assert res.status_code in (200, 404, 503), (paths[n % len(paths)], res.status_code)
         assert "Set-Cookie" not in res.headers
     assert redis_server.client.dbsize() - before <= 3, sorted(redis_server.client.keys("*"))
+
+
+def test_a_redis_that_refuses_writes_makes_the_primary_unready_and_is_measured(rt, api, redis_server):
+    assert api.get("/ready").get_json()["checks"]["redis"] is True   # (no worker here: /ready is 503 anyway)
+    metrics = api.get("/metrics").get_data(as_text=True)
+    assert "tts_redis_used_memory_bytes" in metrics and "tts_redis_maxmemory_bytes" in metrics
+    client = redis_server.client
+    client.config_set("maxmemory-policy", "noeviction")
+    for n in range(100):        # as a poller leaving sessions would have, until Redis is over its maxmemory
+        client.set(f"filler:{n}", "x" * 4096)
+    client.config_set("maxmemory", str(int(client.info("memory")["used_memory"]) // 2))
+    try:
+        res = api.get("/ready").get_json()
+        assert res["checks"]["redis"] is False
+        assert "refuses writes" in res["reason"] and "maxmemory" in res["reason"]
+    finally:
+        client.config_set("maxmemory", "0")
+    assert api.get("/ready").get_json()["checks"]["redis"] is True
