@@ -215,10 +215,11 @@ def submit():
             raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
                                 f"try again in {wait} s", retry_after=wait)
 
+    estimate_s = round(estimate_seconds(" ".join(seg.text for seg in segments)), 1)
+    _check_queue_caps(sid, client, estimate_s)
     created_at = time.time()
     seed = secrets.randbelow(2 ** 31) if seed is None else seed
     segment_dicts = [{**seg.to_dict(), "voice": voices[seg.speaker]} for seg in segments]
-    estimate_s = round(estimate_seconds(" ".join(seg.text for seg in segments)), 1)
     total = rt.engine.estimate_chunks(segment_dicts, settings.chunk_seconds)
     job_request = {
         "id": job_id, "session": sid, "created_at": created_at, "accepted_by": settings.node,
@@ -240,7 +241,7 @@ def submit():
         raise
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
-        rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s)
+        rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s, client=client)
         rt.store.count_submitted()
     except redis.RedisError:
         current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
@@ -250,6 +251,25 @@ def submit():
     response.status_code = 202
     response.headers["Location"] = f"/api/jobs/{job_id}"
     return response
+
+
+def _check_queue_caps(sid: str, client: str, estimate_s: float) -> None:
+    """429 with a sentence when this job would take the session or the client address past what it may
+    have waiting or running at once (jobs, or estimated audio)."""
+    settings = _rt().settings
+    waiting = _rt().store.waiting(sid, client)
+    for scope, jobs_cap, audio_cap in (
+            ("session", settings.queue_jobs_per_session, settings.queue_audio_s_per_session),
+            ("client address", settings.queue_jobs_per_client, settings.queue_audio_s_per_client)):
+        jobs, seconds = waiting["client" if scope != "session" else "session"]
+        if jobs_cap > 0 and jobs + 1 > jobs_cap:
+            raise ApiError(429, f"this {scope} has {jobs} jobs waiting or running, the most it may have "
+                                f"({jobs_cap}); submit more when one has finished", retry_after=60)
+        if audio_cap > 0 and seconds + estimate_s > audio_cap:
+            raise ApiError(429, f"this {scope} has about {seconds / 60:.0f} minutes of audio waiting or running; "
+                                f"with this job's {estimate_s / 60:.0f} it would pass the {audio_cap / 60:.0f} "
+                                "minutes it may have at once; submit it when earlier jobs have finished",
+                           retry_after=60)
 
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

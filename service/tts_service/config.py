@@ -94,6 +94,15 @@ class Settings:
     # Submissions per minute, per session and per client address (429 beyond).
     rate_limit_per_session: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_SESSION", 30))
     rate_limit_per_client: int = field(default_factory=lambda: _int("TTS_RATE_LIMIT_CLIENT", 120))
+    # What one session and one client address may have waiting or running at once: jobs, and seconds
+    # of audio (estimated from the text). Beyond: 429 with a sentence. One user cannot queue a day of
+    # GPU time in a minute.
+    queue_jobs_per_session: int = field(default_factory=lambda: _int("TTS_QUEUE_JOBS_SESSION", 10))
+    queue_jobs_per_client: int = field(default_factory=lambda: _int("TTS_QUEUE_JOBS_CLIENT", 30))
+    queue_audio_s_per_session: float = field(default_factory=lambda: _float("TTS_QUEUE_AUDIO_SESSION", 4 * 3600))
+    queue_audio_s_per_client: float = field(default_factory=lambda: _float("TTS_QUEUE_AUDIO_CLIENT", 12 * 3600))
+    # Voice clips one client address may upload an hour (the session's limit is MAX_CLIPS_PER_SESSION).
+    uploads_per_client_hour: int = field(default_factory=lambda: _int("TTS_UPLOADS_CLIENT_HOUR", 20))
     # "pair": each node has its own Redis, the standby's a replica of the primary's (the deploy);
     # "shared": both nodes talk to one Redis (make serve, the tests).
     redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))

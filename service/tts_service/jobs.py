@@ -134,13 +134,13 @@ class JobStore:
     # ---- records ----
 
     def add(self, job_id: str, sid: str, segments_total: int, created_at: float, enqueue: bool = True,
-            seed: int = 0, duration_estimate_s: float = 0.0) -> None:
+            seed: int = 0, duration_estimate_s: float = 0.0, client: str = "") -> None:
         pipe = self.r.pipeline()
         pipe.hset(k("job", job_id), mapping={
             "id": job_id, "session": sid, "status": "queued", "segments_done": 0,
             "segments_total": segments_total, "duration_s": 0, "error": "", "node": "",
             "created_at": created_at, "updated_at": time.time(), "seed": seed,
-            "duration_estimate_s": duration_estimate_s,
+            "duration_estimate_s": duration_estimate_s, "client": client,
         })
         pipe.zadd(k("sessjobs", sid), {job_id: created_at})
         pipe.sadd(k("active"), job_id)
@@ -213,6 +213,23 @@ class JobStore:
     def pop_queue(self, timeout_s: float) -> str | None:
         item = self.r.brpop([k("queue")], timeout=max(1, int(timeout_s)))
         return item[1] if item else None
+
+    def waiting(self, sid: str, client: str) -> dict[str, tuple[int, float]]:
+        """Jobs not finished (queued or running) and their estimated seconds of audio, for the session
+        and for the client address: what the queue caps count."""
+        ids = self.active_ids()
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hmget(k("job", job_id), "session", "client", "status", "duration_estimate_s")
+        found = {"session": (0, 0.0), "client": (0, 0.0)}
+        for session, addr, status, estimate in pipe.execute():
+            if status in FINAL:
+                continue
+            for scope, match in (("session", session == sid), ("client", bool(client) and addr == client)):
+                if match:
+                    jobs, seconds = found[scope]
+                    found[scope] = (jobs + 1, seconds + float(estimate or 0))
+        return found
 
     def count_submitted(self) -> None:
         self.r.hincrby(k("stats"), "submitted", 1)

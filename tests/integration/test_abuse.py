@@ -160,3 +160,30 @@ def test_a_redis_that_refuses_writes_makes_the_primary_unready_and_is_measured(r
     finally:
         client.config_set("maxmemory", "0")
     assert api.get("/ready").get_json()["checks"]["redis"] is True
+
+
+# ---- queue caps ----
+
+def test_a_session_and_a_client_cannot_queue_more_than_their_share(shared, tmp_path, redis_url):
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    settings = replace(Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                                engine="espeak"),
+                       queue_jobs_per_session=2, queue_jobs_per_client=3, queue_audio_s_per_session=60)
+    app = create_app(settings)
+    alice, bob = app.test_client(), app.test_client()
+    assert [submit(alice, script=f"Speaker 1: short {n}").status_code for n in range(2)] == [202, 202]
+    third = submit(alice, script="Speaker 1: one too many")
+    assert third.status_code == 429 and "2 jobs waiting or running" in third.get_json()["error"]
+    assert int(third.headers["Retry-After"]) > 0
+    long = submit(bob, script="Speaker 1: " + "word " * 200)        # about 80 s of audio: past 60 s
+    assert long.status_code == 429 and "minutes of audio" in long.get_json()["error"]
+    assert submit(bob, script="Speaker 1: fine").status_code == 202
+    crowd = submit(app.test_client(), script="Speaker 1: same address, new session")
+    assert crowd.status_code == 429 and "client address has 3 jobs" in crowd.get_json()["error"]
+    # A finished job frees its place.
+    first = [j["id"] for j in alice.get("/api/jobs").get_json()["jobs"]][0]
+    assert alice.delete(f"/api/jobs/{first}").status_code == 202
+    assert submit(alice, script="Speaker 1: now there is room").status_code == 202
