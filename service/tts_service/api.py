@@ -144,6 +144,12 @@ def upload_voice():
     name = (request.form.get("name") or upload.filename or "my voice").strip()[:64]
     if not name or any(ord(ch) < 32 for ch in name):
         raise ApiError(400, "'name' must be 1 to 64 printable characters")
+    require_primary()
+    client = request.remote_addr or "unknown"   # counted before any decoding: a flood costs its sender
+    wait = rt.store.hit_rate_limit("voices-client", client, rt.settings.uploads_per_client_hour, window_s=3600)
+    if wait:
+        raise ApiError(429, f"too many clips uploaded from this client address ({rt.settings.uploads_per_client_hour} "
+                            f"an hour); try again in {wait} s", retry_after=wait)
     data = upload.read(MAX_CLIP_BYTES + 1)
     if len(data) > MAX_CLIP_BYTES:
         raise ApiError(413, "the clip is larger than 32 MB")
@@ -151,7 +157,6 @@ def upload_voice():
         samples = decode_clip(data)
     except ClipError as exc:
         raise ApiError(400, str(exc)) from None
-    require_primary()
     sid = current_session(create=True)
     wait = rt.store.hit_rate_limit("voices", sid, rt.settings.rate_limit_per_session)
     if wait:

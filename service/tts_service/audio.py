@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,29 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
     out[:keep] = spectrum[:keep]
     return (np.fft.irfft(out, n=n_out) * (n_out / samples.size)).astype(np.float32)
+
+
+def resample_bounded(samples: np.ndarray, from_rate: int, to_rate: int, block_s: float = 4.0,
+                     pad_s: float = 0.5) -> np.ndarray:
+    """resample() a block at a time (each with pad_s of context either side, cut away again), so that
+    memory stays at a few seconds' worth however long or fast the input: what an upload takes."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if from_rate == to_rate or samples.size <= (block_s + 2 * pad_s) * from_rate:
+        return resample(samples, from_rate, to_rate)
+    step_in, step_out = from_rate // gcd(from_rate, to_rate), to_rate // gcd(from_rate, to_rate)
+    block = max(1, int(block_s * from_rate) // step_in) * step_in    # whole steps: blocks align exactly
+    pad = max(1, int(pad_s * from_rate) // step_in) * step_in
+    block_out, pad_out = block // step_in * step_out, pad // step_in * step_out
+    n_out = int(round(samples.size * to_rate / from_rate))
+    out = np.empty(n_out, dtype=np.float32)
+    for start in range(0, samples.size, block):
+        lo, hi = max(0, start - pad), min(samples.size, start + block + pad)
+        piece = resample(samples[lo:hi], from_rate, to_rate)
+        skip = (start - lo) // step_in * step_out
+        at = start // step_in * step_out
+        take = min(block_out, n_out - at, piece.size - skip)
+        out[at:at + take] = piece[skip:skip + take]
+    return out
 
 
 def wav_info(path_or_bytes: Path | bytes) -> tuple[int, int]:

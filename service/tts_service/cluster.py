@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .storage import Storage, StorageUnavailable, link_new, unlink_quietly
+from .storage import Storage, StorageUnavailable, link_new, nas_now, unlink_quietly
 
 NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
@@ -334,17 +334,6 @@ def _create_exclusive(path: Path, body: bytes) -> bool:
         unlink_quietly(tmp)
 
 
-def _nas_now(directory: Path) -> float:
-    """Now, by the NAS's clock: the mtime of a file written just now in `directory`."""
-    probe = directory / f".clock-{secrets.token_hex(6)}"
-    try:
-        with open(probe, "wb"):
-            pass
-        return os.stat(probe).st_mtime
-    finally:
-        unlink_quietly(probe)
-
-
 def _touch(path: Path) -> None:
     """Leave a mark at path: 16 bytes written over the old ones in place (no truncation, so a full
     NAS needs no new block; the write makes the NAS set the mtime). Anything else in the way (a
@@ -380,7 +369,7 @@ def _silent_for(path: Path, directory: Path) -> float | None:
     # ctime too: a mark put back with an old mtime (cp -p, rsync -a, a restore) must not look old;
     # on NFS ctime is the server's change time. (sshfs reports no real ctime; its mtime is the write's.)
     touched = max(st.st_mtime, st.st_ctime)
-    now = _nas_now(directory)
+    now = nas_now(directory)
     # sshfs (SFTP v3) gives whole seconds: both stamps may be up to 1 s earlier than the truth.
     grain = 1.0 if float(touched).is_integer() and float(now).is_integer() else 0.01
     return max(0.0, now - touched - grain)
@@ -398,7 +387,7 @@ def _read_lock(path: Path, directory: Path) -> tuple[dict | None, float]:
         info = None
     if isinstance(info, dict) and info.get("token"):
         return info, 0.0          # readable: its own expiry decides; no age needed (and nothing written)
-    return None, _nas_now(directory) - mtime
+    return None, nas_now(directory) - mtime
 
 
 def _break_lock(path: Path, expected_token: str | None) -> None:

@@ -45,16 +45,22 @@ class RetentionReport:
 
 
 def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport:
-    """Remove finished jobs whose final marker is older than `days`; returns what was done and why."""
+    """Remove finished jobs whose final marker is older than `days`; returns what was done and why.
+    Ages by the NAS's clock alone (a marker's mtime against a probe file's), never the clock of the
+    host that wrote the marker: a node whose clock ran months behind cannot date audio into the past."""
     report = RetentionReport()
-    now = time.time() if now is None else now
-    cutoff = now - days * 86400
     try:
         epoch = rt.node.assert_primary().epoch
     except Fenced as exc:
         report.sentence = f"removed nothing: this node is not the unfenced primary ({exc})"
         return report
     files = rt.files
+    try:
+        now = rt.storage.now(files.jobs_dir) if now is None else now
+    except (StorageUnavailable, OSError) as exc:
+        report.sentence = f"removed nothing: the NAS's clock could not be read ({exc})"
+        return report
+    cutoff = now - days * 86400
     active_sessions: set[str] = set()
     for job_id in files.list_ids():
         final = None   # unknown until read: an unreadable job keeps every voice clip this run
@@ -65,8 +71,8 @@ def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport
                 report.kept_active += 1
                 active_sessions.add(str(files.request(job_id).get("session", "")))
                 continue
-            finished_at = float(markers[final].get("at", 0) or 0)
-            if not finished_at or finished_at > cutoff:
+            finished_at = rt.storage.mtime(files.dir(job_id) / "state" / final)
+            if finished_at > cutoff:
                 report.kept_recent += 1
                 continue
             rt.node.assert_primary(epoch)        # fresh read right before the removal
@@ -112,7 +118,7 @@ def _expire_voices(rt: Runtime, epoch: int, cutoff: float, active_sessions: set[
             clips = rt.voices.list(sid)
         except ValueError:          # not a session folder
             continue
-        if clips and max(float(c.get("created_at", 0) or 0) for c in clips) > cutoff:
+        if clips and max(rt.storage.mtime(root / sid / f"{c['id']}.json") for c in clips) > cutoff:
             continue
         rt.node.assert_primary(epoch)        # fresh read right before the removal
         _delete(rt, _move_aside(rt, root / sid))

@@ -39,6 +39,18 @@ class StorageFull(StorageUnavailable):
     """Shared storage has no space left (ENOSPC / EDQUOT)."""
 
 
+def nas_now(directory: Path) -> float:
+    """Now, by the NAS's clock: the mtime of a file written just now in `directory`. Ages of files on
+    shared storage are measured against this, never against this host's clock."""
+    probe = Path(directory) / f".clock-{secrets.token_hex(6)}"
+    try:
+        with open(probe, "wb"):
+            pass
+        return os.stat(probe).st_mtime
+    finally:
+        unlink_quietly(probe)
+
+
 class Storage:
     def __init__(self, root: Path, timeout: float = 3.0, threads: int = 4):
         self.root = Path(root)
@@ -84,6 +96,14 @@ class Storage:
 
     def read_bytes(self, path: Path) -> bytes:
         return self.call(Path.read_bytes, path)
+
+    def mtime(self, path: Path) -> float:
+        """When the NAS last saw path written (its clock, not the writer's)."""
+        return self.call(os.stat, path).st_mtime
+
+    def now(self, directory: Path) -> float:
+        """Now by the NAS's clock (nas_now)."""
+        return self.call(nas_now, directory)
 
     def exists(self, path: Path) -> bool:
         """True/False only when the mount answered; an I/O error is StorageUnavailable, never False."""

@@ -1,6 +1,7 @@
 """Reference clips users upload (POST /api/voices), for engines that take one (VibeVoice).
 
-    voices/<session>/<voice id>.wav    the clip, 24 kHz mono PCM-16 (resampled and mixed down here)
+    voices/<session>/<voice id>.flac   the clip, 24 kHz mono 16-bit FLAC (resampled and mixed down here;
+                                       clips stored before that are .wav, still read)
     voices/<session>/<voice id>.json   {"id", "name", "engine", "seconds", "sha256", "created_at"}
 
 A clip is 3 to 60 seconds of WAV, FLAC or OGG; anything else is a ClipError naming the problem (the
@@ -57,14 +58,27 @@ def decode_clip(data: bytes) -> np.ndarray:
     if seconds < MIN_SECONDS or seconds > MAX_SECONDS:
         raise ClipError(f"the clip is {seconds:.1f} s long; a reference clip is {MIN_SECONDS:g} to "
                         f"{MAX_SECONDS:g} seconds")
+    # Decoded a block at a time into one mono array the header sized (a header that lied about its
+    # length can only make it shorter), then resampled a block at a time: memory stays near one mono
+    # copy of the clip, never every channel of it in float64.
+    mono = np.zeros(info.frames, dtype=np.float32)
+    filled = 0
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        for block in sf.blocks(io.BytesIO(data), blocksize=65536, dtype="float32", always_2d=True):
+            take = min(len(block), info.frames - filled)
+            mono[filled:filled + take] = block[:take].mean(axis=1)
+            filled += take
+            if filled >= info.frames:
+                break
     except RuntimeError as exc:
         raise ClipError(f"the clip cannot be decoded: {exc}") from None
-    mono = samples.mean(axis=1)
-    if not np.isfinite(mono).all() or not np.abs(mono).max() > 1e-4:
+    mono = mono[:filled]
+    if filled < MIN_SECONDS * info.samplerate:
+        raise ClipError(f"the clip decodes to {filled / info.samplerate:.1f} s; a reference clip is "
+                        f"{MIN_SECONDS:g} to {MAX_SECONDS:g} seconds")
+    if not np.isfinite(mono).all() or not max(float(mono.max()), -float(mono.min())) > 1e-4:
         raise ClipError("the clip is silent")
-    return audio.resample(mono, rate, SAMPLE_RATE)
+    return audio.resample_bounded(mono, info.samplerate, SAMPLE_RATE)
 
 
 class VoiceClips:
@@ -78,13 +92,16 @@ class VoiceClips:
         return self.root / sid
 
     def save(self, sid: str, name: str, samples: np.ndarray, engine: str) -> dict:
+        """Stored as FLAC (lossless: the clip the model hears is the PCM-16 a WAV would hold)."""
         folder = self._folder(sid)
         self.storage.makedirs(folder)
         voice_id = f"up-{secrets.token_hex(8)}"
-        wav = audio.encode_wav(samples, SAMPLE_RATE)
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        flac = buf.getvalue()
         info = {"id": voice_id, "name": name, "engine": engine, "seconds": round(len(samples) / SAMPLE_RATE, 3),
-                "sha256": hashlib.sha256(wav).hexdigest(), "created_at": time.time()}
-        self.storage.commit_new(folder / f"{voice_id}.wav", wav)
+                "sha256": hashlib.sha256(flac).hexdigest(), "created_at": time.time(), "format": "flac"}
+        self.storage.commit_new(folder / f"{voice_id}.flac", flac)
         self.storage.commit_new(folder / f"{voice_id}.json", json.dumps(info).encode())   # listed once whole
         return info
 
@@ -105,6 +122,10 @@ class VoiceClips:
         """The clip's samples (24 kHz mono); FileNotFoundError if the session has no such clip."""
         if not VOICE_ID_RE.match(voice_id):
             raise FileNotFoundError(voice_id)
-        data = self.storage.read_bytes(self._folder(sid) / f"{voice_id}.wav")
+        folder = self._folder(sid)
+        try:
+            data = self.storage.read_bytes(folder / f"{voice_id}.flac")
+        except FileNotFoundError:   # stored before clips were kept compressed
+            data = self.storage.read_bytes(folder / f"{voice_id}.wav")
         samples, _rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
         return samples

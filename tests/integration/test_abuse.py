@@ -187,3 +187,68 @@ def test_a_session_and_a_client_cannot_queue_more_than_their_share(shared, tmp_p
     first = [j["id"] for j in alice.get("/api/jobs").get_json()["jobs"]][0]
     assert alice.delete(f"/api/jobs/{first}").status_code == 202
     assert submit(alice, script="Speaker 1: now there is room").status_code == 202
+
+
+# ---- uploads ----
+
+def _clip(seconds: float, rate: int, channels: int, fmt: str = "FLAC") -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, np.repeat(tone[:, None], channels, axis=1), rate, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_a_long_fast_stereo_clip_decodes_in_bounded_memory_and_as_a_whole_decode_would():
+    import io
+    import tracemalloc
+
+    import numpy as np
+    import soundfile as sf
+
+    from tts_service import audio
+    from tts_service.voices import SAMPLE_RATE, decode_clip
+    data = _clip(60, 192000, 2)
+    tracemalloc.start()
+    samples = decode_clip(data)
+    _now, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # One mono float32 copy of 60 s at 192 kHz is 46 MB; every channel in float32 (92 MB), then the
+    # FFT of it all in float64 (another 90+ MB), is what a whole decode costs.
+    assert peak < 100e6, f"decoding peaked at {peak / 1e6:.0f} MB"   # 68 MB here; 323 MB decoded whole
+    whole, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    reference = audio.resample(whole.mean(axis=1), rate, SAMPLE_RATE)
+    assert samples.shape == reference.shape
+    assert np.abs(samples - reference).max() < 1e-4
+
+
+def test_clips_are_stored_compressed_and_uploads_are_capped_per_client_address(shared, tmp_path, redis_url):
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    from tts_service.engines.base import Engine
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    settings = replace(Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                                engine="espeak"), uploads_per_client_hour=2)
+    app = create_app(settings)
+    app.extensions["tts"].engine.takes_reference_clips = True   # espeak stands in for an engine that takes clips
+    assert isinstance(app.extensions["tts"].engine, Engine)
+    clients = [app.test_client() for _ in range(3)]             # new sessions, one address
+
+    def upload(client):
+        import io
+        return client.post("/api/voices", data={"clip": (io.BytesIO(_clip(10, 48000, 2, "WAV")), "c.wav"),
+                                                "name": "Ann"}, content_type="multipart/form-data")
+
+    first = upload(clients[0])
+    assert first.status_code == 201, first.get_json()
+    stored = list((shared / "voices").rglob("*.flac"))
+    assert len(stored) == 1 and not list((shared / "voices").rglob("*.wav"))
+    assert stored[0].stat().st_size < 10 * 24000 * 2 / 2        # well under the PCM a WAV would take
+    assert upload(clients[1]).status_code == 201
+    third = upload(clients[2])
+    assert third.status_code == 429 and "client address" in third.get_json()["error"]

@@ -4,6 +4,7 @@ unfinished job needs them; a fenced node removes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -41,9 +42,19 @@ def finished(rt, api, days_ago: float) -> str:
         if rt.store.get(job_id)["status"] == "done":
             break
     marker = rt.files.dir(job_id) / "state" / "done"
-    body = json.loads(marker.read_text())
-    marker.write_text(json.dumps({**body, "at": time.time() - days_ago * 86400}))
+    then = time.time() - days_ago * 86400     # the NAS dated the marker then (its mtime)
+    os.utime(marker, (then, then))
     return job_id
+
+
+def test_a_writer_whose_clock_ran_behind_cannot_date_audio_into_the_past(rt, api):
+    """The marker's body says 200 days ago (its writer's clock); the NAS wrote it just now: kept."""
+    job_id = finished(rt, api, 0)
+    marker = rt.files.dir(job_id) / "state" / "done"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "at": time.time() - 200 * 86400}))
+    report = purge(rt, days=30)
+    assert report.removed == [] and report.kept_recent == 1, report
+    assert rt.files.markers(job_id)["done"]
 
 
 def test_old_finished_jobs_go_from_storage_and_redis_and_nothing_else_does(rt, api, redis_server):
@@ -82,7 +93,8 @@ def clip(rt, sid: str, days_ago: float) -> str:
     import numpy as np
     info = rt.voices.save(sid, "my voice", 0.1 * np.sin(np.linspace(0, 2000, 24000 * 3)).astype("float32"), "vibevoice")
     meta = rt.voices.root / sid / f"{info['id']}.json"
-    meta.write_text(json.dumps({**info, "created_at": time.time() - days_ago * 86400}))
+    then = time.time() - days_ago * 86400     # the NAS dated it then (its mtime)
+    os.utime(meta, (then, then))
     return info["id"]
 
 

@@ -287,7 +287,7 @@ def test_voice_uploads_are_checked_and_listed_with_the_session(model_dir, shared
         assert ok.status_code == 201, ok.text
         voice = ok.json()
         assert voice["name"] == "Anna" and voice["engine"] == "vibevoice" and abs(voice["seconds"] - 5) < 0.01
-        stored = next((shared / "voices").iterdir()) / f"{voice['id']}.wav"
+        stored = next((shared / "voices").iterdir()) / f"{voice['id']}.flac"   # kept compressed
         info = sf.info(str(stored))
         assert (info.samplerate, info.channels) == (24000, 1)
         listed = s.get(f"{node.url}/api/voices").json()
