@@ -101,18 +101,35 @@ def _data_chunk(path: Path) -> tuple[int, int]:
     raise ValueError(f"{path.name} has no data chunk")
 
 
+class UnreadablePart(Exception):
+    """One part could not be read whole while joining (an I/O error inside its data, a short read): the
+    part, not the job, is at fault. Not an OSError, so that Storage.call hands it over as it is."""
+
+    def __init__(self, part: Path, why: str):
+        super().__init__(f"{part.name} could not be read: {why}")
+        self.part = part
+
+
 def concat_wavs(parts: list[Path], out_path: Path, sample_rate: int, block: int = 1 << 16) -> int:
-    """Write the parts one after another into out_path (PCM 16); returns the frame count."""
+    """Write the parts one after another into out_path (PCM 16); returns the frame count. A part that
+    does not read whole (fewer frames than its header says, or an error inside it) is UnreadablePart."""
     frames = 0
     with sf.SoundFile(str(out_path), "w", samplerate=sample_rate, channels=1, format="WAV",
                       subtype="PCM_16") as out:
         for part in parts:
-            with sf.SoundFile(str(part)) as src:
-                if src.samplerate != sample_rate:
-                    raise ValueError(f"{part.name} is {src.samplerate} Hz, expected {sample_rate}")
-                for chunk in src.blocks(blocksize=block, dtype="int16", always_2d=False):
-                    out.write(chunk)
-                    frames += len(chunk)
+            try:
+                with sf.SoundFile(str(part)) as src:
+                    if src.samplerate != sample_rate:
+                        raise ValueError(f"{part.name} is {src.samplerate} Hz, expected {sample_rate}")
+                    expected, read = src.frames, 0
+                    for chunk in src.blocks(blocksize=block, dtype="int16", always_2d=False):
+                        out.write(chunk)
+                        read += len(chunk)
+            except (OSError, RuntimeError) as exc:   # soundfile's errors are RuntimeErrors
+                raise UnreadablePart(part, f"{type(exc).__name__}: {exc}") from exc
+            if read != expected:
+                raise UnreadablePart(part, f"read {read} of the {expected} frames its header announces")
+            frames += read
     return frames
 
 

@@ -361,7 +361,15 @@ class Worker:
                 log.info("job %s: claimed at epoch %d; %d chunks already on shared storage", job_id, epoch,
                          scan.done, extra=fields(job=job_id, epoch=epoch, event="claimed"))
             if scan.complete:
-                break
+                try:
+                    final_duration = self._assemble(run, scan)
+                    break
+                except audio.UnreadablePart as exc:   # that chunk is regenerated, not charged to the job
+                    if not rt.storage.answers():
+                        raise StorageUnavailable(str(exc)) from exc
+                    seg = next(f for f in rt.files.segments(job_id).values() if f.name == exc.part.name)
+                    self._quarantine(run, {seg: f"it could not be read while joining the audio ({exc})"})
+                    continue
             if scan.sentence:
                 self._log(run, scan.sentence, event="resumed")
             before = run.generated
@@ -387,9 +395,6 @@ class Worker:
                 return str(ended)
         else:
             raise Attempt("chunks keep turning up damaged on shared storage")
-        run.check()
-        rt.node.assert_primary(epoch)
-        final_duration = rt.files.assemble(job_id, scan.total, rt.engine.sample_rate)
         rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration,
                       segments=scan.total)
         rt.store.finish(job_id, "done", node=self.settings.node, segments_done=scan.total,
@@ -405,6 +410,12 @@ class Worker:
                     f"{scan.total - min(run.generated, scan.total)} found on shared storage")
         log.info("job %s: %s", job_id, sentence, extra=fields(job=job_id, epoch=epoch, event="done"))
         return sentence
+
+    def _assemble(self, run: JobRun, scan: Scan) -> float:
+        """audio.wav from every chunk (fresh primary check first); its duration in seconds."""
+        run.check()
+        self.rt.node.assert_primary(run.epoch)
+        return self.rt.files.assemble(run.job_id, scan.total, self.rt.engine.sample_rate)
 
     # ---- planning and scanning ----
 

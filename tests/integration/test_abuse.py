@@ -210,7 +210,6 @@ def test_a_long_fast_stereo_clip_decodes_in_bounded_memory_and_as_a_whole_decode
     import numpy as np
     import soundfile as sf
 
-    from tts_service import audio
     from tts_service.voices import SAMPLE_RATE, decode_clip
     data = _clip(60, 192000, 2)
     tracemalloc.start()
@@ -252,3 +251,34 @@ def test_clips_are_stored_compressed_and_uploads_are_capped_per_client_address(s
     assert upload(clients[1]).status_code == 201
     third = upload(clients[2])
     assert third.status_code == 429 and "client address" in third.get_json()["error"]
+
+
+# ---- a chunk that cannot be read ----
+
+def test_a_chunk_that_cannot_be_read_while_joining_is_generated_again_not_charged(rt, api, monkeypatch):
+    """Stand-in for an EIO inside one segment's data (no failing disk here): reading that one file
+    raises once the header has been read; the mount itself keeps answering."""
+    import errno
+
+    import soundfile as sf
+
+    job_id = submit(api, script="Speaker 1: One.\nSpeaker 2: Two.\nSpeaker 1: Three.").get_json()["id"]
+    real_blocks = sf.SoundFile.blocks
+    hits = []
+
+    def eio_in_segment_1(self, *a, **kw):
+        if self.name.endswith(".wav") and "/segments/00001." in self.name and not hits:
+            hits.append(self.name)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_blocks(self, *a, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "blocks", eio_in_segment_1)
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    assert run_cycles(worker, job_id, rt) == "done"
+    assert hits, "the stand-in never struck"
+    assert rt.files.failure_count(job_id) == 0                 # nothing charged to the job
+    aside = [p.name for p in (rt.files.dir(job_id) / "segments").iterdir() if ".damaged-" in p.name]
+    assert len(aside) == 1 and aside[0].startswith("00001."), aside
+    frames = sum(sf.info(str(rt.files.segment_path(job_id, s))).frames for s in rt.files.segments(job_id).values())
+    assert sf.info(str(rt.files.audio_path(job_id))).frames == frames
