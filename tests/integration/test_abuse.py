@@ -210,6 +210,7 @@ def test_a_long_fast_stereo_clip_decodes_in_bounded_memory_and_as_a_whole_decode
     import numpy as np
     import soundfile as sf
 
+    from tts_service import audio
     from tts_service.voices import SAMPLE_RATE, decode_clip
     data = _clip(60, 192000, 2)
     tracemalloc.start()
