@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch that this platform carries; an open range would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-APT_PACKAGES := redis-server espeak-ng chromium chromium-driver libnss3-tools podman runc debootstrap iptables openssh-client
+APT_PACKAGES := redis-server espeak-ng nginx-light chromium chromium-driver libnss3-tools podman runc debootstrap iptables openssh-client
 PYTEST_ARGS ?=
 WHEEL := dist/tts_service-0.1.0-py3-none-any.whl
 SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name '*.js' -o -name '*.css' -o -name pyproject.toml | grep -v egg-info)

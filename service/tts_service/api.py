@@ -16,9 +16,9 @@ import time
 from urllib.parse import urlsplit
 
 import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 
-from .audio import DOWNLOADS, encode_stream
+from .audio import DOWNLOADS
 from .jobfiles import BadJobId, check_job_id, new_job_id
 from .jobs import FINAL, public_job
 from .journal import fields
@@ -179,7 +179,9 @@ def submit():
     if request.content_length is not None and request.content_length > settings.max_script_chars * 4 + 65536:
         raise ApiError(413, f"the request is {request.content_length} bytes; scripts are limited to "
                             f"{settings.max_script_chars} characters")
-    body = request.get_json(silent=True, force=True)
+    if not request.is_json:   # a cross-site form can send text/plain or form bodies, never JSON
+        raise ApiError(415, "send the job as JSON, with Content-Type: application/json")
+    body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object with a 'script' and optional 'voices'")
     script = body.get("script")
@@ -364,8 +366,9 @@ def get_job(job_id: str):
 
 @bp.get("/jobs/<job_id>/audio")
 def get_audio(job_id: str):
-    """The finished audio as WAV (the file itself, with ranges), FLAC or Ogg Vorbis (encoded as it is
-    sent: memory stays flat for a 90-minute job)."""
+    """The finished audio as WAV, FLAC or Ogg Vorbis: always a finished file on shared storage (the
+    compact formats encoded once, by the worker when the job ends or here on the first request), sent
+    by nginx (X-Accel-Redirect) so that no app thread waits on a slow reader."""
     fmt = request.args.get("format", "wav")
     if fmt not in DOWNLOADS:
         raise ApiError(400, f"format must be one of {', '.join(DOWNLOADS)}, not {fmt[:16]!r}")
@@ -373,18 +376,27 @@ def get_audio(job_id: str):
     if job.get("status") != "done":
         raise ApiError(404, f"the job is {job.get('status')}; its audio exists once it is done")
     rt = _rt()
-    path = rt.files.audio_path(job_id)
-    if not rt.storage.exists(path):
+    if not rt.storage.exists(rt.files.audio_path(job_id)):
         raise ApiError(404, "the job's audio file is missing from shared storage")
-    attach = request.args.get("download") == "1"
-    if fmt == "wav":
-        return send_file(path, mimetype="audio/wav", as_attachment=attach,
-                         download_name=f"tts-{job_id}.wav", conditional=True)
-    response = Response(stream_with_context(encode_stream(path, fmt)), mimetype=DOWNLOADS[fmt][2])
-    disposition = "attachment" if attach else "inline"
-    response.headers["Content-Disposition"] = f'{disposition}; filename="tts-{job_id}.{fmt}"'
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    path = rt.files.encode_download(job_id, fmt)
+    return _send(path, DOWNLOADS[fmt][2], f"tts-{job_id}.{fmt}", attach=request.args.get("download") == "1")
+
+
+def _send(path, mimetype: str, name: str, attach: bool = False) -> Response:
+    """A file on shared storage: handed to nginx when it fronts the request (it says so with
+    X-Sendfile-Type, as Rack::Sendfile has it), else sent from here (with ranges)."""
+    rt = _rt()
+    if request.headers.get("X-Sendfile-Type") == "X-Accel-Redirect":
+        relative = path.relative_to(rt.settings.shared_dir).as_posix()
+        response = Response(b"", mimetype=mimetype)
+        response.headers["X-Accel-Redirect"] = f"{ACCEL_PREFIX}{relative}"
+        response.headers["Content-Disposition"] = f'{"attachment" if attach else "inline"}; filename="{name}"'
+        return response
+    return send_file(path, mimetype=mimetype, as_attachment=attach, download_name=name, conditional=True)
+
+
+# nginx's internal location for files on shared storage (roles/nginx/templates/tts.conf.j2).
+ACCEL_PREFIX = "/_tts_files/"
 
 
 @bp.get("/jobs/<job_id>/chunks")
@@ -402,7 +414,7 @@ def get_chunk(job_id: str, index: int):
     seg = rt.files.segments(job_id).get(index)
     if seg is None:
         raise ApiError(404, f"chunk {index} is not on shared storage (yet)")
-    return send_file(rt.files.segment_path(job_id, seg), mimetype="audio/wav", conditional=True)
+    return _send(rt.files.segment_path(job_id, seg), "audio/wav", f"tts-{job_id}-{index}.wav")
 
 
 @bp.delete("/jobs/<job_id>")

@@ -142,64 +142,11 @@ DOWNLOADS = {"wav": ("WAV", "PCM_16", "audio/wav"), "flac": ("FLAC", "PCM_16", "
              "ogg": ("OGG", "VORBIS", "audio/ogg")}
 
 
-class _Sink:
-    """A write-only file for libsndfile that hands out what was written: Ogg is written strictly
-    forwards (libsndfile seeks only to where it already is), so it can be streamed as it is encoded."""
-
-    def __init__(self) -> None:
-        self.pos = 0
-        self.pending: list[bytes] = []
-
-    def write(self, data) -> int:
-        self.pending.append(bytes(data))
-        self.pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        target = {0: offset, 1: self.pos + offset, 2: self.pos + offset}[whence]
-        if target != self.pos:
-            raise OSError("this stream cannot seek backwards")
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, _n: int = -1) -> bytes:
-        return b""
-
-    def take(self) -> bytes:
-        out, self.pending = b"".join(self.pending), []
-        return out
-
-
-def encode_stream(source: Path, fmt: str, block: int = 1 << 16):
-    """The WAV at `source` re-encoded as `fmt`, as a generator of bytes; memory stays flat whatever the
-    length. Ogg is encoded straight into the stream; FLAC goes through a temporary file next to the
-    process (libsndfile rewrites the FLAC header at the end; FLAC encodes at ~2,000x real time, so a
-    90-minute job's file is ready in ~3 s), then is streamed and removed."""
+def encode_file(source: Path, target: Path, fmt: str, block: int = 1 << 16) -> None:
+    """The WAV at `source` encoded as `fmt` into the file `target` (memory stays flat)."""
     container, subtype, _mime = DOWNLOADS[fmt]
-    with sf.SoundFile(str(source)) as src:
-        rate = src.samplerate
-        if container == "OGG":
-            sink = _Sink()
-            with sf.SoundFile(sink, "w", samplerate=rate, channels=1, format=container, subtype=subtype) as out:
-                for chunk in src.blocks(blocksize=block, dtype="float32", always_2d=False):
-                    out.write(chunk)
-                    data = sink.take()
-                    if data:
-                        yield data
-            data = sink.take()
-            if data:
-                yield data
-            return
-        import tempfile
-        with tempfile.TemporaryFile() as tmp:
-            with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, format=container, subtype=subtype) as out:
-                for chunk in src.blocks(blocksize=block, dtype="int16", always_2d=False):
-                    out.write(chunk)
-            tmp.seek(0)
-            while True:
-                data = tmp.read(block * 4)
-                if not data:
-                    return
-                yield data
+    with sf.SoundFile(str(source)) as src, sf.SoundFile(str(target), "w", samplerate=src.samplerate, channels=1,
+                                                        format=container, subtype=subtype) as out:
+        for chunk in src.blocks(blocksize=block, dtype="float32" if container == "OGG" else "int16",
+                                always_2d=False):
+            out.write(chunk)

@@ -51,6 +51,7 @@ from .storage import StorageFull, StorageUnavailable
 from .voices import VOICE_ID_RE
 
 log = logging.getLogger("tts.worker")
+DOWNLOAD_FORMATS = [fmt for fmt in audio.DOWNLOADS if fmt != "wav"]
 
 
 class Abandon(Exception):
@@ -401,6 +402,11 @@ class Worker:
                         segments_total=scan.total, duration_s=round(final_duration, 3))
         self.failed_in_a_row.clear()
         self.progress.pop(job_id, None)
+        for fmt in DOWNLOAD_FORMATS:   # each download a finished file nginx sends: encoded once, here
+            try:
+                rt.files.encode_download(job_id, fmt)
+            except (StorageUnavailable, OSError, RuntimeError) as exc:
+                log.warning("job %s: %s download not prepared (the first request makes it): %s", job_id, fmt, exc)
         if rt.engine.stateful:
             try:   # checkpoints served their purpose: the audio is whole
                 rt.files.drop_chunk_files(job_id, kinds=("state", "ckpt"))

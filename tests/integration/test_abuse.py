@@ -283,3 +283,41 @@ def test_a_chunk_that_cannot_be_read_while_joining_is_generated_again_not_charge
     assert len(aside) == 1 and aside[0].startswith("00001."), aside
     frames = sum(sf.info(str(rt.files.segment_path(job_id, s))).frames for s in rt.files.segments(job_id).values())
     assert sf.info(str(rt.files.audio_path(job_id))).frames == frames
+
+
+# ---- downloads: a finished file, sent by nginx ----
+
+def test_downloads_are_finished_files_encoded_once_and_handed_to_nginx(rt, api):
+    import io
+
+    import soundfile as sf
+    job_id = submit(api, script="Speaker 1: Hello there.\nSpeaker 2: And goodbye.").get_json()["id"]
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    assert run_cycles(worker, job_id, rt) == "done"
+    folder = rt.files.dir(job_id)
+    assert (folder / "audio.flac").is_file() and (folder / "audio.ogg").is_file()   # encoded when it ended
+    wav_frames = sf.info(str(folder / "audio.wav")).frames
+    assert sf.info(str(folder / "audio.flac")).frames == wav_frames
+    behind_nginx = {"X-Sendfile-Type": "X-Accel-Redirect"}
+    for fmt, mime in (("wav", "audio/wav"), ("flac", "audio/flac"), ("ogg", "audio/ogg")):
+        res = api.get(f"/api/jobs/{job_id}/audio?format={fmt}&download=1", headers=behind_nginx)
+        assert res.status_code == 200 and res.data == b""
+        assert res.headers["X-Accel-Redirect"] == f"/_tts_files/jobs/{job_id}/audio.{fmt}"
+        assert res.headers["Content-Type"].startswith(mime)
+        assert res.headers["Content-Disposition"] == f'attachment; filename="tts-{job_id}.{fmt}"'
+    chunk = api.get(f"/api/jobs/{job_id}/chunks/0", headers=behind_nginx)
+    assert chunk.headers["X-Accel-Redirect"].startswith(f"/_tts_files/jobs/{job_id}/segments/00000.")
+    # Without nginx in front (make serve, the tests): the same file, from the app.
+    (folder / "audio.ogg").unlink()                  # and a copy that is missing is made on request
+    direct = api.get(f"/api/jobs/{job_id}/audio?format=ogg")
+    assert direct.status_code == 200 and "X-Accel-Redirect" not in direct.headers
+    assert sf.info(io.BytesIO(direct.data)).frames == wav_frames and (folder / "audio.ogg").is_file()
+
+
+def test_a_job_must_come_as_json(api, rt):
+    """A cross-site form can post text/plain or form bodies, never application/json."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        res = api.post("/api/jobs", data='{"script": "Speaker 1: hi"}', content_type=content_type)
+        assert res.status_code == 415 and "application/json" in res.get_json()["error"]
+    assert rt.store.active_ids() == []

@@ -26,8 +26,8 @@ def redis_cli(host, *args):
 
 def test_services_run_where_they_belong(host):
     services = {
-        "tts-a": ["redis-server", "tts-web", "tts-worker", "nginx", "keepalived"],
-        "tts-b": ["redis-server", "tts-web", "tts-worker", "nginx", "keepalived"],
+        "tts-a": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived"],
+        "tts-b": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived"],
         "ctl": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "tts-operators-sink"],
         "nas": ["ssh"],
     }[name(host)]
@@ -87,8 +87,9 @@ def test_a_two_speaker_job_through_the_vip_finishes_with_audio(host):
     if name(host) != "tts-a":
         pytest.skip("once")
     s = requests.Session()
-    ready = s.get(f"{VIP}/ready", timeout=5)
+    ready = s.get(f"{VIP}/primary", timeout=5)
     assert ready.status_code == 200 and ready.json()["role"] == "primary"
+    assert s.get(f"{VIP}/ready", timeout=5).status_code == 404      # the node's probes are not public
     res = s.post(f"{VIP}/api/jobs", timeout=10, json={
         "script": "Speaker 1: Hello from the molecule pair.\nSpeaker 2: And hello back from the second voice.",
         "voices": {"1": "espeak-us-m3", "2": "espeak-us-f3"}})

@@ -108,7 +108,8 @@ def test_00_hardening_redis_and_monitoring_apis_only_for_those_who_need_them():
         assert reachable("tts-a", ADDRESS["ctl"], port)
     assert requests.get(f"{ALERTMANAGER}/api/v2/status", timeout=5).status_code == 200
     # The services run unprivileged and cannot gain privileges or write the system.
-    units = {"tts-a": ["tts-web", "tts-worker"], "tts-b": ["tts-web", "tts-worker"], "ctl": ["tts-receiver"]}
+    units = {"tts-a": ["tts-web", "tts-api", "tts-worker"], "tts-b": ["tts-web", "tts-api", "tts-worker"],
+             "ctl": ["tts-receiver"]}
     for node, names in units.items():
         for unit in names:
             props = dict(line.split("=", 1) for line in
