@@ -54,7 +54,9 @@ def wait_calm(lab: Lab, cooldown: float, timeout: float = 300) -> None:
     while time.monotonic() < deadline:
         try:
             ready = [requests.get(f"{lab.node_url(n)}/ready", timeout=2).status_code for n in lab.nodes]
-            runs = requests.get(f"http://{lab.ctl}:9095/runs", timeout=5).json()["runs"]
+            token = podman("exec", lab.container("ctl"), "cat", "/etc/prometheus/alert-token", timeout=30).stdout.strip()
+            runs = requests.get(f"http://{lab.ctl}:9095/runs", headers={"Authorization": f"Bearer {token}"},
+                                timeout=5).json()["runs"]
             busy = any(r["result"] == "running" for r in runs)
             recent = [r["ended_at"] for r in runs if r["playbook"] == "failover.yml" and r["ended_at"]]
             if ready == [200, 200] and not busy and (not recent or time.time() - max(recent) > cooldown):

@@ -38,7 +38,7 @@ def resample_bounded(samples: np.ndarray, from_rate: int, to_rate: int, block_s:
     step_in, step_out = from_rate // gcd(from_rate, to_rate), to_rate // gcd(from_rate, to_rate)
     block = max(1, int(block_s * from_rate) // step_in) * step_in    # whole steps: blocks align exactly
     pad = max(1, int(pad_s * from_rate) // step_in) * step_in
-    block_out, pad_out = block // step_in * step_out, pad // step_in * step_out
+    block_out = block // step_in * step_out
     n_out = int(round(samples.size * to_rate / from_rate))
     out = np.empty(n_out, dtype=np.float32)
     for start in range(0, samples.size, block):

@@ -7,12 +7,12 @@ import urllib.error
 import urllib.request
 
 
-def get_json(url: str, timeout: float) -> tuple[int | None, dict, str | None]:
+def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> tuple[int | None, dict, str | None]:
     """(HTTP status or None, the JSON object answered or {}, error or None). An error status is an
     answer (its body says why, if it can be read); a server that cannot be reached, or a success whose
     body is not JSON, is no answer."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as res:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as res:
             status, raw = res.status, res.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()

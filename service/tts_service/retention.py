@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

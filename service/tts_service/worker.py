@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import closing
 
 import redis
 
@@ -527,16 +528,18 @@ class Worker:
             if not rt.engine.stateful:
                 n, index = p, 0
             started = time.monotonic()
-            stream = rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume)
-            while (chunk := self._next_chunk(stream, p)) is not None:
-                rt.store.count_attempt(run.job_id)
-                self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
-                run.generated += 1
-                n += 1
-                index += 1
-                if not chunk.final:
-                    self._between_chunks(run, n)
-                started = time.monotonic()
+            # Closed on the way out, whatever ends it: an engine's stream holds the engine (its lock)
+            # until it is closed, and a stream left to the garbage collector would hold it past the job.
+            with closing(rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume)) as stream:
+                while (chunk := self._next_chunk(stream, p)) is not None:
+                    rt.store.count_attempt(run.job_id)
+                    self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
+                    run.generated += 1
+                    n += 1
+                    index += 1
+                    if not chunk.final:
+                        self._between_chunks(run, n)
+                    started = time.monotonic()
 
     def _next_chunk(self, stream, p: int):
         """The engine's next chunk (None at the end of the part). Whose fault a failure is decides what

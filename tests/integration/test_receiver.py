@@ -88,7 +88,16 @@ def post(client, body, token=TOKEN):
 
 
 def runs(client):
-    return client.get("/runs").get_json()
+    return client.get("/runs", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
+
+
+def test_the_history_is_for_the_holders_of_the_token(receiver):
+    """/runs shows every decision with its alert's text: not for anyone on the network."""
+    c = receiver.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token-x"}, {"Authorization": TOKEN}):
+        res = c.get("/runs", headers=headers)
+        assert res.status_code == 401 and "token" in res.get_json()["error"]
+    assert "decisions" in runs(c)
 
 
 def decisions_total(client):

@@ -100,8 +100,13 @@ def wait(predicate, timeout, what, interval=0.2):
         raise AssertionError(str(exc)) from None
 
 
+def alert_token():
+    return on("ctl", "cat /etc/prometheus/alert-token").strip()
+
+
 def receiver(path="/runs"):
-    return requests.get(f"{RECEIVER}{path}", timeout=5).json()
+    """The receiver's history (its /runs wants the webhook's token)."""
+    return requests.get(f"{RECEIVER}{path}", headers={"Authorization": f"Bearer {alert_token()}"}, timeout=5).json()
 
 
 def receiver_runs():

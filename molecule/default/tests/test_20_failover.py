@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from lab import (APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, VIP, RoleWatcher, cluster_state, follow_rejoin,
-                 new_run, on, operator_playbook, podman, receiver_runs, redis_hget, start_job, wait)
+from lab import (APP_BACK, APP_KILLED, NODES, PREFIX, VIP, RoleWatcher, cluster_state, follow_rejoin,
+                 new_run, on, operator_playbook, podman, receiver, receiver_runs, redis_hget, start_job, wait)
 
 TURNS = 12
 
@@ -48,7 +48,7 @@ def follow_failover(session, job_id, standby, t_fault, runs_before):
     assert recomputed <= 1
     claimed = float(redis_hget(standby, f"tts:job:{job_id}", "claimed_at"))
     assert job_id in [j["id"] for j in session.get(f"{VIP}/api/jobs", timeout=3).json()["jobs"]]
-    decided = [d for d in requests.get(f"{RECEIVER}/runs", timeout=5).json()["decisions"]
+    decided = [d for d in receiver()["decisions"]
                if d["action"] == "failover" and d["target"] == standby]
     return {"decision": decided[0]["decided_at"] - t_fault, "playbook_start": run["started_at"] - t_fault,
             "playbook_end": run["ended_at"] - t_fault, "first_primary_via_vip": first_primary - t_fault,

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
-                 SHARED, VIP, RoleWatcher, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
+                 SHARED, VIP, RoleWatcher, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, start_job, wait, wait_job_done,
                  wait_pair_settled)
 
@@ -35,10 +35,6 @@ def decisions_since(t, alert=None, node=None):
 
 def runs_since(before_ids, playbook=None):
     return [r for r in receiver_runs() if r["id"] not in before_ids and (playbook is None or r["playbook"] == playbook)]
-
-
-def alert_token():
-    return on("ctl", "cat /etc/prometheus/alert-token").strip()
 
 
 def webhook(alertname, node, status="firing"):
@@ -328,7 +324,7 @@ def test_09_redis_killed_on_the_primary_fails_over_to_the_replica(case):
         run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
         assert run["result"] == "succeeded", run
         # failover.yml stopped the old primary's app for certain: no restart by systemd undid it.
-        restarts = on(c.primary, f"journalctl -u tts-worker -u tts-web --since @{faulted_at} | "
+        restarts = on(c.primary, f"journalctl -u tts-worker -u tts-web -u tts-api --since @{faulted_at} | "
                                  "grep -c 'Scheduled restart job' || true").strip()
         assert restarts == "0", f"systemd restarted the old primary's app {restarts} times after the failover's stop"
     finally:
@@ -512,7 +508,7 @@ def test_15_io_error_from_the_mount_on_the_primary_fences_it_and_fails_no_job(ca
         # A new mount is not seen by services already running (their mount namespaces, ProtectSystem,
         # are copies with private propagation in these containers): remount, then restart them.
         on(c.primary, "umount -l /mnt/nas 2>/dev/null; mount /mnt/nas; "
-                      "systemctl restart tts-worker tts-web tts-deadman 2>/dev/null || true")
+                      "systemctl restart tts-worker tts-web tts-api tts-deadman 2>/dev/null || true")
     assert "failed" not in statuses, "an I/O error ended the job"
     note("15 I/O error (sshfs killed) on the primary", f"primary fenced ({body['reason'][:90]}); failover to "
                                                       f"{c.standby}; job never failed, finished there, "

@@ -76,6 +76,21 @@ class Plan:
             data[key] = value.split() if isinstance(value, str) else list(value)
         return cls(**data)
 
+    def receiver_headers(self) -> dict[str, str]:
+        """The receiver's /runs wants the webhook's token: the drill has it among the secrets it is
+        handed for the playbooks (extra_vars' @files, as the receiver keeps them)."""
+        import yaml
+        for value in self.extra_vars:
+            if not value.startswith("@"):
+                continue
+            try:
+                secrets = yaml.safe_load(Path(value[1:]).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(secrets, dict) and secrets.get("tts_alert_token"):
+                return {"Authorization": f"Bearer {secrets['tts_alert_token']}"}
+        return {}
+
 
 class StepFailed(Exception):
     pass
@@ -213,7 +228,7 @@ class Drill:
         self._do("Preflight - the standby is ready and its replica in sync",
                  status == 200 and body.get("role") == "standby" and bool((body.get("checks") or {}).get("redis")),
                  f"{before['standby']} answers /ready with {status or error}: {json.dumps(body)[:300]}")
-        status, body, error = get_json(f"{p.receiver}/runs", 10)
+        status, body, error = get_json(f"{p.receiver}/runs", 10, p.receiver_headers())
         runs = body.get("runs") or []
         recent = [r for r in runs if r.get("playbook") == "failover.yml" and isinstance(r.get("ended_at"), (int, float))
                   and r["ended_at"] > self.meta["started_at"] - p.cooldown_s]
@@ -340,7 +355,7 @@ class Drill:
             self.meta["after"]["changed_at"] = self.meta["after"].get("updated_at")
         except StepFailed:
             self.meta["after"] = {}
-        _status, receiver, _error = get_json(f"{self.plan.receiver}/runs", 10)
+        _status, receiver, _error = get_json(f"{self.plan.receiver}/runs", 10, self.plan.receiver_headers())
         watched = asdict(self.watcher.obs) if self.watcher else {}
         rep = report.build(self.meta, watched, self.verdict, receiver)
         try:

@@ -49,11 +49,14 @@ def create_app(runner: Runner | None = None, start: bool = True,
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
     app.extensions["tts_receiver"] = controller
 
-    @app.post("/alerts")
-    def alerts():
+    def authorised() -> bool:
         header = request.headers.get("Authorization", "")
         given = header[7:].encode() if header.startswith("Bearer ") else b""
-        if not hmac.compare_digest(given, token):
+        return hmac.compare_digest(given, token)
+
+    @app.post("/alerts")
+    def alerts():
+        if not authorised():
             return jsonify({"error": "missing or wrong bearer token"}), 401
         body = request.get_json(silent=True, force=True)
         try:
@@ -66,6 +69,9 @@ def create_app(runner: Runner | None = None, start: bool = True,
 
     @app.get("/runs")
     def runs():
+        """Every decision and run, with the alerts' text: for the holders of the webhook's token."""
+        if not authorised():
+            return jsonify({"error": "missing or wrong bearer token"}), 401
         return jsonify({"runs": store.runs(), "decisions": store.decisions(50)})
 
     @app.get("/health")
