@@ -8,6 +8,8 @@ watches both nodes' /ready for two unfenced primaries. Runs against the lab too:
     TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_40_faults.py
 """
 import json
+import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -642,6 +644,94 @@ def test_13_ctl_lost_the_pair_keeps_serving_and_its_watchdog_goes_silent(case):
     wait(lambda: prometheus_value('up{job="tts_receiver"}') == 1.0, 120, "Prometheus scraping again", interval=2)
     note("13 ctl lost", f"pair kept serving (job finished, a new one done, both in role); both nodes' "
                         f"dead-man's switch went off {took:.0f} s after the loss; all back after ctl restarted")
+
+
+# What one client on the LAN (run inside the NAS container: an address of its own, so that the job
+# owner's requests from this machine are not the abuser's) sends at the pair: bad scripts, a cookieless
+# poller, and 32 slow readers of its own job's FLAC. Prints what it was answered, as JSON.
+ABUSER = r"""
+import json, ssl, sys, threading, time, urllib.error, urllib.request
+VIP = sys.argv[1]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+def ask(method, path, body=None, cookie=None, ctype="application/json"):
+    req = urllib.request.Request(VIP + path, data=body, method=method)
+    if body is not None: req.add_header("Content-Type", ctype)
+    if cookie: req.add_header("Cookie", cookie)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as res:
+            return res.status, res.read(), res.headers.get("Set-Cookie")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), None
+out = {"bad": [], "poller": {}, "readers": []}
+for raw in (b'{"script": "Speaker 1: \\ud800"}', b'{"script": "Speaker 1: \\u0007 bell"}', b'{"script": "Speaker 1: \\ud800\\ud800"}'):
+    status, body, _ = ask("POST", "/api/jobs", raw)
+    out["bad"].append([status, json.loads(body).get("error", "")[:80]])
+status, body, cookie = ask("POST", "/api/jobs", json.dumps({"script": "Speaker 1: My own job, to download slowly."}).encode())
+assert status == 202, (status, body)
+cookie = cookie.split(";")[0]; job = json.loads(body)["id"]
+deadline = time.time() + 120
+while json.loads(ask("GET", f"/api/jobs/{job}", cookie=cookie)[1]).get("status") != "done":
+    assert time.time() < deadline, "the abuser's own job did not finish"; time.sleep(0.5)
+for _ in range(3000):
+    status = ask("GET", "/api/jobs")[0]
+    out["poller"][status] = out["poller"].get(status, 0) + 1
+stop = threading.Event()
+def reader():
+    req = urllib.request.Request(f"{VIP}/api/jobs/{job}/audio?format=flac", headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as res:
+            out["readers"].append(res.status)
+            while not stop.wait(1.0) and res.read(1024): pass
+    except urllib.error.HTTPError as exc:
+        out["readers"].append(exc.code)
+threads = [threading.Thread(target=reader, daemon=True) for _ in range(32)]
+for t in threads: t.start()
+time.sleep(20); stop.set()
+print(json.dumps(out))
+"""
+
+
+def test_18_abusers_cost_only_themselves_while_a_job_runs(case):
+    """Bad scripts, a cookieless poller (3000 requests) and 32 slow readers from one LAN client while
+    a job runs: no failover, the job done, the abusers refused or slowed, Redis barely touched, and
+    /ready on the primary quick throughout."""
+    c = case()
+    keys_before = int(redis_cli(c.primary, "DBSIZE"))
+    latencies, stop = [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                requests.get(f"{NODES[c.primary]}/ready", timeout=2)
+                latencies.append(time.monotonic() - started)
+            except requests.RequestException:
+                latencies.append(2.0)
+            stop.wait(0.3)
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        out = subprocess.run(["podman", "exec", "-i", PREFIX + "nas", "python3", "-", VIP],
+                             input=ABUSER, capture_output=True, text=True, timeout=300)
+    finally:
+        stop.set()
+        prober.join(5)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [status for status, _ in got["bad"]] == [400, 400, 400], got["bad"]
+    assert all("line 1" in why for _, why in got["bad"]), got["bad"]
+    assert set(got["poller"]) <= {"200", "429"} and got["poller"].get("429", 0) > 0, got["poller"]
+    assert got["readers"].count(429) > 0 and got["readers"].count(200) > 0, got["readers"]
+    c.finish_job(c.primary)
+    assert {r["id"] for r in receiver_runs()} == c.runs_before, "a run started: the abuse cost a failover"
+    assert pair_in_role()
+    keys_after = int(redis_cli(c.primary, "DBSIZE"))
+    assert keys_after - keys_before <= 12, (keys_before, keys_after)
+    assert max(latencies) < 0.5, f"/ready took up to {max(latencies):.2f} s"
+    note("18 abusers (bad scripts, poller, slow readers)",
+         f"bad scripts 400 at the door; poller {got['poller']}; readers {got['readers'].count(200)} served, "
+         f"{got['readers'].count(429)} refused; Redis keys {keys_before} -> {keys_after}; /ready max "
+         f"{max(latencies):.3f} s; no failover; the job done on {c.primary}")
 
 
 @pytest.fixture(scope="module", autouse=True)
