@@ -93,7 +93,7 @@ def runs(client):
 
 def test_the_history_is_for_the_holders_of_the_token(receiver):
     """/runs shows every decision with its alert's text: not for anyone on the network."""
-    c = receiver.test_client()
+    c = receiver(start=False).test_client()
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token-x"}, {"Authorization": TOKEN}):
         res = c.get("/runs", headers=headers)
         assert res.status_code == 401 and "token" in res.get_json()["error"]
