@@ -430,3 +430,22 @@ def test_a_damaged_chunk_mid_part_is_regenerated_and_the_audio_is_unchanged(vv_r
     assert any(".damaged-" in p.name for p in victim.parent.iterdir())
     assert "restarts from its beginning" in (rt.files.dir(job_id) / "log").read_text()
     close_enough(served_audio(rt, job_id), expected_audio(rt.engine, 4))
+
+
+# ---- as it will run: bf16 ----
+
+def test_a_job_with_voice_clips_runs_in_bf16(model_dir):
+    """What a GPU runs (bfloat16 weights), on the CPU: the processor makes the clips' samples float32,
+    and a bf16 model refused them ("Input type (float) and bias type (c10::BFloat16) should be the
+    same") on every job with a voice clip. The inputs now meet the model in its dtype."""
+    e = make_engine(model_dir, dtype="bfloat16")
+    assert e.model.dtype == torch.bfloat16
+    part = e.plan(SEGMENTS)[0]
+    assert any(v.startswith("vv-speaker") for _s, v in part.speakers)        # clips in the prompt
+    inputs = e.build_inputs(part)
+    floats = [k for k, v in inputs.items() if hasattr(v, "is_floating_point") and v.is_floating_point()]
+    assert floats and all(inputs[k].dtype == torch.bfloat16 for k in floats), floats
+    chunks = list(e.stream(part, seed=5))
+    audio = whole(chunks)
+    assert chunks[-1].final and len(audio) == TOKENS * len(part.segments) * SAMPLES_PER_TOKEN
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0

@@ -55,7 +55,7 @@ class VibeVoiceEngine(Engine):
     def __init__(self, model_dir: str, diffusion_steps: int = 10, guidance_scale: float = 1.3,
                  device: str | None = None, force_audio_tokens: int | None = None,
                  max_seconds_per_char: float = 0.25, path: str = "auto", compile: bool | None = None,
-                 chunk_seconds: float = 10.0, context: int | None = None):
+                 chunk_seconds: float = 10.0, context: int | None = None, dtype: str | None = None):
         if path not in ("auto", "fast", "reference"):
             raise EngineError(f"TTS_VIBEVOICE_PATH is auto, fast or reference, not {path!r}")
         self.path = path
@@ -65,6 +65,9 @@ class VibeVoiceEngine(Engine):
         self.diffusion_steps = diffusion_steps
         self.guidance_scale = guidance_scale
         self.device_name = device
+        # The weights' dtype: bfloat16 on a GPU, float32 on the CPU unless set (the tests run bf16 on the
+        # CPU to meet what a GPU runs).
+        self.dtype_name = dtype
         self.chunk_tokens = max(1, int(round(chunk_seconds * TOKENS_PER_SECOND)))
         self.context_override = context   # tests: a smaller context than the model's, to force parts
         # Testing/benchmark knob: random-weight models never choose audio tokens by themselves, so
@@ -122,7 +125,8 @@ class VibeVoiceEngine(Engine):
         from .vibevoice_stream import DialogueStream
 
         device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = getattr(torch, self.dtype_name) if self.dtype_name else (
+            torch.bfloat16 if device.startswith("cuda") else torch.float32)
         self.processor = VibeVoiceProcessor.from_pretrained(self.model_dir)
         model = VibeVoiceForConditionalGeneration.from_pretrained(self.model_dir, dtype=dtype)
         self.model = model.to(device).eval()
@@ -178,7 +182,14 @@ class VibeVoiceEngine(Engine):
     def build_inputs(self, part: Part, clips: dict[str, np.ndarray] | None = None):
         prompt, audio = self.prompt_text(part, clips)
         kwargs = {"audio": audio, "sampling_rate": SAMPLE_RATE} if audio else {}
-        return self.processor(text=[prompt], return_tensors="pt", **kwargs).to(self.device)
+        batch = self.processor(text=[prompt], return_tensors="pt", **kwargs)
+        # The one place inputs meet the model: on its device, and its floating tensors (the voice clips'
+        # samples) in its dtype (the processor makes float32; a bf16 model refuses them).
+        dtype = self.model.dtype
+        for key, value in batch.items():
+            if hasattr(value, "to"):
+                batch[key] = value.to(self.device, dtype=dtype) if value.is_floating_point() else value.to(self.device)
+        return batch
 
     def _audio_tokens_planned(self, segments: list[dict]) -> int:
         if self.force_audio_tokens is not None:
