@@ -13,6 +13,8 @@ SERVICE_SOURCES := $(shell find service -name '*.py' -o -name '*.html' -o -name 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The lab containers' host keys, pinned by lab/containers.yml (Ansible checks them: ansible.cfg).
+export TTS_LAB_KNOWN_HOSTS := $(CURDIR)/.lab/known_hosts
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 
 from .audio import DOWNLOADS
 from .jobfiles import BadJobId, check_job_id, new_job_id
-from .jobs import FINAL, public_job
+from .jobs import FINAL, public_job, session_id
 from .journal import fields
 from .node import Fenced
 from .recovery import job_from_storage
@@ -67,16 +68,28 @@ def _storage_error(exc: StorageUnavailable):
 
 # ---- sessions ----
 
-def current_session(create: bool, token: str | None = None) -> str | None:
-    """The caller's session id. A session is created only by a request that stores something (a
-    submit, an upload): reading creates nothing, so clients without a cookie jar leave no state.
-    `token`: the cookie to create it with (a keyed submit's, see idempotent_session_token)."""
-    rt = _rt()
-    sid = rt.sessions.lookup(request.cookies.get(COOKIE))
-    if sid is None and create:
-        token, sid = rt.sessions.create(token)
+def current_session() -> str | None:
+    """The caller's session id, or None. Reading never creates one: clients without a cookie jar leave
+    no state (what stores something makes it: _caller_session, _start_session)."""
+    return _rt().sessions.lookup(request.cookies.get(COOKIE))
+
+
+def _caller_session(sid: str | None, token: str | None = None) -> tuple[str, str | None]:
+    """(sid, None) for a caller with a session (sid: current_session()); else (the id a new session
+    will have, its cookie token), the session itself made by _start_session only once what it stores
+    is durable: a refused request leaves no session behind. `token`: the new session's cookie (a keyed
+    submit's, idempotent_session_token), else a random one."""
+    if sid is not None:
+        return sid, None
+    token = token or secrets.token_urlsafe(32)
+    return session_id(token), token
+
+
+def _start_session(token: str | None) -> None:
+    """Make the new session (if any) in Redis and answer with its cookie."""
+    if token is not None:
+        _rt().sessions.create(token)
         g.new_session_token = token
-    return sid
 
 
 @bp.after_app_request
@@ -103,7 +116,7 @@ def _owned_job(job_id: str) -> dict:
     except BadJobId:
         raise ApiError(404, "no such job") from None
     rt = _rt()
-    sid = current_session(create=False)
+    sid = current_session()
     job = rt.store.get(job_id)
     if job is None and sid is not None:
         # Redis may have lost it (an async replica promoted): shared storage still knows.
@@ -121,7 +134,7 @@ def voices():
     listed = [v.to_dict() for v in rt.engine.voices()]
     if rt.engine.takes_reference_clips:
         listed += [{"id": v["id"], "name": v["name"], "engine": v["engine"], "uploaded": True,
-                    "seconds": v.get("seconds")} for v in rt.voices.list(current_session(create=False))]
+                    "seconds": v.get("seconds")} for v in rt.voices.list(current_session())]
     return jsonify({"voices": listed, "uploads": rt.engine.takes_reference_clips})
 
 
@@ -157,7 +170,7 @@ def upload_voice():
         samples = decode_clip(data)
     except ClipError as exc:
         raise ApiError(400, str(exc)) from None
-    sid = current_session(create=True)
+    sid, token = _caller_session(current_session())
     wait = rt.store.hit_rate_limit("voices", sid, rt.settings.rate_limit_per_session)
     if wait:
         raise ApiError(429, f"too many clips uploaded from this session; try again in {wait} s", retry_after=wait)
@@ -168,6 +181,7 @@ def upload_voice():
         info = rt.voices.save(sid, name, samples, rt.engine.name)
     except StorageFull:
         raise ApiError(503, "shared storage is full; the clip was not stored", retry_after=30) from None
+    _start_session(token)
     return jsonify({"id": info["id"], "name": info["name"], "engine": info["engine"],
                     "seconds": info["seconds"]}), 201
 
@@ -200,27 +214,24 @@ def submit():
     key = _idempotency_key()
 
     epoch = require_primary()
-    sid = current_session(create=False)
-    voices = _resolve_voices(body.get("voices", {}), speakers_of(segments), sid)
+    known = current_session()
+    voices = _resolve_voices(body.get("voices", {}), speakers_of(segments), known)
     fingerprint = _request_fingerprint(script, voices, seed)
     job_id = idempotent_job_id(key, fingerprint) if key else new_job_id()
+    sid, token = _caller_session(known, idempotent_session_token(key, fingerprint) if key and len(key) >= 16 else None)
     if key:
-        replay = _replay(job_id)
+        replay = _replay(job_id, sid, token)
         if replay is not None:
-            if sid is None:   # a retry without the first answer's cookie: the session its key names
-                current_session(create=True, token=idempotent_session_token(key, fingerprint))
             return replay
     client = request.remote_addr or "unknown"
     wait = rt.store.hit_rate_limit("client", client, settings.rate_limit_per_client)
     if wait:
         raise ApiError(429, f"too many jobs submitted from this client ({settings.rate_limit_per_client} a "
                             f"minute); try again in {wait} s", retry_after=wait)
-    sid = sid or current_session(create=True, token=idempotent_session_token(key, fingerprint) if key else None)
-    for scope, who, limit in (("session", sid, settings.rate_limit_per_session),):
-        wait = rt.store.hit_rate_limit(scope, who, limit)
-        if wait:
-            raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
-                                f"try again in {wait} s", retry_after=wait)
+    wait = rt.store.hit_rate_limit("session", sid, settings.rate_limit_per_session)
+    if wait:
+        raise ApiError(429, f"too many jobs submitted from this session ({settings.rate_limit_per_session} "
+                            f"a minute); try again in {wait} s", retry_after=wait)
 
     estimate_s = round(estimate_seconds(" ".join(seg.text for seg in segments)), 1)
     _check_queue_caps(sid, client, estimate_s)
@@ -242,10 +253,11 @@ def submit():
     except StorageFull:
         raise ApiError(503, "shared storage is full; the job was not accepted", retry_after=30) from None
     except FileExistsError:   # the same key, committed by a concurrent retry of this very submit
-        replay = _replay(job_id)
+        replay = _replay(job_id, sid, token)
         if replay is not None:
             return replay
         raise
+    _start_session(token)
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
         rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s, client=client)
@@ -313,14 +325,19 @@ def _request_fingerprint(script: str, voices: dict[int, str], seed: int | None) 
     return hashlib.sha256(json.dumps([script, sorted(voices.items()), seed]).encode()).hexdigest()
 
 
-def _replay(job_id: str) -> Response | None:
-    """The response for a submit whose job exists already (same key and script); None if it does not."""
+def _replay(job_id: str, sid: str, token: str | None) -> Response | None:
+    """The response for a submit whose job exists already (same key and script), for the session that
+    owns it; None if there is no such job. Another session's job is never handed over (409)."""
     rt = _rt()
     try:
         existing = rt.files.request(job_id)
     except FileNotFoundError:
         return None
-    rt.sessions.ensure(existing["session"])
+    if existing.get("session") != sid:
+        raise ApiError(409, "this Idempotency-Key was already used with this same script by another session; "
+                            "use a new key for a new job (a retry without the first answer's cookie finds its "
+                            "job by a key of 16 characters or more)")
+    _start_session(token)   # a retry without the cookie: the session the key names, its cookie again
     job = rt.store.get(job_id)
     if job is None:   # durable, but Redis never heard of it (the first attempt failed after the write)
         rt.store.add(job_id, existing["session"], int(existing.get("segments_total") or len(existing["segments"])),
@@ -354,7 +371,7 @@ def _resolve_voices(raw: object, speakers: list[int], sid: str | None) -> dict[i
 
 @bp.get("/jobs")
 def list_jobs():
-    sid = current_session(create=False)
+    sid = current_session()
     jobs = _rt().store.session_jobs(sid) if sid else []
     return jsonify({"jobs": [public_job(j) for j in jobs]})
 
@@ -378,7 +395,17 @@ def get_audio(job_id: str):
     rt = _rt()
     if not rt.storage.exists(rt.files.audio_path(job_id)):
         raise ApiError(404, "the job's audio file is missing from shared storage")
-    path = rt.files.encode_download(job_id, fmt)
+    path = rt.files.download_path(job_id, fmt)
+    if not rt.storage.exists(path):   # a job finished before downloads were made when it ended
+        lock = _ENCODING.setdefault((job_id, fmt), threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise ApiError(503, f"the {fmt} file of this job is being prepared; try again in a few seconds",
+                           retry_after=5)
+        try:
+            path = rt.files.encode_download(job_id, fmt)
+        finally:
+            lock.release()
+            _ENCODING.pop((job_id, fmt), None)
     return _send(path, DOWNLOADS[fmt][2], f"tts-{job_id}.{fmt}", attach=request.args.get("download") == "1")
 
 
@@ -397,6 +424,9 @@ def _send(path, mimetype: str, name: str, attach: bool = False) -> Response:
 
 # nginx's internal location for files on shared storage (roles/nginx/templates/tts.conf.j2).
 ACCEL_PREFIX = "/_tts_files/"
+# (job, format) -> the lock of the one request encoding it in this process: the others are told to
+# come back rather than each starting the same encode.
+_ENCODING: dict[tuple[str, str], threading.Lock] = {}
 
 
 @bp.get("/jobs/<job_id>/chunks")

@@ -1,6 +1,8 @@
 """Flask app factory: `gunicorn 'tts_service.app:create_app()'`."""
 from __future__ import annotations
 
+import os
+
 from flask import Flask, render_template
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -12,7 +14,7 @@ from .runtime import Runtime
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     if journal.under_journald():   # gunicorn under systemd: the app's lines with their fields
-        journal.setup("tts-web", settings.node)
+        journal.setup(os.environ.get("TTS_LISTENER", "tts-web"), settings.node)
     app = Flask(__name__)
     # The raw request may be a little larger than the script limit (JSON escaping); Flask refuses
     # bodies beyond this with 413 before reading them.

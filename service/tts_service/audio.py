@@ -118,15 +118,23 @@ def concat_wavs(parts: list[Path], out_path: Path, sample_rate: int, block: int 
                       subtype="PCM_16") as out:
         for part in parts:
             try:
-                with sf.SoundFile(str(part)) as src:
-                    if src.samplerate != sample_rate:
-                        raise ValueError(f"{part.name} is {src.samplerate} Hz, expected {sample_rate}")
-                    expected, read = src.frames, 0
-                    for chunk in src.blocks(blocksize=block, dtype="int16", always_2d=False):
-                        out.write(chunk)
-                        read += len(chunk)
+                src = sf.SoundFile(str(part))
             except (OSError, RuntimeError) as exc:   # soundfile's errors are RuntimeErrors
                 raise UnreadablePart(part, f"{type(exc).__name__}: {exc}") from exc
+            with src:
+                if src.samplerate != sample_rate:
+                    raise ValueError(f"{part.name} is {src.samplerate} Hz, expected {sample_rate}")
+                expected, read, blocks = src.frames, 0, None
+                while True:
+                    try:   # only reading the part is the part's fault; writing audio.wav is the NAS's
+                        blocks = blocks or src.blocks(blocksize=block, dtype="int16", always_2d=False)
+                        chunk = next(blocks, None)
+                    except (OSError, RuntimeError) as exc:
+                        raise UnreadablePart(part, f"{type(exc).__name__}: {exc}") from exc
+                    if chunk is None:
+                        break
+                    out.write(chunk)
+                    read += len(chunk)
             if read != expected:
                 raise UnreadablePart(part, f"read {read} of the {expected} frames its header announces")
             frames += read

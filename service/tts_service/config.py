@@ -108,6 +108,9 @@ class Settings:
     redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))
     # The pair's apps, "tts-a=http://10.89.60.11:8000,tts-b=...": the only targets of /peer/<node>/ready.
     peers: str = field(default_factory=lambda: _env("TTS_PEERS", ""))
+    # The users' listener of this node (tts-api, "ADDRESS:PORT"): /ready fails while it accepts no
+    # connections (a node whose users cannot reach it is not fit to be primary). Empty: not checked.
+    api_address: str = field(default_factory=lambda: _env("TTS_API_ADDRESS", ""))
     # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
     trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
     # How often the worker rescans shared storage for jobs Redis does not know about.

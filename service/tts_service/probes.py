@@ -5,6 +5,8 @@ healthy standby, 503 otherwise, always with the JSON that says why.
 """
 from __future__ import annotations
 
+import socket
+
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,6 +51,18 @@ def redis_refuses_writes(rt: Runtime) -> str | None:
     return None
 
 
+def users_listener_down(address: str, timeout: float = 0.3) -> str | None:
+    """Why the users' listener (tts-api) takes no connections, or None. A TCP connect, not a request:
+    the kernel accepts while the process listens, however busy its threads are with users, so a flood
+    of users can never make this node look down."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"the users' listener (tts-api at {address}) takes no connections: {exc}"
+    return None
+
+
 def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     settings = rt.settings
     belief = rt.node.belief()
@@ -84,6 +98,12 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     except redis.RedisError as exc:
         checks["redis"] = False
         reasons.append(f"Redis is unreachable: {exc}")
+
+    if settings.api_address:
+        why = users_listener_down(settings.api_address)
+        checks["api"] = why is None
+        if why:
+            reasons.append(why)
 
     hb, why = heartbeat.read(heartbeat.heartbeat_path(settings.run_dir, settings.node))
     # A stopping worker (SIGTERM: it finishes its chunk and hands its job back) keeps a primary serving:

@@ -39,14 +39,26 @@ class StorageFull(StorageUnavailable):
     """Shared storage has no space left (ENOSPC / EDQUOT)."""
 
 
-def nas_now(directory: Path) -> float:
+def nas_now(directory: Path, keep_clock: bool = False) -> float:
     """Now, by the NAS's clock: the mtime of a file written just now in `directory`. Ages of files on
-    shared storage are measured against this, never against this host's clock."""
+    shared storage are measured against this, never against this host's clock. keep_clock: also keep
+    `.clock` there, so that a NAS with no room for a new file (when retention is needed most) is asked
+    through it, written in place."""
     probe = Path(directory) / f".clock-{secrets.token_hex(6)}"
+    clock = Path(directory) / ".clock"
     try:
         with open(probe, "wb"):
             pass
+        if keep_clock and not os.path.exists(clock):   # kept for the day the NAS is full
+            with open(clock, "wb") as fh:
+                fh.write(b"c")
         return os.stat(probe).st_mtime
+    except OSError as exc:
+        if not keep_clock or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        with open(clock, "r+b") as fh:   # one byte over itself: no new block needed
+            fh.write(b"c")
+        return os.stat(clock).st_mtime
     finally:
         unlink_quietly(probe)
 
@@ -102,8 +114,8 @@ class Storage:
         return self.call(os.stat, path).st_mtime
 
     def now(self, directory: Path) -> float:
-        """Now by the NAS's clock (nas_now)."""
-        return self.call(nas_now, directory)
+        """Now by the NAS's clock (nas_now), answered even when the NAS is full."""
+        return self.call(nas_now, directory, True)
 
     def exists(self, path: Path) -> bool:
         """True/False only when the mount answered; an I/O error is StorageUnavailable, never False."""

@@ -369,8 +369,9 @@ class Worker:
                 except audio.UnreadablePart as exc:   # that chunk is regenerated, not charged to the job
                     if not rt.storage.answers():
                         raise StorageUnavailable(str(exc)) from exc
-                    seg = next(f for f in rt.files.segments(job_id).values() if f.name == exc.part.name)
-                    self._quarantine(run, {seg: f"it could not be read while joining the audio ({exc})"})
+                    seg = next((f for f in rt.files.segments(job_id).values() if f.name == exc.part.name), None)
+                    if seg is not None:   # (gone meanwhile: the next scan finds what is there)
+                        self._quarantine(run, {seg: f"it could not be read while joining the audio ({exc})"})
                     continue
             if scan.sentence:
                 self._log(run, scan.sentence, event="resumed")
@@ -397,17 +398,17 @@ class Worker:
                 return str(ended)
         else:
             raise Attempt("chunks keep turning up damaged on shared storage")
+        for fmt in DOWNLOAD_FORMATS:   # each download a finished file nginx sends, there when the job is done
+            try:
+                rt.files.encode_download(job_id, fmt)
+            except (StorageUnavailable, OSError, RuntimeError) as exc:
+                log.warning("job %s: %s download not prepared (the first request makes it): %s", job_id, fmt, exc)
         rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration,
                       segments=scan.total)
         rt.store.finish(job_id, "done", node=self.settings.node, segments_done=scan.total,
                         segments_total=scan.total, duration_s=round(final_duration, 3))
         self.failed_in_a_row.clear()
         self.progress.pop(job_id, None)
-        for fmt in DOWNLOAD_FORMATS:   # each download a finished file nginx sends: encoded once, here
-            try:
-                rt.files.encode_download(job_id, fmt)
-            except (StorageUnavailable, OSError, RuntimeError) as exc:
-                log.warning("job %s: %s download not prepared (the first request makes it): %s", job_id, fmt, exc)
         if rt.engine.stateful:
             try:   # checkpoints served their purpose: the audio is whole
                 rt.files.drop_chunk_files(job_id, kinds=("state", "ckpt"))

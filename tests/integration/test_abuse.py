@@ -321,3 +321,24 @@ def test_a_job_must_come_as_json(api, rt):
         res = api.post("/api/jobs", data='{"script": "Speaker 1: hi"}', content_type=content_type)
         assert res.status_code == 415 and "application/json" in res.get_json()["error"]
     assert rt.store.active_ids() == []
+
+
+def test_a_node_whose_users_listener_takes_no_connections_is_not_ready(rt):
+    """The users' listener (tts-api) is a process of its own: /ready (on the internal one) says so when
+    it is gone, by a TCP connect that a busy listener still accepts."""
+    import socket
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(1)                      # accepts connections, never answers: as a flooded listener
+    up = create_app(replace(rt.settings, api_address=f"127.0.0.1:{listening.getsockname()[1]}")).test_client()
+    assert up.get("/ready").get_json()["checks"]["api"] is True
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))            # bound, not listening: connections refused
+    down = create_app(replace(rt.settings, api_address=f"127.0.0.1:{closed.getsockname()[1]}")).test_client()
+    body = down.get("/ready").get_json()
+    assert body["checks"]["api"] is False and "users' listener" in body["reason"], body
+    listening.close()
+    closed.close()

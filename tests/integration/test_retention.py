@@ -125,3 +125,26 @@ def test_a_fenced_node_expires_no_voice_clips(rt, shared):
     time.sleep(0.6)   # past the node's state cache
     report = purge(rt, days=30)
     assert report.voices_removed == [] and (rt.voices.root / sid).is_dir()
+
+
+def test_retention_still_reads_the_nas_clock_when_the_nas_is_full(rt, api, monkeypatch):
+    """A full NAS cannot take the probe file (stand-in: ENOSPC from creating it); retention is needed
+    most then, and asks the NAS's clock through .clock, written in place."""
+    import builtins
+    import errno
+
+    from tts_service import storage as storage_mod
+    finished(rt, api, 40)
+    purge(rt, days=30)                    # a first run leaves .clock behind
+    assert (rt.files.jobs_dir / ".clock").exists()
+    old = finished(rt, api, 40)
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **kw):
+        if ".clock-" in str(path) and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(storage_mod, "open", full, raising=False)
+    report = purge(rt, days=30)
+    assert report.removed == [old], report.sentence

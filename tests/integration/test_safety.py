@@ -213,13 +213,41 @@ def test_a_retry_whose_first_answer_and_cookie_were_lost_finds_its_job(rt):
     """An API client without a cookie jar (or whose first answer, with its Set-Cookie, never came
     back) retries with the same key: the same job, and the session that owns it."""
     from tts_service.app import create_app
+    key = {"Idempotency-Key": "0b6f1f3e-8d1c-4c55-9a43-5f0e2d7c9b11"}
     first = create_app(rt.settings).test_client()
-    job_id = submit(first, headers={"Idempotency-Key": "7f3c9a0e-lost"}).get_json()["id"]
+    job_id = submit(first, headers=key).get_json()["id"]
     retry = create_app(rt.settings).test_client()          # no cookie from the first attempt
-    again = submit(retry, headers={"Idempotency-Key": "7f3c9a0e-lost"})
+    again = submit(retry, headers=key)
     assert again.status_code == 200 and again.get_json()["id"] == job_id
     assert [j["id"] for j in retry.get("/api/jobs").get_json()["jobs"]] == [job_id]
     assert retry.get(f"/api/jobs/{job_id}").status_code == 200
+    # Another session with the same key and script is never handed that job (nor its session).
+    stranger = create_app(rt.settings).test_client()
+    submit(stranger, script="Speaker 1: my own first job")            # a session of its own
+    taken = submit(stranger, headers=key)
+    assert taken.status_code == 409 and "another session" in taken.get_json()["error"]
+    assert job_id not in [j["id"] for j in stranger.get("/api/jobs").get_json()["jobs"]]
+    # A short key is not enough to find a job without its cookie.
+    submit(first, script="Speaker 1: short key", headers={"Idempotency-Key": "k1"})
+    short = submit(create_app(rt.settings).test_client(), script="Speaker 1: short key",
+                   headers={"Idempotency-Key": "k1"})
+    assert short.status_code == 409 and "16 characters" in short.get_json()["error"]
+
+
+def test_a_refused_submit_leaves_no_session(rt):
+    """Sessions are made once what they store is durable: a refused submit (here the address's queue
+    cap) answers without a cookie and leaves no session in Redis."""
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    app = create_app(replace(rt.settings, queue_jobs_per_client=1))
+    sessions = lambda: len(rt.redis.keys("tts:session:*"))   # noqa: E731
+    before = sessions()
+    assert submit(app.test_client()).status_code == 202           # the first one makes its session
+    for _ in range(5):
+        refused = submit(app.test_client(), script="Speaker 1: over the cap")
+        assert refused.status_code == 429 and "Set-Cookie" not in refused.headers
+    assert sessions() == before + 1
 
 
 def test_a_submit_whose_first_attempt_reached_storage_but_not_redis_is_found_again(api, rt, redis_server):

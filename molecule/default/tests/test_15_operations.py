@@ -161,26 +161,6 @@ tests:
               summary: "the VIP's certificate expires in 9d 23h 45m 0s (renew it: tts_tls_cert, or the lab CA)"
   - interval: 1m
     input_series:
-      - series: 'tts_redis_used_memory_bytes{job="tts_app", node="tts-a", instance="a"}'
-        values: '500 600 700 850 850 850 850 850'
-      - series: 'tts_redis_maxmemory_bytes{job="tts_app", node="tts-a", instance="a"}'
-        values: '1000x8'
-      - series: 'tts_redis_used_memory_bytes{job="tts_app", node="tts-b", instance="b"}'
-        values: '900x8'
-      - series: 'tts_redis_maxmemory_bytes{job="tts_app", node="tts-b", instance="b"}'
-        values: '0x8'
-    alert_rule_test:
-      - eval_time: 4m
-        alertname: TTSRedisMemoryHigh
-        exp_alerts: []
-      - eval_time: 6m
-        alertname: TTSRedisMemoryHigh
-        exp_alerts:
-          - exp_labels: {severity: warning, node: tts-a, job: tts_app, instance: a}
-            exp_annotations:
-              summary: "Redis on tts-a uses 85 % of its maxmemory (threshold 80 %)"
-  - interval: 1m
-    input_series:
       - series: 'probe_ssl_earliest_cert_expiry{job="tts_vip", node="vip", instance="https://vip/health"}'
         values: '8640000x30'
     alert_rule_test:

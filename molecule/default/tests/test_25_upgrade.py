@@ -112,7 +112,7 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     inventory = str(Path(inventory).parent)
     ephemeral = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or Path(inventory).parent)
     env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-           "TTS_LAB_KEY": str(ROOT / ".lab/ssh/id_ed25519")}
+           "TTS_LAB_KEY": str(ROOT / ".lab/ssh/id_ed25519"), "TTS_LAB_KNOWN_HOSTS": str(ROOT / ".lab/mol-known_hosts")}
     try:
         started = time.monotonic()
         deploy = subprocess.run(["ansible-playbook", "-i", inventory, str(ROOT / "playbooks/site.yml"),
