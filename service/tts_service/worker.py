@@ -298,10 +298,19 @@ class Worker:
         if isinstance(exc, EngineFault):
             self.failed_in_a_row.append(job_id)
         if len(self.failed_in_a_row) >= 3 and len(set(self.failed_in_a_row)) >= 2:
-            self.engine_loaded = False
-            self.engine_error = (f"attempts failed on {len(set(self.failed_in_a_row))} different jobs in a row "
-                                 f"(the last: {what}): this node is unfit to run jobs")
-            log.error("%s", self.engine_error)
+            # The engine's, or these jobs'? A plain sentence tells: jobs crafted to make the engine
+            # fail every time must not make the node (and then its peer) unfit.
+            broken = self.rt.engine.self_check()
+            jobs = len(set(self.failed_in_a_row))
+            self.failed_in_a_row.clear()
+            if broken is None:
+                log.warning("attempts failed on %d different jobs in a row (the last: %s), but the engine speaks "
+                            "a plain sentence: the failures are those jobs', not this node's", jobs, what)
+            else:
+                self.engine_loaded = False
+                self.engine_error = (f"attempts failed on {jobs} different jobs in a row (the last: {what}) and "
+                                     f"the engine fails its self-check ({broken}): this node is unfit to run jobs")
+                log.error("%s", self.engine_error)
         try:
             self.rt.node.assert_primary(epoch)
         except Fenced as fenced:

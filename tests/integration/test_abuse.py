@@ -342,3 +342,29 @@ def test_a_node_whose_users_listener_takes_no_connections_is_not_ready(rt):
     assert body["checks"]["api"] is False and "users' listener" in body["reason"], body
     listening.close()
     closed.close()
+
+
+class PickyEngine(EspeakEngine):
+    """An engine that fails every time on one word (a stand-in for a text that crashes a real one):
+    a job's own text, raised as an engine error, not an input error."""
+
+    def synthesize(self, text, voice_id):
+        from tts_service.engines import EngineError
+        if "crash" in text:
+            raise EngineError("the engine's process died on this text (stand-in)")
+        return super().synthesize(text, voice_id)
+
+
+def test_jobs_crafted_to_make_the_engine_fail_do_not_make_the_node_unfit(rt, api):
+    """Engine errors on several jobs in a row mark the node unfit only if the engine also fails a plain
+    sentence (its self-check): here it speaks one, so the crafted jobs fail alone."""
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    rt.engine = PickyEngine()
+    crafted = [submit(api, script=f"Speaker 1: crash {n}").get_json()["id"] for n in range(3)]
+    for _ in range(15):
+        worker.cycle()
+    assert worker.engine_loaded and worker.engine_error is None, worker.engine_error
+    assert all("failed" in rt.files.markers(j) for j in crafted)
+    good = submit(api, script="Speaker 1: A good job after the crafted ones.").get_json()["id"]
+    assert run_cycles(worker, good, rt) == "done"

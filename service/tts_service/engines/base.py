@@ -125,6 +125,21 @@ class Engine(ABC):
         seg = part.segments[0]
         yield Chunk(self.synthesize(seg["text"], seg["voice"]), final=True)
 
+    SELF_CHECK_TEXT = "This is a short check of the speech engine."
+
+    def self_check(self) -> str | None:
+        """Why the engine cannot speak a plain sentence in its default voice now, or None: what tells a
+        broken engine (a node fault) from jobs whose own text makes it fail every time."""
+        seg = {"index": 0, "speaker": 1, "text": self.SELF_CHECK_TEXT, "voice": self.default_voice(1)}
+        try:
+            samples = [c.samples for part in self.plan([seg]) for c in self.stream(part, 0)]
+        except Exception as exc:   # whatever it raises is the answer
+            return f"{type(exc).__name__}: {exc}"
+        audio = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+        if audio.size == 0 or not np.isfinite(audio).all():
+            return "it made no usable audio for a plain sentence"
+        return None
+
     def resume_from(self, checkpoints: list[dict[str, np.ndarray]], state: dict[str, np.ndarray]) -> "Resume":
         """A resume point from the part's chunks' checkpoints (in order) and the newest chunk's state."""
         raise EngineError(f"the {self.name} engine has no checkpoints to resume from")
