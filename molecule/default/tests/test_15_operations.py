@@ -186,6 +186,7 @@ def fake_finished_job(days_ago):
     on("nas", f"mkdir -p {folder}/state {folder}/segments && "
               f"echo '{json.dumps(request)}' > {folder}/request.json && "
               f"echo '{json.dumps({'at': at, 'node': 'tts-a'})}' > {folder}/state/done && "
+              f"touch -d @{int(at)} {folder}/state/done && "      # the NAS's date of it: what retention reads
               f"chown -R --reference={SHARED}/jobs {folder}")
     return job_id
 
