@@ -150,10 +150,11 @@ def peer_ready(node: str):
     url = _rt().settings.peer_urls().get(node)
     if url is None:
         return jsonify({"error": f"{node[:64]!r} is not a configured peer"}), 404
-    status, _body, error = ask_ready(url, timeout=_rt().settings.witness_timeout_s)
+    status, body, error = ask_ready(url, timeout=_rt().settings.witness_timeout_s)
     if error is not None:
         return jsonify({"node": node, "ready": False, "status": None, "error": error})
-    return jsonify({"node": node, "ready": status == 200, "status": status})
+    return jsonify({"node": node, "ready": status == 200, "status": status,
+                    "checks": body.get("checks"), "reason": body.get("reason")})
 
 
 @bp.get("/primary")

@@ -199,3 +199,31 @@ def test_not_now_decisions_ask_to_be_decided_again(history, cluster):
 def test_final_decisions_do_not_ask_to_be_decided_again():
     assert not run(down()).recheck
     assert not run(down(node="tts-b")).recheck
+
+
+def test_a_primary_whose_redis_refuses_writes_is_not_failed_over():
+    """Its Redis full (noeviction at maxmemory): the replica holds the same data, a new primary would be
+    full at once, and the pair would flap. The operators are told instead."""
+    d = run(down(), probes=Probes(standby_ready=True, standby_sees_primary_ready=False,
+                                  primary_redis_refuses_writes=True))
+    assert d.action == ESCALATE and "refuses writes" in d.reason and "would not help" in d.reason
+
+
+def test_the_witness_answer_says_whether_redis_refusing_writes_is_all_that_is_wrong():
+    from tts_service.receiver.controller import LazyProbes, NodeProbe
+
+    class Answers(NodeProbe):
+        def __init__(self, body):
+            super().__init__({"tts-a": "http://a", "tts-b": "http://b"})
+            self.body = body
+
+        def get(self, url):
+            return 200, self.body
+
+    full = {"ready": False, "status": 503, "reason": "local Redis refuses writes: OOM command not allowed",
+            "checks": {"state": True, "storage": True, "redis": False, "worker": True, "engine": True}}
+    assert LazyProbes(Answers(full), CLUSTER, down()).primary_redis_refuses_writes is True
+    worse = {**full, "checks": {**full["checks"], "worker": False}}       # and its worker is gone too
+    assert LazyProbes(Answers(worse), CLUSTER, down()).primary_redis_refuses_writes is False
+    unreachable = {"ready": False, "status": None, "error": "timed out"}
+    assert LazyProbes(Answers(unreachable), CLUSTER, down()).primary_redis_refuses_writes is False

@@ -71,6 +71,10 @@ class LazyProbes:
                     self._cache[key] = None
                 elif key == "witness":
                     self._cache[key] = bool(body.get("ready")) if code == 200 else None
+                    checks = body.get("checks") if isinstance(body.get("checks"), dict) else {}
+                    failing = {name for name, ok in checks.items() if ok is False}
+                    self._cache["witness:redis_full"] = (code == 200 and failing == {"redis"}
+                                                         and "refuses writes" in str(body.get("reason", "")))
                 else:
                     self._cache[key] = code == 200
                     storage = body.get("checks", {}).get("storage") if isinstance(body.get("checks"), dict) else None
@@ -84,6 +88,11 @@ class LazyProbes:
     @property
     def standby_sees_primary_ready(self) -> bool | None:
         return self._ask("witness", lambda: (self._cluster.standby, f"/peer/{self._cluster.primary}/ready"))
+
+    @property
+    def primary_redis_refuses_writes(self) -> bool | None:
+        _ = self.standby_sees_primary_ready                 # one witness answer says both
+        return self._cache.get("witness:redis_full")
 
     @property
     def node_in_role(self) -> bool | None:

@@ -38,6 +38,7 @@ class Probes:
     standby_sees_primary_ready: bool | None = None    # the standby reached the primary's /ready = 200
     node_in_role: bool | None = None                  # for a rejoin: the node's /ready answers 200 now
     node_storage_ok: bool | None = None               # for a rejoin: its /ready says shared storage works
+    primary_redis_refuses_writes: bool | None = None  # the witness saw the primary unready only for that
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,14 @@ def _witness_sees_primary(i: Inputs) -> Decision | None:
     return None
 
 
+def _redis_refuses_writes(i: Inputs) -> Decision | None:
+    if i.probes.primary_redis_refuses_writes:
+        return Decision(ESCALATE, f"not failing over because the primary {i.cluster.primary} is up but its Redis "
+                                  "refuses writes (full at its maxmemory?): the standby's replica holds the same "
+                                  "data, so a failover would not help; telling the operators")
+    return None
+
+
 def _standby_unfit(i: Inputs) -> Decision | None:
     if i.cluster.standby is None:
         return Decision(ESCALATE, f"{i.cluster.primary} is down and there is no standby to promote")
@@ -232,7 +241,7 @@ def _unknown_alert(i: Inputs) -> Decision | None:
 COMMON_RULES: tuple[Rule, ...] = (_stranger, _busy)
 RULES_BY_ALERT: dict[str, tuple[Rule, ...]] = {
     "TTSNodeDown": (_down_standby, _already_failed_over, _second_failure, _flapping, _cooldown,
-                    _witness_sees_primary, _standby_unfit, _witness_unknown, _failover),
+                    _witness_sees_primary, _redis_refuses_writes, _standby_unfit, _witness_unknown, _failover),
     "TTSNodeNotInRole": (_primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before,
                          _rejoin_flapping, _rejoin),
 }
