@@ -245,7 +245,7 @@ def submit():
         "epoch": epoch, "engine": settings.engine, "voices": {str(s): v for s, v in voices.items()},
         "segments": segment_dicts, "seed": seed, "duration_estimate_s": estimate_s,
         "segments_total": total, "segments_exact": not rt.engine.stateful,
-        "script": script,
+        "script": script, "client": client,   # the queue caps count it again after Redis is rebuilt
     }
     require_primary()  # fresh read right before the durable write
     try:
@@ -342,7 +342,8 @@ def _replay(job_id: str, sid: str, token: str | None) -> Response | None:
     if job is None:   # durable, but Redis never heard of it (the first attempt failed after the write)
         rt.store.add(job_id, existing["session"], int(existing.get("segments_total") or len(existing["segments"])),
                      existing["created_at"], seed=int(existing.get("seed", 0) or 0),
-                     duration_estimate_s=float(existing.get("duration_estimate_s", 0) or 0))
+                     duration_estimate_s=float(existing.get("duration_estimate_s", 0) or 0),
+                     client=str(existing.get("client", "")))
         job = rt.store.get(job_id)
     response = jsonify(public_job(job))
     response.status_code = 200

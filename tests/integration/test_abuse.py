@@ -368,3 +368,21 @@ def test_jobs_crafted_to_make_the_engine_fail_do_not_make_the_node_unfit(rt, api
     assert all("failed" in rt.files.markers(j) for j in crafted)
     good = submit(api, script="Speaker 1: A good job after the crafted ones.").get_json()["id"]
     assert run_cycles(worker, good, rt) == "done"
+
+
+def test_the_queue_caps_still_count_a_clients_jobs_after_redis_is_rebuilt(shared, tmp_path, redis_url, redis_server):
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    from tts_service.recovery import reconcile
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    settings = replace(Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                                engine="espeak"), queue_jobs_per_client=2)
+    app = create_app(settings)
+    for n in range(2):
+        assert submit(app.test_client(), script=f"Speaker 1: job {n}").status_code == 202
+    redis_server.client.flushall()                       # Redis lost everything; storage is the truth
+    rt = app.extensions["tts"]
+    reconcile(rt.store, rt.files, rt.sessions, rt.engine.sample_rate)
+    refused = submit(app.test_client(), script="Speaker 1: a third")
+    assert refused.status_code == 429 and "client address has 2 jobs" in refused.get_json()["error"]
