@@ -193,9 +193,17 @@ def script(turns):
     return dialogue(turns, line="This is line {n}, short and clear.")
 
 
+def front_door():
+    """What each node's front door looked like (for a failure's message): the app's units, its users'
+    listener answering, nginx's last errors."""
+    return {node: on(node, "systemctl is-active tts-api tts-web tts-worker nginx | xargs; "
+                           f"curl -s -m 2 -o /dev/null -w 'tts-api /health %{{http_code}}' http://{ADDRESS[node]}:8010/health; "
+                           "echo; tail -n 4 /var/log/nginx/error.log 2>/dev/null | cut -c1-300") for node in NODES}
+
+
 def start_job(session, turns, before_fault=3, url=VIP):
     res = session.post(f"{url}/api/jobs", json={"script": script(turns)}, timeout=10)
-    assert res.status_code == 202, res.text
+    assert res.status_code == 202, f"{res.status_code} {res.text}; {front_door()}"
     job_id = res.json()["id"]
     wait(lambda: session.get(f"{url}/api/jobs/{job_id}", timeout=3).json()["segments_done"] >= before_fault, 60,
          f"{before_fault} segments before the fault")
