@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from flask import Flask, render_template
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -9,6 +11,19 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import journal
 from .config import Settings
 from .runtime import Runtime
+
+
+def _keep_belief(rt: Runtime, every_s: float) -> None:
+    """Read the cluster state every `every_s` in a thread of this process: a new epoch's handover is
+    done before the first user's request meets it."""
+    def keep() -> None:
+        while True:
+            try:
+                rt.node.belief()
+            except Exception:   # the belief says what failed; nothing here may end the thread
+                pass
+            time.sleep(every_s)
+    threading.Thread(target=keep, name="belief", daemon=True).start()
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -21,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_script_chars * 4 + 65536
     app.json.sort_keys = False
     app.extensions["tts"] = Runtime.build(settings)
+    if settings.keep_belief_s > 0:
+        _keep_belief(app.extensions["tts"], settings.keep_belief_s)
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]

@@ -108,6 +108,11 @@ class Settings:
     redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))
     # The pair's apps, "tts-a=http://10.89.60.11:8000,tts-b=...": the only targets of /peer/<node>/ready.
     peers: str = field(default_factory=lambda: _env("TTS_PEERS", ""))
+    # Seconds between the belief reads a web process makes by itself (0: only when asked). The users'
+    # listener keeps its belief like this: the probes keep tts-web's fresh, but a listener that only
+    # users ask would otherwise meet a new epoch (or its own restart) at a user's request, and make it
+    # wait out the handover to the new primary (answered 503 meanwhile).
+    keep_belief_s: float = field(default_factory=lambda: _float("TTS_KEEP_BELIEF", 0.0))
     # The users' listener of this node (tts-api, "ADDRESS:PORT"): /ready fails while it accepts no
     # connections (a node whose users cannot reach it is not fit to be primary). Empty: not checked.
     api_address: str = field(default_factory=lambda: _env("TTS_API_ADDRESS", ""))

@@ -386,3 +386,25 @@ def test_the_queue_caps_still_count_a_clients_jobs_after_redis_is_rebuilt(shared
     reconcile(rt.store, rt.files, rt.sessions, rt.engine.sample_rate)
     refused = submit(app.test_client(), script="Speaker 1: a third")
     assert refused.status_code == 429 and "client address has 2 jobs" in refused.get_json()["error"]
+
+
+def test_the_users_listener_has_done_the_handover_before_its_first_user(shared, tmp_path, redis_url):
+    """A new primary's process waits for the old primary's belief to expire (the handover) from the
+    moment it first sees the new epoch. The users' listener sees it by itself (TTS_KEEP_BELIEF), so
+    its first user after a promotion, or after its own restart, is served, not answered 503."""
+    from dataclasses import replace
+
+    from tts_service.app import create_app
+    cluster = Cluster(Storage(shared), shared / "cluster")
+    cluster.init("tts-a", "tts-b", by="test")
+    cluster.promote("tts-b", expect_epoch=1, by="test")          # epoch 2, the old primary never confirmed
+    base = replace(Settings(node="tts-b", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
+                            engine="espeak"), state_max_age_s=1.0, state_timeout_s=0.3, state_cache_s=0.1)
+    kept = create_app(replace(base, keep_belief_s=0.1)).test_client()
+    idle = create_app(base).test_client()
+    wait_s = base.state_max_age_s + base.state_timeout_s + base.state_cache_s
+    import time
+    time.sleep(wait_s + 0.5)                                     # nobody asks either process meanwhile
+    assert submit(kept).status_code == 202
+    first = submit(idle)                                          # meets the new epoch only now
+    assert first.status_code == 503 and "writes" in first.get_json()["error"], first.get_json()
