@@ -19,12 +19,10 @@ import soundfile as sf
 from tests.harness import dialogue, wait_for
 from tts_service import storage as storage_mod
 from tts_service.cluster import Cluster
-from tts_service.config import Settings
 from tts_service.engines import EngineError, EngineInputError
 from tts_service.engines.espeak import EspeakEngine
 from tts_service.jobs import k
 from tts_service.recovery import reconcile
-from tts_service.runtime import Runtime
 from tts_service.storage import Storage, StorageUnavailable
 from tts_service.worker import Worker
 
@@ -56,24 +54,10 @@ class FlakyEngine(EspeakEngine):
         self.recovered += 1
 
 
-@pytest.fixture
-def rt(shared, tmp_path, redis_url):
-    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
-    settings = Settings(node="tts-a", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run",
-                        engine="espeak", lease_s=3, failure_backoff_s=0, job_max_attempts=3)
-    return Runtime.build(settings)
-
-
 def accept(rt, client_app, script=SCRIPT) -> str:
     res = submit(client_app)
     assert res.status_code == 202, res.get_json()
     return res.get_json()["id"]
-
-
-@pytest.fixture
-def api(rt):
-    from tts_service.app import create_app
-    return create_app(rt.settings).test_client()
 
 
 def run_cycles(worker, job_id, rt, until=("done", "failed"), cycles=20):
