@@ -14,6 +14,7 @@ def test_ansible_checks_host_keys():
     assert cfg.getboolean("defaults", "host_key_checking")
     ssh_args = cfg.get("ssh_connection", "ssh_args")
     assert "StrictHostKeyChecking=yes" in ssh_args and "/dev/null" not in ssh_args, ssh_args
+    assert "UpdateHostKeys=no" in ssh_args      # ssh never rewrites a pinned file by itself
 
 
 def test_molecule_checks_the_lab_hosts_keys_against_the_pinned_ones():
@@ -24,7 +25,7 @@ def test_molecule_checks_the_lab_hosts_keys_against_the_pinned_ones():
     assert "StrictHostKeyChecking=yes" in ssh_args and "/dev/null" not in ssh_args, ssh_args
     assert molecule["provisioner"]["env"]["TTS_LAB_KNOWN_HOSTS"].endswith("/.lab/mol-known_hosts")
     containers = (ROOT / "lab/containers.yml").read_text()
-    assert "ssh_host_ed25519_key.pub" in containers and "lab_known_hosts" in containers
+    assert "ssh_host_" in containers and "lab_known_hosts" in containers
 
 
 def test_the_nas_mount_checks_the_nas_host_key():
