@@ -224,14 +224,12 @@ def submit():
         if replay is not None:
             return replay
     client = request.remote_addr or "unknown"
-    wait = rt.store.hit_rate_limit("client", client, settings.rate_limit_per_client)
-    if wait:
-        raise ApiError(429, f"too many jobs submitted from this client ({settings.rate_limit_per_client} a "
-                            f"minute); try again in {wait} s", retry_after=wait)
-    wait = rt.store.hit_rate_limit("session", sid, settings.rate_limit_per_session)
-    if wait:
-        raise ApiError(429, f"too many jobs submitted from this session ({settings.rate_limit_per_session} "
-                            f"a minute); try again in {wait} s", retry_after=wait)
+    for scope, who, limit in (("client", client, settings.rate_limit_per_client),
+                              ("session", sid, settings.rate_limit_per_session)):
+        wait = rt.store.hit_rate_limit(scope, who, limit)
+        if wait:
+            raise ApiError(429, f"too many jobs submitted from this {scope} ({limit} a minute); "
+                                f"try again in {wait} s", retry_after=wait)
 
     estimate_s = round(estimate_seconds(" ".join(seg.text for seg in segments)), 1)
     _check_queue_caps(sid, client, estimate_s)
@@ -277,10 +275,10 @@ def _check_queue_caps(sid: str, client: str, estimate_s: float) -> None:
     have waiting or running at once (jobs, or estimated audio)."""
     settings = _rt().settings
     waiting = _rt().store.waiting(sid, client)
-    for scope, jobs_cap, audio_cap in (
-            ("session", settings.queue_jobs_per_session, settings.queue_audio_s_per_session),
-            ("client address", settings.queue_jobs_per_client, settings.queue_audio_s_per_client)):
-        jobs, seconds = waiting["client" if scope != "session" else "session"]
+    for key, scope, jobs_cap, audio_cap in (
+            ("session", "session", settings.queue_jobs_per_session, settings.queue_audio_s_per_session),
+            ("client", "client address", settings.queue_jobs_per_client, settings.queue_audio_s_per_client)):
+        jobs, seconds = waiting[key]
         if jobs_cap > 0 and jobs + 1 > jobs_cap:
             raise ApiError(429, f"this {scope} has {jobs} jobs waiting or running, the most it may have "
                                 f"({jobs_cap}); submit more when one has finished", retry_after=60)
