@@ -290,8 +290,9 @@ class Worker:
     def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
         """A failed attempt at the job: durable count on storage (only by the primary of this epoch);
         `failed` after max_attempts without progress. Engine faults (EngineFault) on several jobs in a
-        row are the node's, not theirs: the engine is marked unfit (/ready 503) and the pair fails
-        over. Nothing else counts there: a job's own files or input never make the node unfit, and a
+        row are the node's if the engine also fails its self-check (a plain sentence): then it is
+        marked unfit (/ready 503) and the pair fails over; if it speaks the sentence, they were those
+        jobs'. Nothing else counts there: a job's own files or input never make the node unfit, and a
         committed chunk starts the count again."""
         what = str(exc) if isinstance(exc, Attempt) else f"{type(exc).__name__}: {exc}"
         self.backoff[job_id] = time.monotonic() + self.settings.failure_backoff_s
