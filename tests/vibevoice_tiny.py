@@ -32,7 +32,10 @@ def _tokenizer(folder: Path):
     return fast
 
 
-def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0) -> Path:
+def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0, context_gain: float = 1.0) -> Path:
+    """`context_gain`: the language model's weight matrices scaled by it. At 1 (random init) each
+    position's hidden state is mostly its own input and a one-ulp change in an earlier input vanishes in
+    bf16 rounding; at 16 attention mixes strongly enough that a missing or inexact cache entry shows."""
     import torch
     from transformers import (VibeVoiceConfig, VibeVoiceForConditionalGeneration, VibeVoiceProcessor)
     from transformers.models.vibevoice_acoustic_tokenizer import VibeVoiceAcousticTokenizerFeatureExtractor
@@ -55,6 +58,11 @@ def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = VibeVoiceForConditionalGeneration(config).eval()
+    if context_gain != 1.0:
+        with torch.no_grad():
+            for name, weight in model.model.language_model.named_parameters():
+                if weight.dim() == 2 and "embed" not in name:
+                    weight.mul_(context_gain)
     model.save_pretrained(folder)
     extractor = VibeVoiceAcousticTokenizerFeatureExtractor(pad_to_multiple_of=SAMPLES_PER_TOKEN)
     VibeVoiceProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
@@ -71,3 +79,48 @@ def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0) -> Path:
 if __name__ == "__main__":
     import sys
     print(build_tiny_vibevoice(Path(sys.argv[1])))
+
+
+class _Scripted:
+    """lm_head wrapped so the model speaks a set schedule: the real head's logits plus a large bias on
+    the token the schedule names for the next position (read from the language model's cache length,
+    so a resumed run and transformers' generate() see the same schedule as an uninterrupted run)."""
+
+    def __init__(self, model, schedule: list[int], prompt_len: int):
+        import torch
+        self.real = model.lm_head
+        self.schedule = schedule
+        self.prompt_len = prompt_len
+        self.seen = prompt_len
+        self.torch = torch
+        self.hook = model.model.language_model.register_forward_hook(self._saw, with_kwargs=True)
+
+    def _saw(self, _module, _args, _kwargs, output):
+        if getattr(output, "cache", None) is not None:
+            self.seen = int(output.cache.get_seq_length())
+
+    def __call__(self, hidden):
+        logits = self.real(hidden)
+        n = min(max(self.seen - self.prompt_len, 0), len(self.schedule) - 1)
+        bias = self.torch.zeros_like(logits)
+        bias[..., self.schedule[n]] = 1e4
+        return logits + bias
+
+
+def script_speech(model, schedule: list[int], prompt_len: int):
+    """Make `model` choose `schedule`'s tokens in order (a stand-in for a trained checkpoint's own
+    choices: speak, pause, speak again, end); returns a function that undoes it."""
+    import torch
+    scripted = _Scripted(model, schedule, prompt_len)
+
+    class Head(torch.nn.Module):
+        def forward(self, hidden):
+            return scripted(hidden)
+
+    real = model.lm_head
+    model.lm_head = Head()
+
+    def undo():
+        scripted.hook.remove()
+        model.lm_head = real
+    return undo

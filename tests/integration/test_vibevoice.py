@@ -449,3 +449,128 @@ def test_a_job_with_voice_clips_runs_in_bf16(model_dir):
     audio = whole(chunks)
     assert chunks[-1].final and len(audio) == TOKENS * len(part.segments) * SAMPLES_PER_TOKEN
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+
+
+# ---- the model's own stopping rule ----
+
+def natural(model_dir, **kw):
+    """An engine on the natural path (no forced token count): the model's argmax picks every token."""
+    return make_engine(model_dir, tokens=None, **kw)
+
+
+def speech_schedule(engine):
+    """Speak 7 tokens, close and reopen speech (a pause), speak 6, close, end: a checkpoint's own choices,
+    and chunk 2 (tokens 5-9 at 5 per chunk) straddles the pause."""
+    cfg = engine.model.config
+    a, close, reopen = cfg.audio_token_id, cfg.audio_eos_token_id, cfg.audio_bos_token_id
+    return [a] * 7 + [close, reopen] + [a] * 6 + [close, cfg.eos_token_id]
+
+
+@pytest.fixture(scope="module")
+def sensitive_dir(tmp_path_factory):
+    """The tiny model with attention that mixes strongly: a one-ulp change in one stored latent changes
+    the audio after it by ~1 % of peak in bf16 (measured; at random init it vanishes in rounding)."""
+    return build_tiny_vibevoice(tmp_path_factory.mktemp("tiny-vibevoice-sensitive"), context_gain=16)
+
+
+@pytest.fixture
+def scripted(model_dir):
+    """Natural-path engines whose model speaks speech_schedule()."""
+    from tests.vibevoice_tiny import script_speech
+    undo = []
+
+    def make(folder=None, schedule=None, **kw):
+        e = natural(folder or model_dir, **kw)
+        part = e.plan(SEGMENTS[:2])[0]          # 11 words: ~4 s of speech expected, 1.7 s spoken
+        undo.append(script_speech(e.model, (schedule or speech_schedule)(e),
+                                  int(e.build_inputs(part)["input_ids"].shape[1])))
+        return e, part
+    yield make
+    for u in undo:
+        u()
+
+
+def test_speech_closed_and_reopened_mid_part_goes_on_to_the_end_of_text_as_generate_does(scripted):
+    """Upstream goes on past audio_eos until eos and restarts the negative branch on a new audio_bos; the
+    stream stopped at the first audio_eos and dropped the rest of the part, and the job said done."""
+    e, part = scripted()
+    chunks = list(e.stream(part, seed=11))
+    assert [len(c.samples) // SAMPLES_PER_TOKEN for c in chunks] == [5, 5, 3]       # 13 audio tokens
+    assert [c.final for c in chunks] == [False, False, True] and chunks[-1].why == "end of text"
+    cfg = e.model.config
+    assert list(chunks[1].checkpoint["tokens"]) == [cfg.audio_token_id] * 2 + [
+        cfg.audio_eos_token_id, cfg.audio_bos_token_id] + [cfg.audio_token_id] * 3
+    inputs = e.build_inputs(part)
+    torch.manual_seed(e.part_seed(11, part.index))
+    with torch.inference_mode():
+        reference = e.model.generate(**inputs, num_diffusion_steps=e.diffusion_steps, guidance_scale=e.guidance_scale,
+                                     max_new_tokens=40)[0].float().numpy().reshape(-1)
+    assert relative_gap(reference, whole(chunks)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_resume_is_bit_equal_to_the_uninterrupted_run_in_bf16_across_a_pause(scripted, sensitive_dir, dtype):
+    """Resume exact by construction: both runs make the same forwards in the same order (the prompt's
+    prefill, then one batched forward per chunk and branch), so the resumed audio is equal to the last bit,
+    in bf16 as a GPU runs it, after every chunk (the second ends mid-pause: speech closed and reopened)."""
+    e, part = scripted(sensitive_dir, dtype=dtype)
+    uninterrupted = list(e.stream(part, seed=5))
+    for stop_after in (1, 2):
+        first = uninterrupted[:stop_after]
+        fresh, _ = scripted(sensitive_dir, dtype=dtype)   # another process's engine: nothing in memory
+        rest = list(fresh.stream(part, seed=5, resume=fresh.resume_from([c.checkpoint for c in first],
+                                                                         first[-1].state)))
+        assert len(first) + len(rest) == len(uninterrupted)
+        assert np.array_equal(whole(uninterrupted), np.concatenate([whole(first), whole(rest)])), stop_after
+    # The context matters: the same resume with the stored latents of chunk 2 nudged by one bf16 step
+    # (1e-3 in float32) is another run: a missing or inexact cache entry cannot pass for exact.
+    first = uninterrupted[:2]
+    nudged = [dict(c.checkpoint) for c in first]
+    lat = nudged[1]["latents"].copy()
+    lat += 1 if lat.dtype == np.int16 else 1e-3
+    nudged[1]["latents"] = lat
+    fresh, _ = scripted(sensitive_dir, dtype=dtype)
+    other = whole(fresh.stream(part, seed=5, resume=fresh.resume_from(nudged, first[-1].state)))
+    assert relative_gap(whole(uninterrupted[2:]), other) > 1e-3
+
+
+@pytest.mark.parametrize("spoken", [0, 2])
+def test_a_part_that_ends_far_short_of_its_text_is_not_done(scripted, spoken):
+    """On the natural path a part that ended with 0 samples was accepted as success: a checkpoint that
+    closes its speech early must not make the job done with its lines missing."""
+    def early(e):
+        cfg = e.model.config
+        return [cfg.audio_token_id] * spoken + [cfg.audio_eos_token_id, cfg.eos_token_id]
+    e, part = scripted(schedule=early)
+    with pytest.raises(EngineInputError, match=r"after 0\.\d s of audio for text estimated at 4 s: speech is missing"):
+        list(e.stream(part, seed=1))
+
+
+def test_a_transformers_that_ignores_the_cache_makes_the_engine_refuse_to_load(model_dir, monkeypatch):
+    """transformers before 5.24 silently ignored `cache=` (every step ran without context, no error). The
+    load checks that the cache fills; a node whose engine fails it is not ready, with this sentence."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+    real = Qwen2Model.forward
+
+    def old_signature(self, *args, cache=None, **kw):      # what 5.23 did with an unknown `cache=`
+        return real(self, *args, **kw)
+    monkeypatch.setattr(Qwen2Model, "forward", old_signature)
+    with pytest.raises(EngineError, match=r"does not fill the key/value cache it is given \(0 of 3 positions\): "
+                                          r"the stream needs transformers >= 5.24"):
+        make_engine(model_dir)
+
+
+def test_the_fingerprint_names_the_platform_a_bit_exact_resume_needs(engine):
+    import diffusers
+    import transformers
+    assert engine.platform["device"] == "cpu" and engine.platform["torch"] == torch.__version__
+    assert engine.platform["transformers"] == transformers.__version__
+    assert engine.platform["diffusers"] == diffusers.__version__
+    assert engine.platform["scheduler"]["num_train_timesteps"] > 0
+    part = engine.plan(SEGMENTS)[0]
+    base = engine.fingerprint(part, 1)
+    engine.platform = {**engine.platform, "device": "NVIDIA H100 80GB HBM3"}
+    try:
+        assert engine.fingerprint(part, 1) != base
+    finally:
+        engine.platform = {**engine.platform, "device": "cpu"}

@@ -39,6 +39,11 @@ SYSTEM_PROMPT = (" Transform the text provided by various speakers into speech o
 # A part's audio is planned at this many times the text's estimate (speech slower than estimated
 # must still fit the context).
 PLAN_MARGIN = 1.5
+# Bumped when the stream's arithmetic changes: a checkpoint of another version is not resumed as exact.
+STREAM_VERSION = 2
+# A part whose audio is shorter than this share of its text's estimated duration ended early (the model
+# closed its speech before the text was spoken): not done.
+MIN_AUDIO_SHARE = 0.25
 
 
 class VibeVoiceResume(Resume):
@@ -81,6 +86,7 @@ class VibeVoiceEngine(Engine):
         self.device = None
         self.stream_gen = None
         self.revision = ""
+        self.platform: dict = {}
         self._clips: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -124,6 +130,11 @@ class VibeVoiceEngine(Engine):
         from ..audio import resample
         from .vibevoice_stream import DialogueStream
 
+        # Deterministic kernels: a resumed run must make the uninterrupted run's numbers (cuBLAS needs its
+        # workspace setting before it starts; an op without a deterministic kernel warns, never fails).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
         device = self.device_name or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.dtype_name) if self.dtype_name else (
             torch.bfloat16 if device.startswith("cuda") else torch.float32)
@@ -137,6 +148,10 @@ class VibeVoiceEngine(Engine):
         if self.context_override:
             self.stream_gen.context = min(self.stream_gen.context, self.context_override)
         self.revision = _model_revision(self.model_dir)
+        broken = self.stream_gen.self_check()
+        if broken:
+            raise EngineError(broken)
+        self.platform = _platform(torch, self.device, self.stream_gen)
         for vid, path in self._voice_files().items():
             data, rate = sf.read(str(path), dtype="float32", always_2d=False)
             if data.ndim > 1:
@@ -248,9 +263,9 @@ class VibeVoiceEngine(Engine):
             clip_hashes[voice] = hashlib.sha256(clip.tobytes()).hexdigest()[:16] if clip is not None else None
         gen = self.stream_gen
         return _digest({
-            "engine": self.name, "revision": self.revision, "seed": seed, "steps": self.diffusion_steps,
-            "guidance": self.guidance_scale, "dtype": str(gen.dtype) if gen else None,
-            "path": {"compiled": bool(gen and gen.compile), "device": str(self.device)},
+            "engine": self.name, "stream": STREAM_VERSION, "revision": self.revision, "seed": seed,
+            "steps": self.diffusion_steps, "guidance": self.guidance_scale, "dtype": str(gen.dtype) if gen else None,
+            "path": {"compiled": bool(gen and gen.compile), "device": str(self.device)}, "platform": self.platform,
             "chunk_tokens": self.chunk_tokens, "speakers": part.speakers, "clips": clip_hashes,
             "segments": [(s["speaker"], s["text"], s["voice"]) for s in part.segments],
             "force": self.force_audio_tokens,
@@ -277,16 +292,30 @@ class VibeVoiceEngine(Engine):
             try:
                 for out in self.stream_gen.run(inputs, self.part_seed(seed, part.index), self.max_tokens(part),
                                                forced_tokens=self.max_tokens(part) if self.force_audio_tokens
-                                               is not None else None, resume=stream_resume):
+                                               is not None else None, resume=stream_resume,
+                                               clip_seed=self.part_seed(seed, 0)):
                     if not np.isfinite(out.audio).all():
                         raise EngineError("the model produced non-finite audio")
+                    if out.final and self.force_audio_tokens is None:
+                        self._check_length(part, out.tokens_end, out.why)
                     yield Chunk(samples=out.audio, final=out.final,
-                                checkpoint={"latents": out.latents, "semantic": out.semantic},
+                                checkpoint={"latents": out.latents, "semantic": out.semantic,
+                                            "tokens": out.token_ids},
                                 state=out.state, why=out.why,
                                 meta={"tokens_end": out.tokens_end, "prompt_tokens": prompt_len})
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
                 raise EngineError(f"the GPU ran out of memory: {exc}") from exc
+
+    def _check_length(self, part: Part, tokens: int, why: str) -> None:
+        """A part is done only if its audio is about as long as its text: a checkpoint that ends its speech
+        early (0 samples included) must not make the job `done` with lines missing."""
+        expected = estimate_seconds(" ".join(s["text"] for s in part.segments))
+        seconds = tokens / TOKENS_PER_SECOND
+        if seconds < MIN_AUDIO_SHARE * expected:
+            raise EngineInputError(
+                f"the model ended the part ({why}) after {seconds:.1f} s of audio for text estimated at "
+                f"{expected:.0f} s: speech is missing, so the part is not delivered")
 
     def resume_from(self, checkpoints: list[dict[str, np.ndarray]], state: dict[str, np.ndarray]) -> Resume:
         from .vibevoice_stream import Resume as StreamResume
@@ -294,7 +323,9 @@ class VibeVoiceEngine(Engine):
             raise EngineError("no checkpoints to resume from")
         latents = np.concatenate([c["latents"] for c in checkpoints if c["latents"].size], axis=0)
         semantic = np.concatenate([c["semantic"] for c in checkpoints if c["semantic"].size], axis=0)
-        return VibeVoiceResume(StreamResume(latents=latents, semantic=semantic, state=state))
+        tokens = (np.concatenate([c["tokens"] for c in checkpoints]) if all("tokens" in c for c in checkpoints)
+                  else None)
+        return VibeVoiceResume(StreamResume(latents=latents, semantic=semantic, state=state, token_ids=tokens))
 
     def synthesize(self, text: str, voice_id: str, seed: int | None = 0) -> np.ndarray:
         """One line as a one-speaker dialogue (benchmarks, quick checks)."""
@@ -303,6 +334,17 @@ class VibeVoiceEngine(Engine):
         if not chunks or not sum(len(c) for c in chunks):
             raise EngineError("the model produced no audio for this segment")
         return np.concatenate(chunks).astype(np.float32)
+
+
+def _platform(torch, device: str, stream) -> dict:
+    """What else decides the numbers a resume must reproduce bit for bit: the device's model, the library
+    versions, the noise scheduler's settings."""
+    import diffusers
+    import transformers
+    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else "cpu"
+    return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "transformers": transformers.__version__, "diffusers": diffusers.__version__,
+            "scheduler": {k: v for k, v in dict(stream.scheduler.config).items() if not k.startswith("_")}}
 
 
 def _model_revision(folder: Path) -> str:

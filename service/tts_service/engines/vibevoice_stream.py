@@ -1,36 +1,34 @@
 """The VibeVoice dialogue stream: one part of a script (every speaker's voice clip and every line in
 one prompt) generated as one stream of audio tokens, handed out in chunks with what resuming needs.
 
-It computes what `VibeVoiceForConditionalGeneration.generate()` computes, step for step and in the
-same random-number order (tests/integration/test_vibevoice.py compares the two), with three changes
-made for long-form work on a GPU:
+It follows `VibeVoiceForConditionalGeneration.generate()` token for token and in the same random-number
+order (tests/integration/test_vibevoice.py compares the two on the forced and on the natural path):
 
+- **The model's own stopping rule.** The next token is the argmax over audio_bos / audio_eos /
+  audio_token / eos. An audio token runs both classifier-free-guidance branches and the diffusion head;
+  audio_eos and audio_bos are fed back as text (a pause: speech closed and reopened), and audio_bos
+  restarts the negative (unconditional) branch from a fresh context, as upstream resets it; eos ends
+  the part. A part also ends at its token limit (audio tokens), or (tests, benchmarks) after exactly
+  `forced_tokens` audio tokens (then lm_head is not consulted).
 - **Chunks and checkpoints.** Every `chunk_tokens` audio tokens (TTS_CHUNK_SECONDS x 7.5) it yields a
-  StreamChunk: the chunk's audio, its acoustic latents and semantic features (from which the
-  language model's input embeddings are recomputed), and the state at the chunk's end: the CPU
-  random-number state (diffusion draws its noise with torch.randn from the CPU generator, on a GPU
-  too: the only random draw in the loop) and the acoustic decoder's and semantic encoder's streaming
-  padding caches. Nothing else is needed to go on.
-- **Resume.** `run(..., resume=Resume)` rebuilds both classifier-free-guidance branches' key/value
-  caches by one prefill over the prompt plus the stored embeddings (positive branch) and over
-  `audio_bos` plus all but the last stored embedding (negative branch), restores the random state and
-  the padding caches, and continues at the next token. The prompt's voice clips are encoded again
-  under the part's seed, so their (sampled) features are the same as the first time. A prefill is one
-  batched forward where the uninterrupted run made one step per token: equal within rounding
-  (measured on the CPU in float32: see README, "VibeVoice engine"), not to the last bit. Storing the
-  key/value slices instead would be exact but costs ~57 KB per audio token for the 1.5B model (9x the
-  audio's own size); the latents and semantic features cost 0.06x in bf16 (0.12x in float32).
+  StreamChunk: the chunk's audio, its acoustic latents and semantic features (from which the language
+  model's input embeddings are recomputed), the chunk's token ids (audio and pauses), and the state at
+  the chunk's end: the CPU random-number state (diffusion draws its noise with torch.randn from the CPU
+  generator, on a GPU too: the only random draw in the loop) and the acoustic decoder's and semantic
+  encoder's streaming padding caches.
+- **Resume exact by construction.** Inside a chunk the language model steps one token at a time; at
+  every chunk boundary, the chunk's inputs go through one batched forward per branch that rewrites the
+  chunk's key/value entries (and gives the positive branch's next hidden state). A resumed run
+  (`run(..., resume=Resume)`) makes the same calls in the same order: the prompt's prefill, then one
+  batched forward per committed chunk and branch; so both runs hold bit-identical caches at the
+  boundary and go on identically (tested in bf16). The prompt's voice clips are encoded under
+  `clip_seed` (the job's, the same for every part), the diffusion noise then drawn under the part's
+  seed; the random state is restored from the checkpoint.
 - **Static caches in buckets.** Both branches' caches are StaticCache of a bucketed size (powers of
   two from 1024 up to the model's context, 65,536 for VibeVoice-1.5B), reused while the bucket
   fits, so compiled steps see at most ~7 shapes; on CUDA the language-model steps and the diffusion
-  head run under torch.compile(mode="reduce-overhead") (CUDA graphs). cuDNN's attention backend is off
-  (measured slower for this loop).
-
-The stream ends at the model's first token that is not a diffusion token (end of audio or end of
-text), or after `max_tokens`, or (tests, benchmarks) after exactly `forced_tokens` audio tokens. The
-reference would go on stepping the language model after `audio_eos` until `eos`; a new `audio_bos`
-there would start a second stretch of audio, which this loop does not follow (say so in the job's
-log if it ever matters: `why` is "end of audio").
+  head run under torch.compile(mode="reduce-overhead") (CUDA graphs); the boundary forwards run eager.
+  cuDNN's attention backend is off (measured slower for this loop).
 """
 from __future__ import annotations
 
@@ -47,14 +45,16 @@ MIN_BUCKET = 1024
 
 @dataclass
 class Resume:
-    """Where a part stopped: every generated token's latents and semantic features so far (k rows)
-    and the state after the k-th token."""
+    """Where a part stopped: every generated token so far (`tokens`: audio tokens and pauses, in
+    order), each audio token's latents and semantic features (k rows), and the state after the last."""
     latents: np.ndarray          # (k, acoustic dim): float32, or bf16 as its raw bits (int16)
     semantic: np.ndarray         # (k, semantic dim), likewise
     state: dict[str, np.ndarray]
+    token_ids: np.ndarray | None = None   # every generated token id; None: k audio tokens, no pauses
 
     @property
     def tokens(self) -> int:
+        """Audio tokens done."""
         return int(self.latents.shape[0])
 
 
@@ -67,6 +67,11 @@ class StreamChunk:
     tokens_end: int              # audio tokens of the part after this chunk
     final: bool                  # the part ends with this chunk
     why: str = ""                # why it ended
+    token_ids: np.ndarray | None = None   # the chunk's generated token ids (audio and pauses)
+
+
+# Tokens other than audio a part may generate (pauses: audio_eos, audio_bos) beyond its audio tokens.
+PAUSE_TOKENS = 64
 
 
 def bucket(length: int, limit: int) -> int:
@@ -107,6 +112,19 @@ class DialogueStream:
     # ---- pieces ----
 
     def _lm_step(self, embeds: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache: Any):
+        out = self.model.model.language_model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
+                                              cache=cache, use_cache=True)
+        return out.last_hidden_state[:, -1, :]
+
+    def _lm_forward(self, embeds: torch.Tensor, start: int, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The language model over `embeds` at positions start.. (eager: a chunk boundary or a prefill),
+        writing their key/value entries into `cache` from `start` on (anything there is rewritten)."""
+        held = int(cache.get_seq_length())
+        if held > start:
+            cache.crop(start - held)
+        n = embeds.shape[1]
+        position = torch.arange(start, start + n, device=embeds.device).unsqueeze(0)
+        mask[:, :start + n] = 1
         out = self.model.model.language_model(inputs_embeds=embeds, position_ids=position, attention_mask=mask,
                                               cache=cache, use_cache=True)
         return out.last_hidden_state[:, -1, :]
@@ -156,6 +174,23 @@ class DialogueStream:
             embeds = embeds.masked_scatter(mask, features.to(embeds.device))
         return embeds
 
+    def self_check(self) -> str | None:
+        """Why this transformers cannot run the stream, or None: a forward given `cache=` must fill it
+        (transformers before 5.24 took the cache as `past_key_values` and silently ignored `cache=`, so
+        every step would run with no context and no error)."""
+        from transformers import StaticCache
+        cache = StaticCache(config=self.text_config, max_cache_len=8)
+        embeds = self.embed(torch.tensor([[self.cfg.audio_bos_token_id] * 3], device=self.device))
+        mask = torch.zeros((1, 8), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            self._lm_forward(embeds, 0, mask, cache)
+            held = int(cache.get_seq_length())
+        if held != 3:
+            import transformers
+            return (f"transformers {transformers.__version__} does not fill the key/value cache it is given "
+                    f"({held} of 3 positions): the stream needs transformers >= 5.24")
+        return None
+
     # ---- state ----
 
     def _np(self, tensor: torch.Tensor) -> np.ndarray:
@@ -204,115 +239,164 @@ class DialogueStream:
 
     @torch.inference_mode()
     def run(self, inputs: dict, seed: int, max_tokens: int, forced_tokens: int | None = None,
-            resume: Resume | None = None) -> Iterator[StreamChunk]:
+            resume: Resume | None = None, clip_seed: int | None = None) -> Iterator[StreamChunk]:
         """Chunks of the part whose prompt is `inputs` (the processor's tensors, batch 1)."""
         model, cfg = self.model, self.cfg
+        audio_id = cfg.audio_token_id
         input_ids = inputs["input_ids"]
         dev = input_ids.device
         prompt_len = input_ids.shape[1]
         limit = min(max_tokens, forced_tokens) if forced_tokens is not None else max_tokens
-        if prompt_len + limit + 2 > self.context:
-            limit = self.context - prompt_len - 2
+        room = self.context - prompt_len - 2
+        limit = min(limit, room)
         if limit <= 0:
             raise ValueError(f"the prompt ({prompt_len} tokens) leaves no room in the model's context "
                              f"({self.context} positions)")
-        done = resume.tokens if resume is not None else 0
-        pos_cache, neg_cache, (pos_cap, neg_cap) = self._caches(prompt_len + limit + 2, limit + 2)
+        budget = limit if forced_tokens is not None else min(limit + PAUSE_TOKENS, room)
+        pos_cache, neg_cache, (pos_cap, neg_cap) = self._caches(prompt_len + budget + 2, budget + 2)
         pos_mask = torch.zeros((1, pos_cap), dtype=torch.long, device=dev)
         neg_mask = torch.zeros((1, neg_cap), dtype=torch.long, device=dev)
         pos_position = torch.zeros((1, 1), dtype=torch.long, device=dev)
         neg_position = torch.zeros((1, 1), dtype=torch.long, device=dev)
-        torch.manual_seed(seed)   # the clips' sampled features, then the diffusion noise, in this order
-        extra = {k: inputs[k] for k in ("input_values", "padding_mask") if k in inputs}
+        # The clips' sampled features under the job's seed (the same in every part), then the diffusion
+        # noise under the part's; with clip_seed == seed, one seed for both, as generate() draws them.
+        torch.manual_seed(seed if clip_seed is None else clip_seed)
+        prompt = self._prompt_embeds(inputs)
+        if clip_seed is not None and clip_seed != seed:
+            torch.manual_seed(seed)
         bos = self.embed(torch.full((1, 1), cfg.audio_bos_token_id, dtype=torch.long, device=dev))
+        positive = self._lm_forward(prompt, 0, pos_mask, pos_cache)
+        # Per branch: the position its next input goes to, and the inputs since the chunk's start (or
+        # since the negative branch's last restart) that the boundary forward rewrites.
+        pos_len, neg_len = prompt_len, 0
+        pos_pending: list[torch.Tensor] = []
+        neg_pending: list[torch.Tensor] = []
+        last_input = bos          # what the positive branch consumed last (the prompt ends in audio_bos)
         acoustic_cache = semantic_cache = None
-        if resume is None or done == 0:
-            # Prefill: the same forward as the reference's.
-            pos_mask[:, :prompt_len] = 1
-            neg_mask[:, :1] = 1
-            out = model(input_ids=input_ids, attention_mask=pos_mask, cache=pos_cache, use_cache=True,
-                        logits_to_keep=1, **extra)
-            positive = out.last_hidden_state[:, -1, :]
-            logits = out.logits[:, -1, :]
-            neg_embeds = bos
-        else:
+        step = generated = 0
+
+        def restart_negative():
+            nonlocal neg_len
+            neg_cache.reset()
+            neg_mask.zero_()
+            neg_pending.clear()
+            neg_len = 0
+
+        def boundary() -> torch.Tensor:
+            """One batched forward per branch over the chunk's inputs: the same call in every run."""
+            nonlocal pos_len
+            start = pos_len - len(pos_pending)
+            out = self._lm_forward(torch.cat(pos_pending, dim=1), start, pos_mask, pos_cache)
+            if neg_pending:
+                self._lm_forward(torch.cat(neg_pending, dim=1), neg_len - len(neg_pending), neg_mask, neg_cache)
+            pos_pending.clear()
+            neg_pending.clear()
+            return out
+
+        if resume is not None and resume.tokens:
             latents = self._torch(resume.latents)
             semantics = self._torch(resume.semantic)
-            # One token at a time, as the run made them (the projections are tiny; batching them
-            # would change their rounding).
-            generated = torch.cat([self._embedding(latents[i].view(1, 1, -1), semantics[i].view(1, 1, -1))
-                                   for i in range(done)], dim=1)
-            prompt = self._prompt_embeds(inputs)
-            pos_mask[:, :prompt_len + done] = 1
-            out = model(inputs_embeds=torch.cat([prompt, generated.to(prompt.dtype)], dim=1),
-                        attention_mask=pos_mask, cache=pos_cache, use_cache=True, logits_to_keep=1)
-            positive = out.last_hidden_state[:, -1, :]
-            logits = out.logits[:, -1, :]
-            # The negative branch consumed bos, embeds_0 .. embeds_{k-2} at positions 0..k-1; embeds_{k-1}
-            # is its next input, at position k.
-            neg_mask[:, :done] = 1
-            model.model.language_model(inputs_embeds=torch.cat([bos, generated[:, :done - 1].to(bos.dtype)], dim=1),
-                                       attention_mask=neg_mask, cache=neg_cache, use_cache=True)
-            neg_mask[:, done] = 1
-            neg_embeds = generated[:, done - 1:done]
+            ids = (np.asarray(resume.token_ids, dtype=np.int64) if resume.token_ids is not None
+                   else np.full(resume.tokens, audio_id, dtype=np.int64))
+            row = 0
+            for token in ids.tolist():
+                if token == audio_id:
+                    neg_pending.append(last_input)
+                    neg_len += 1
+                    x = self._embedding(latents[row].view(1, 1, -1), semantics[row].view(1, 1, -1)).to(bos.dtype)
+                    row += 1
+                else:
+                    if token == cfg.audio_bos_token_id:
+                        restart_negative()
+                    x = self.embed(torch.full((1, 1), token, dtype=torch.long, device=dev))
+                pos_pending.append(x)
+                pos_len += 1
+                generated += 1
+                if token == audio_id and row % self.chunk_tokens == 0:
+                    positive = boundary()
+                last_input = x
+            if pos_pending or row != resume.tokens:
+                raise ValueError("the checkpoint does not end at a chunk boundary")
+            step = row
             torch.set_rng_state(torch.from_numpy(np.array(resume.state["rng"], dtype=np.uint8)))
             acoustic_cache = self._cache_from(resume.state, "acoustic_")
             semantic_cache = self._cache_from(resume.state, "semantic_")
-        step = done
+        logits = model.lm_head(positive) if forced_tokens is None else None
+
         audio: list[torch.Tensor] = []
         lat_rows: list[torch.Tensor] = []
         sem_rows: list[torch.Tensor] = []
+        chunk_ids: list[int] = []
         while True:
             why = ""
+            token = audio_id
             if step >= limit:
                 why = "the forced token count" if forced_tokens is not None and step >= forced_tokens \
                     else "the part's token limit"
+            elif generated >= budget:
+                why = "the part's token limit"
             elif forced_tokens is None:
                 token = int(torch.argmax(self._allowed(logits), dim=-1))
-                if token != cfg.audio_token_id:
-                    why = "end of audio" if token == cfg.audio_eos_token_id else "end of text"
+                if token == cfg.eos_token_id:
+                    why = "end of text"
             if why or len(audio) == self.chunk_tokens:
                 if audio or why:
-                    yield self._chunk(audio, lat_rows, sem_rows, acoustic_cache, semantic_cache, step,
+                    yield self._chunk(audio, lat_rows, sem_rows, chunk_ids, acoustic_cache, semantic_cache, step,
                                       bool(why), why)
-                    audio, lat_rows, sem_rows = [], [], []
+                    audio, lat_rows, sem_rows, chunk_ids = [], [], [], []
                 if why:
                     return
-            neg_position.fill_(step)
-            if self.compile:
-                torch.compiler.cudagraph_mark_step_begin()
-            negative = self._neg_step(neg_embeds, neg_position, neg_mask, neg_cache).clone()
-            latent = self._sample_latent(positive, negative)
-            scaled = latent / model.model.latent_scaling_factor.to(latent.device) - \
-                model.model.latent_bias_factor.to(latent.device)
-            decoded = model.model.audio_tower.decode(scaled, padding_cache=acoustic_cache, use_cache=True)
-            acoustic_cache = decoded.padding_cache
-            audio.append(decoded.audio[0])
-            semantic = model.model.semantic_tokenizer_encoder(decoded.audio, padding_cache=semantic_cache,
-                                                              use_cache=True)
-            semantic_cache = semantic.padding_cache
-            lat_rows.append(latent.reshape(1, -1))
-            sem_rows.append(semantic.latents.reshape(1, -1))
-            embeds = self._embedding(latent, semantic.latents)
-            step += 1
-            # The positive branch's next step, on the new audio embedding; the negative branch
-            # consumes the same embedding at its next step.
-            pos_mask[:, prompt_len + step - 1] = 1
-            neg_mask[:, step] = 1
-            pos_position.fill_(prompt_len + step - 1)
-            if step < limit:
-                positive = self._pos_step(embeds, pos_position, pos_mask, pos_cache).clone()
-                if forced_tokens is None:
-                    logits = model.lm_head(positive)
-            neg_embeds = embeds
+            if token == audio_id:
+                neg_position.fill_(neg_len)
+                neg_mask[:, neg_len] = 1
+                if self.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                negative = self._neg_step(last_input, neg_position, neg_mask, neg_cache).clone()
+                neg_pending.append(last_input)
+                neg_len += 1
+                latent = self._sample_latent(positive, negative)
+                scaled = latent / model.model.latent_scaling_factor.to(latent.device) - \
+                    model.model.latent_bias_factor.to(latent.device)
+                decoded = model.model.audio_tower.decode(scaled, padding_cache=acoustic_cache, use_cache=True)
+                acoustic_cache = decoded.padding_cache
+                audio.append(decoded.audio[0])
+                semantic = model.model.semantic_tokenizer_encoder(decoded.audio, padding_cache=semantic_cache,
+                                                                  use_cache=True)
+                semantic_cache = semantic.padding_cache
+                lat_rows.append(latent.reshape(1, -1))
+                sem_rows.append(semantic.latents.reshape(1, -1))
+                x = self._embedding(latent, semantic.latents).to(bos.dtype)
+                step += 1
+            else:
+                # A pause: audio_eos closes speech, audio_bos reopens it (and restarts the negative branch).
+                if token == cfg.audio_bos_token_id:
+                    restart_negative()
+                x = self.embed(torch.full((1, 1), token, dtype=torch.long, device=dev))
+            chunk_ids.append(token)
+            generated += 1
+            pos_pending.append(x)
+            pos_len += 1
+            last_input = x
+            if step >= limit and token == audio_id:
+                continue          # the part is over: no next token to compute
+            if token == audio_id and step % self.chunk_tokens == 0:
+                positive = boundary()
+            else:
+                pos_mask[:, pos_len - 1] = 1
+                pos_position.fill_(pos_len - 1)
+                if self.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                positive = self._pos_step(x, pos_position, pos_mask, pos_cache).clone()
+            if forced_tokens is None:
+                logits = model.lm_head(positive)
 
-    def _chunk(self, audio, lat_rows, sem_rows, acoustic_cache, semantic_cache, step, final, why):
+    def _chunk(self, audio, lat_rows, sem_rows, chunk_ids, acoustic_cache, semantic_cache, step, final, why):
         wave = torch.cat(audio, dim=-1).float().cpu().numpy().reshape(-1) if audio else np.zeros(0, np.float32)
         lat = self._np(torch.cat(lat_rows)) if lat_rows else np.zeros((0, 0), np.float32)
         sem = self._np(torch.cat(sem_rows)) if sem_rows else np.zeros((0, 0), np.float32)
         return StreamChunk(audio=wave.astype(np.float32), latents=lat, semantic=sem,
                            state=self._state(acoustic_cache, semantic_cache), tokens_end=step, final=final,
-                           why=why)
+                           why=why, token_ids=np.asarray(chunk_ids, dtype=np.int32))
 
     def _allowed(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
