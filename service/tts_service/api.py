@@ -20,6 +20,7 @@ import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 
 from .audio import DOWNLOADS
+from .engines import GENERATION_OPTIONS
 from .jobfiles import BadJobId, check_job_id, new_job_id
 from .jobs import FINAL, public_job, session_id
 from .journal import fields
@@ -211,12 +212,13 @@ def submit():
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
         raise ApiError(400, "'seed' must be an integer from 0 to 2147483647")
+    generation = _generation_options(body)
     key = _idempotency_key()
 
     epoch = require_primary()
     known = current_session()
     voices = _resolve_voices(body.get("voices", {}), speakers_of(segments), known)
-    fingerprint = _request_fingerprint(script, voices, seed)
+    fingerprint = _request_fingerprint(script, voices, seed, generation)
     job_id = idempotent_job_id(key, fingerprint) if key else new_job_id()
     sid, token = _caller_session(known, idempotent_session_token(key, fingerprint) if key and len(key) >= 16 else None)
     if key:
@@ -241,7 +243,7 @@ def submit():
         "id": job_id, "session": sid, "created_at": created_at, "accepted_by": settings.node,
         "fingerprint": fingerprint, "idempotency_key": key,
         "epoch": epoch, "engine": settings.engine, "voices": {str(s): v for s, v in voices.items()},
-        "segments": segment_dicts, "seed": seed, "duration_estimate_s": estimate_s,
+        "segments": segment_dicts, "seed": seed, "generation": generation, "duration_estimate_s": estimate_s,
         "segments_total": total, "segments_exact": not rt.engine.stateful,
         "script": script, "client": client,   # the queue caps count it again after Redis is rebuilt
     }
@@ -319,8 +321,28 @@ def idempotent_session_token(key: str, fingerprint: str) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def _request_fingerprint(script: str, voices: dict[int, str], seed: int | None) -> str:
-    return hashlib.sha256(json.dumps([script, sorted(voices.items()), seed]).encode()).hexdigest()
+def _request_fingerprint(script: str, voices: dict[int, str], seed: int | None, generation: dict) -> str:
+    asked = [script, sorted(voices.items()), seed] + ([sorted(generation.items())] if generation else [])
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
+
+
+def _generation_options(body: dict) -> dict:
+    """The job's own generation settings (GENERATION_OPTIONS), checked: each one the engine takes,
+    within its bounds; those not given are the engine's defaults (not stored)."""
+    engine = _rt().engine
+    out: dict = {}
+    for name, (low, high, kind) in GENERATION_OPTIONS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if name not in engine.generation_options:
+            raise ApiError(400, f"the {engine.name} engine has no '{name}' setting")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+                or not low <= value <= high:
+            what = "an integer" if kind is int else "a number"
+            raise ApiError(400, f"'{name}' must be {what} from {low} to {high}")
+        out[name] = kind(value)
+    return out
 
 
 def _replay(job_id: str, sid: str, token: str | None) -> Response | None:

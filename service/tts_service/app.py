@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/")
     def index():
-        return render_template("index.html", node=settings.node, engine=settings.engine)
+        return render_template("index.html", node=settings.node, engine=settings.engine,
+                               cfg_default=settings.vibevoice_guidance_scale,
+                               steps_default=settings.vibevoice_diffusion_steps)
 
     @app.errorhandler(404)
     def not_found(_exc):

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 
 import redis
 
@@ -453,7 +454,9 @@ class Worker:
             except ScriptError as exc:
                 raise EngineInputError(f"segment {int(seg.get('index', 0)) + 1}: {exc}") from None
         engine = self.rt.engine
-        parts = engine.plan(request["segments"], clips)
+        options = tuple(sorted((k, v) for k, v in (request.get("generation") or {}).items()
+                               if k in engine.generation_options))
+        parts = [replace(p, options=options) for p in engine.plan(request["segments"], clips)]
         seed = int(request.get("seed", 0) or 0)
         return JobPlan(parts, [engine.fingerprint(p, seed, clips) for p in parts], seed, clips,
                        int(request.get("segments_total", 0) or 0), exact=not engine.stateful)

@@ -574,3 +574,60 @@ def test_the_fingerprint_names_the_platform_a_bit_exact_resume_needs(engine):
         assert engine.fingerprint(part, 1) != base
     finally:
         engine.platform = {**engine.platform, "device": "cpu"}
+
+
+# ---- per-job generation settings ----
+
+def test_a_job_sets_its_own_guidance_and_steps_within_bounds(vv_rt):
+    """CFG scale and diffusion steps per job, as the model's demo offers them: checked at the door, used by
+    the worker, part of the fingerprint (a checkpoint made with other settings is not resumed)."""
+    from tts_service.app import create_app
+    from tts_service.worker import Worker
+    client = create_app(vv_rt.settings).test_client()
+    for bad, said in (({"cfg_scale": 5}, "'cfg_scale' must be a number from 1.0 to 2.0"),
+                      ({"cfg_scale": "high"}, "'cfg_scale' must be a number"),
+                      ({"diffusion_steps": 100}, "'diffusion_steps' must be an integer from 5 to 20"),
+                      ({"diffusion_steps": 7.5}, "'diffusion_steps' must be an integer")):
+        r = client.post("/api/jobs", json={"script": SCRIPT, **bad})
+        assert r.status_code == 400 and said in r.get_json()["error"], (bad, r.get_json())
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="cfg_scale"' in page and 'id="diffusion_steps"' in page
+    r = client.post("/api/jobs", json={"script": SCRIPT, "seed": 4, "cfg_scale": 1.8, "diffusion_steps": 6})
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    assert vv_rt.files.request(job_id)["generation"] == {"cfg_scale": 1.8, "diffusion_steps": 6}
+    worker = Worker(vv_rt)
+    worker.engine_loaded = True
+    plan = worker._plan(vv_rt.files.request(job_id))
+    assert plan.parts[0].options == (("cfg_scale", 1.8), ("diffusion_steps", 6))
+    assert plan.fingerprints[0] != vv_rt.engine.fingerprint(vv_rt.engine.plan(SEGMENTS)[0], 4)
+    assert run_to_end(worker, vv_rt, job_id)["status"] == "done"
+    tuned = make_engine(vv_rt.engine.model_dir, diffusion_steps=6, guidance_scale=1.8)
+    close_enough(served_audio(vv_rt, job_id), expected_audio(tuned, 4))
+    assert relative_gap(expected_audio(tuned, 4), expected_audio(vv_rt.engine, 4)) > 0.01
+
+
+def test_an_engine_without_the_setting_refuses_it_by_name(rt, api):
+    r = api.post("/api/jobs", json={"script": "Speaker 1: Hello.", "cfg_scale": 1.5})
+    assert r.status_code == 400 and r.get_json()["error"] == "the espeak engine has no 'cfg_scale' setting"
+
+
+def test_parts_are_balanced_not_a_full_part_and_a_remainder(model_dir):
+    """Filling each part to the context left a last part of one turn (a seam for a few seconds of audio);
+    the same number of parts, balanced, every one within the context."""
+    e = make_engine(model_dir, context=1200)
+    segments = [{"index": i, "speaker": i % 2 + 1, "voice": f"vv-speaker{i % 2 + 1}",
+                 "text": f"Turn {i}: a line of some length for the planner to count."} for i in range(9)]
+    parts = e.plan(segments)
+    sizes = [len(p.segments) for p in parts]
+    assert len(parts) == 2 and max(sizes) - min(sizes) <= 1, sizes
+    assert [s["index"] for p in parts for s in p.segments] == list(range(9))
+    for part in parts:
+        assert e.build_inputs(part)["input_ids"].shape[1] + e.max_tokens(part) + 2 <= 1200
+
+
+def test_a_segment_that_cannot_fit_the_context_alone_is_refused_by_name(model_dir):
+    e = make_engine(model_dir, context=1200)
+    long = {"index": 1, "speaker": 1, "voice": "vv-speaker1", "text": "word " * 400}
+    with pytest.raises(EngineInputError, match=r"segment 2 alone \(\d+ tokens of text and planned audio"):
+        e.plan([SEGMENTS[0], long])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Chunk, Engine, EngineError, EngineInputError, Part, Resume, Voice
+from .base import GENERATION_OPTIONS, Chunk, Engine, EngineError, EngineInputError, Part, Resume, Voice
 
 ENGINES = ("espeak", "vibevoice")
 
@@ -20,4 +20,4 @@ def create_engine(settings: Settings) -> Engine:
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 
-__all__ = ["Chunk", "Part", "Resume", "Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]
+__all__ = ["GENERATION_OPTIONS", "Chunk", "Part", "Resume", "Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]

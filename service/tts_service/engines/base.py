@@ -46,6 +46,9 @@ class Part:
     index: int
     segments: tuple[dict, ...]
     speakers: tuple[tuple[int, str], ...] = ()
+    # The job's generation settings (GENERATION_OPTIONS names), sorted (key, value) pairs; an engine
+    # uses those it has and its defaults for the rest.
+    options: tuple[tuple[str, float], ...] = ()
 
     @property
     def chars(self) -> int:
@@ -64,6 +67,12 @@ class Chunk:
     meta: dict = field(default_factory=dict)
 
 
+# Per-job generation settings a request may give, with their bounds: (low, high, type). VibeVoice's
+# classifier-free guidance scale and diffusion steps, as the model's demo offers them; the steps are
+# bounded at twice the default, what a job may cost the GPU.
+GENERATION_OPTIONS = {"cfg_scale": (1.0, 2.0, float), "diffusion_steps": (5, 20, int)}
+
+
 class Engine(ABC):
     name: str = ""
     sample_rate: int = 0
@@ -71,6 +80,8 @@ class Engine(ABC):
     stateful: bool = False
     # Voices can be reference clips users upload (POST /api/voices).
     takes_reference_clips: bool = False
+    # Which GENERATION_OPTIONS a job may set for this engine.
+    generation_options: tuple[str, ...] = ()
 
     @abstractmethod
     def voices(self) -> list[Voice]:

@@ -56,6 +56,7 @@ class VibeVoiceEngine(Engine):
     sample_rate = SAMPLE_RATE
     stateful = True
     takes_reference_clips = True
+    generation_options = ("cfg_scale", "diffusion_steps")
 
     def __init__(self, model_dir: str, diffusion_steps: int = 10, guidance_scale: float = 1.3,
                  device: str | None = None, force_audio_tokens: int | None = None,
@@ -223,26 +224,46 @@ class VibeVoiceEngine(Engine):
         return self.context_override or 65536
 
     def plan(self, segments: list[dict], clips: dict[str, np.ndarray] | None = None) -> list[Part]:
-        """Consecutive turns per part, as many as fit the context (prompt + planned audio)."""
+        """Consecutive turns per part (turns were already cut at sentence boundaries to at most
+        TTS_MAX_SEGMENT_CHARS): as few parts as fit the context (prompt + planned audio), balanced, so no
+        part is a short remainder: the smallest per-part budget that needs no more parts than filling
+        each part to the context would."""
         speakers = _speakers(segments)
         context = self._context()
         hop = int(getattr(self.model.config.audio_config, "hop_length", 3200)) if self.model is not None else 3200
         clip_tokens = sum(-(-len(c) // hop) + 4 for c in (self._clip_for(v, clips) for _s, v in speakers)
                           if c is not None)
         fixed = clip_tokens + self._tokens(SYSTEM_PROMPT + " Voice input:\n Text input:\n Speech output:\n") + 8
-        parts: list[Part] = []
-        current: list[dict] = []
-        used = fixed
-        for seg in segments:
-            cost = self._tokens(f" Speaker 0: {seg['text']}\n") + self._audio_tokens_planned([seg])
-            if current and used + cost > context:
-                parts.append(Part(len(parts), tuple(current), speakers))
-                current, used = [], fixed
-            current.append(seg)
-            used += cost
-        if current:
-            parts.append(Part(len(parts), tuple(current), speakers))
-        return parts
+        costs = [self._tokens(f" Speaker 0: {seg['text']}\n") + self._audio_tokens_planned([seg]) for seg in segments]
+        for seg, cost in zip(segments, costs):
+            if fixed + cost > context:
+                raise EngineInputError(f"segment {int(seg.get('index', 0)) + 1} alone ({cost} tokens of text and "
+                                       f"planned audio, {fixed} of voice clips and prompt) does not fit the "
+                                       f"model's context ({context})")
+        if not segments:
+            return []
+
+        def split(budget: int) -> list[list[dict]]:
+            groups: list[list[dict]] = [[]]
+            used = 0
+            for seg, cost in zip(segments, costs):
+                if groups[-1] and used + cost > budget:
+                    groups.append([])
+                    used = 0
+                groups[-1].append(seg)
+                used += cost
+            return groups
+
+        room = context - fixed
+        count = len(split(room))
+        low, high = max(costs), room          # the smallest budget that still needs only `count` parts
+        while low < high:
+            mid = (low + high) // 2
+            if len(split(mid)) <= count:
+                high = mid
+            else:
+                low = mid + 1
+        return [Part(i, tuple(group), speakers) for i, group in enumerate(split(low))]
 
     def _tokens(self, text: str) -> int:
         if self.processor is not None:
@@ -264,7 +285,7 @@ class VibeVoiceEngine(Engine):
         gen = self.stream_gen
         return _digest({
             "engine": self.name, "stream": STREAM_VERSION, "revision": self.revision, "seed": seed,
-            "steps": self.diffusion_steps, "guidance": self.guidance_scale, "dtype": str(gen.dtype) if gen else None,
+            "steps": self._steps(part), "guidance": self._guidance(part), "dtype": str(gen.dtype) if gen else None,
             "path": {"compiled": bool(gen and gen.compile), "device": str(self.device)}, "platform": self.platform,
             "chunk_tokens": self.chunk_tokens, "speakers": part.speakers, "clips": clip_hashes,
             "segments": [(s["speaker"], s["text"], s["voice"]) for s in part.segments],
@@ -272,6 +293,12 @@ class VibeVoiceEngine(Engine):
         })
 
     # ---- generation ----
+
+    def _guidance(self, part: Part) -> float:
+        return float(dict(part.options).get("cfg_scale", self.guidance_scale))
+
+    def _steps(self, part: Part) -> int:
+        return int(dict(part.options).get("diffusion_steps", self.diffusion_steps))
 
     @staticmethod
     def part_seed(seed: int, part: int) -> int:
@@ -293,7 +320,8 @@ class VibeVoiceEngine(Engine):
                 for out in self.stream_gen.run(inputs, self.part_seed(seed, part.index), self.max_tokens(part),
                                                forced_tokens=self.max_tokens(part) if self.force_audio_tokens
                                                is not None else None, resume=stream_resume,
-                                               clip_seed=self.part_seed(seed, 0)):
+                                               clip_seed=self.part_seed(seed, 0),
+                                               guidance_scale=self._guidance(part), diffusion_steps=self._steps(part)):
                     if not np.isfinite(out.audio).all():
                         raise EngineError("the model produced non-finite audio")
                     if out.final and self.force_audio_tokens is None:

@@ -89,6 +89,7 @@ class DialogueStream:
         self.cfg = model.config
         self.diffusion_steps = diffusion_steps
         self.guidance_scale = guidance_scale
+        self._guidance, self._steps = guidance_scale, diffusion_steps   # this run's (run() sets them)
         self.chunk_tokens = max(1, int(chunk_tokens))
         self.device = model.device
         self.dtype = next(model.parameters()).dtype
@@ -146,14 +147,14 @@ class DialogueStream:
         condition = torch.cat([positive, negative], dim=0)
         latent = torch.randn(condition.shape[0], self.cfg.audio_config.hidden_size).to(condition)
         sched = self.scheduler
-        sched.set_timesteps(num_inference_steps=self.diffusion_steps)
+        sched.set_timesteps(num_inference_steps=self._steps)
         half = latent.shape[0] // 2
         for timestep in sched.timesteps:
             x = latent[:half]
             combined = torch.cat([x, x], dim=0)
             eps = self._head(combined, timestep.repeat(combined.shape[0]).to(combined), condition=condition)
             cond_eps, uncond_eps = torch.split(eps, half, dim=0)
-            guided = uncond_eps + self.guidance_scale * (cond_eps - uncond_eps)
+            guided = uncond_eps + self._guidance * (cond_eps - uncond_eps)
             latent = sched.step(torch.cat([guided, guided], dim=0), timestep, latent).prev_sample
         return latent[:half].unsqueeze(1)
 
@@ -239,8 +240,12 @@ class DialogueStream:
 
     @torch.inference_mode()
     def run(self, inputs: dict, seed: int, max_tokens: int, forced_tokens: int | None = None,
-            resume: Resume | None = None, clip_seed: int | None = None) -> Iterator[StreamChunk]:
-        """Chunks of the part whose prompt is `inputs` (the processor's tensors, batch 1)."""
+            resume: Resume | None = None, clip_seed: int | None = None, guidance_scale: float | None = None,
+            diffusion_steps: int | None = None) -> Iterator[StreamChunk]:
+        """Chunks of the part whose prompt is `inputs` (the processor's tensors, batch 1); the guidance
+        scale and diffusion steps are the stream's unless given (a job's own)."""
+        self._guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        self._steps = self.diffusion_steps if diffusion_steps is None else int(diffusion_steps)
         model, cfg = self.model, self.cfg
         audio_id = cfg.audio_token_id
         input_ids = inputs["input_ids"]

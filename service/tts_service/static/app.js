@@ -94,6 +94,10 @@ async function submit() {
     const key = idempotencyKey();
     const body = { script: $("script").value, voices: chosen };
     if ($("seed").value !== "") body.seed = Number($("seed").value);
+    for (const name of ["cfg_scale", "diffusion_steps"]) {   // only on engines that have them
+      const field = $(name);
+      if (field && field.value !== "") body[name] = Number(field.value);
+    }
     let job;
     for (let attempt = 1; ; attempt++) {
       try { job = await api("POST", "/api/jobs", body, { "Idempotency-Key": key }); break; }
