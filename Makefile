@@ -18,7 +18,7 @@ export TTS_LAB_KNOWN_HOSTS := $(CURDIR)/.lab/known_hosts
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 
-.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean
+.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
 MODE ?= switchover
 RUNS ?= 5
@@ -33,6 +33,7 @@ help:
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
 	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (prints a table)"
+	@echo "make gpu-wheels    the wheels a GPU machine needs besides torch, into .gpu-wheels/ (GPU_PYTHON=3.11)"
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -109,3 +110,16 @@ soak: deps
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache dist service/build
+
+# What the VibeVoice engine needs on a GPU machine that has torch (CUDA) and nothing else, as wheels to
+# carry there (no network on it): the service with its [vibevoice] extra and everything that pulls in,
+# at the versions the tests ran (scripts/gpu_wheels.py), for GPU_PYTHON on x86_64. torch itself is the
+# machine's: its CUDA build is the platform's, gigabytes, and never carried.
+GPU_PYTHON ?= 3.11
+gpu-wheels: venv $(WHEEL)
+	rm -rf .gpu-wheels && mkdir -p .gpu-wheels && cp $(WHEEL) .gpu-wheels/
+	$(PY) scripts/gpu_wheels.py > .gpu-wheels/requirements.txt
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_28_x86_64 --python-version $(GPU_PYTHON) --implementation cp -d .gpu-wheels \
+	  -r .gpu-wheels/requirements.txt
+	@du -sh .gpu-wheels; echo "on the GPU machine: pip install --no-index --find-links .gpu-wheels -r .gpu-wheels/requirements.txt $(notdir $(WHEEL))"

@@ -2,22 +2,24 @@
 """Benchmark: the VibeVoice dialogue stream (service/tts_service/engines/vibevoice_stream.py).
 
 Random weights in the real 1.5B / 7B shapes on a GPU (no weights can be fetched; compute per token
-is the same as with real ones), bf16, 10 diffusion steps, guidance 1.3, a forced number of audio
-tokens per run. Prints, per shape:
+is the same as with real ones), bf16, 10 diffusion steps, guidance 1.3. Random weights never choose
+audio tokens by themselves, so lm_head gets a bias toward the audio token: the stream runs its
+**natural path** (lm_head on every step, the argmax read back to the host: one sync per token), as a
+real checkpoint makes it run. Prints, per shape:
 
-- ms per audio token and x real time at contexts of 1K, 16K and 60K positions (a prompt of that many
-  tokens, then `--tokens` audio tokens: attention cost grows with the context; caches come in
-  power-of-two buckets, so a 60K context runs in the 64K bucket);
-- time to resume a 40K-position context from a checkpoint (the prefill over prompt + stored
-  embeddings, until the first new chunk is out), and the normal time for that chunk;
+- at contexts of 1K, 16K and 60K positions (a prompt of that many tokens): the prompt's **prefill**
+  time apart, then the **decode**: ms per audio token and x real time over `--tokens` audio tokens,
+  and peak GPU memory (caches come in power-of-two buckets: a 60K context runs in the 64K bucket);
+- time to resume at a 40K-position context from a checkpoint (prefill + one batched forward per
+  committed chunk, until the first new chunk is out), beside a fresh start's;
 - the largest difference between a resumed and an uninterrupted waveform (relative to the peak), in
-  the model's dtype (bf16 on a GPU: exactness there is a measurement, not an assumption);
-- peak GPU memory.
+  the model's dtype: 0 when resume is exact (bf16 on a GPU: a measurement, not an assumption).
 
-7.5 audio tokens = 1 s of 24 kHz audio. The goal is >= 4x real time for 1.5B on one H100.
+7.5 audio tokens = 1 s of 24 kHz audio. Goal: 1.5B >= 4x real time at 16K context on one H100/H200.
 Without a GPU it runs the tiny CPU model of the tests (`--shapes tiny`): its milliseconds say
 nothing about a GPU (and its audio per token is 40 samples, not 3200, so x real time is not
-printed), but resume exactness and the relative cost of a resume are real. Prints; asserts nothing.
+printed), but exactness and the relative cost of a resume are real. Prints; asserts nothing.
+The wheels a bare GPU machine needs besides torch: `make gpu-wheels` (into .gpu-wheels/, to carry).
 
     python bench/engine_gpu.py [--shapes 1.5B,7B] [--contexts 1024,16384,61440] [--tokens 75]
     python bench/engine_gpu.py --shapes tiny --contexts 256,2048,8192 --tokens 30   # CPU
@@ -25,12 +27,15 @@ printed), but resume exactness and the relative cost of a resume are real. Print
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS, as the engine sets it
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from tts_service.engines.vibevoice_stream import DialogueStream, Resume  # noqa: E402
@@ -46,7 +51,7 @@ SHAPES = {
 TOKENS_PER_SECOND = 7.5
 
 
-def build(shape: str, device: str):
+def build(shape: str, device: str, dtype: torch.dtype):
     from transformers import VibeVoiceConfig, VibeVoiceForConditionalGeneration
     s = dict(SHAPES[shape])
     head_inter = s.pop("head_inter")
@@ -60,7 +65,6 @@ def build(shape: str, device: str):
                                                      num_hidden_layers=4 if shape != "tiny" else 1), **extra)
     if shape == "tiny":
         cfg.audio_bos_token_id, cfg.audio_eos_token_id, cfg.audio_token_id, cfg.eos_token_id = 297, 298, 299, 296
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
         model = VibeVoiceForConditionalGeneration(cfg).to(dtype).eval()
@@ -79,8 +83,32 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def speak(model, cfg) -> None:
+    """lm_head biased toward the audio token: the natural path's work (lm_head, argmax, sync) on random
+    weights that would otherwise never choose to speak."""
+    bias = torch.zeros(model.lm_head.out_features, dtype=model.lm_head.weight.dtype,
+                       device=model.lm_head.weight.device)
+    bias[cfg.audio_token_id] = 1e4
+    model.lm_head.bias = torch.nn.Parameter(bias, requires_grad=False)
+
+
 def run(stream: DialogueStream, inputs: dict, tokens: int, resume: Resume | None = None):
-    return list(stream.run(inputs, seed=1, max_tokens=tokens, forced_tokens=tokens, resume=resume))
+    return list(stream.run(inputs, seed=1, max_tokens=tokens, resume=resume))
+
+
+def timed(stream: DialogueStream, inputs: dict, tokens: int, device: str) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for `tokens` audio tokens): the prefill timed by a run of one token."""
+    sync(device)
+    start = time.perf_counter()
+    run(stream, inputs, 1)
+    sync(device)
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    run(stream, inputs, tokens + 1)
+    sync(device)
+    whole = time.perf_counter() - start
+    per_token = (whole - one) / tokens
+    return one - per_token, whole - one
 
 
 def main() -> None:
@@ -91,47 +119,53 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--resume-context", type=int, default=40960)
     parser.add_argument("--no-compile", action="store_true", help="eager (no CUDA graphs)")
+    parser.add_argument("--dtype", default=None, help="bfloat16 (default on a GPU) or float32 (default on the CPU)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = (args.shapes or ("1.5B,7B" if device == "cuda" else "tiny")).split(",")
     contexts = [int(c) for c in (args.contexts or ("1024,16384,61440" if device == "cuda" else "256,2048,8192")).split(",")]
     name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    torch.use_deterministic_algorithms(True, warn_only=True)     # as the engine runs
     print(f"torch {torch.__version__}, {name}; {args.tokens} audio tokens per run, {args.steps} diffusion steps, "
-          f"{'bf16' if device == 'cuda' else 'float32'}, compile={'off' if args.no_compile else 'on' if device == 'cuda' else 'off'}")
+          f"{str(dtype).replace('torch.', '')}, compile={'off' if args.no_compile else 'on' if device == 'cuda' else 'off'}")
     for shape in shapes:
-        cfg, model = build(shape, device)
+        cfg, model = build(shape, device, dtype)
+        speak(model, cfg)
         chunk = max(1, args.tokens // 3)
         stream = DialogueStream(model, args.steps, 1.3, compile=(device == "cuda" and not args.no_compile),
                                 chunk_tokens=chunk)
         real = shape != "tiny"
-        print(f"\n{shape}: {'context':>8s} {'ms/token':>9s} {'x real time':>12s} {'peak GiB':>9s}")
+        print(f"\n{shape}: {'context':>8s} {'prefill s':>10s} {'ms/token':>9s} {'x real time':>12s} {'peak GiB':>9s}")
         for ctx in contexts:
             inputs = prompt(cfg, ctx, device)
             run(stream, inputs, args.tokens)            # warm-up: compilation / graph capture for the bucket
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            sync(device)
-            start = time.perf_counter()
-            run(stream, inputs, args.tokens)
-            sync(device)
-            wall = time.perf_counter() - start
-            xrt = f"{args.tokens / TOKENS_PER_SECOND / wall:12.2f}" if real else f"{'-':>12s}"
+            prefill, decode = timed(stream, inputs, args.tokens, device)
+            xrt = f"{args.tokens / TOKENS_PER_SECOND / decode:12.2f}" if real else f"{'-':>12s}"
             peak = f"{torch.cuda.max_memory_allocated() / 2**30:9.1f}" if device == "cuda" else f"{'-':>9s}"
-            print(f"{'':6s} {ctx:8d} {wall / args.tokens * 1000:9.1f} {xrt} {peak}", flush=True)
-        # Exactness: uninterrupted vs resumed after one chunk, in this dtype.
+            print(f"{'':6s} {ctx:8d} {prefill:10.3f} {decode / args.tokens * 1000:9.1f} {xrt} {peak}", flush=True)
+        # Exactness: uninterrupted vs resumed after each chunk, in this dtype.
         inputs = prompt(cfg, contexts[0], device)
         full = run(stream, inputs, args.tokens)
-        first = full[0]
-        resumed = run(stream, inputs, args.tokens, Resume(first.latents, first.semantic, first.state))
         a = np.concatenate([c.audio for c in full])
-        b = np.concatenate([first.audio] + [c.audio for c in resumed])
-        gap = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
-        print(f"{'':6s} resumed vs uninterrupted (context {contexts[0]}, after chunk 1 of {len(full)}): "
-              f"largest difference {gap:.2e} of the peak")
+        gaps = []
+        for k in range(1, len(full)):
+            done = full[:k]
+            resumed = run(stream, inputs, args.tokens, Resume(np.concatenate([c.latents for c in done]),
+                                                              np.concatenate([c.semantic for c in done]),
+                                                              done[-1].state,
+                                                              np.concatenate([c.token_ids for c in done])))
+            b = np.concatenate([c.audio for c in done] + [c.audio for c in resumed])
+            gaps.append(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)))
+        first = full[0]
+        print(f"{'':6s} resumed vs uninterrupted (context {contexts[0]}, after each of chunks 1-{len(full) - 1}): "
+              f"largest difference {max(gaps):.2e} of the peak")
         # Resume cost at a long context: the prefill over prompt + stored embeddings (synthetic latents
         # of the right shape: timing only).
         ctx = min(args.resume_context, stream.context - args.tokens - 8)
-        k = max(1, ctx // 10)
+        k = max(chunk, ctx // 10 // chunk * chunk)       # a whole number of chunks
         inputs = prompt(cfg, ctx - k, device)
         fake = Resume(np.random.default_rng(0).standard_normal((k, first.latents.shape[1])).astype(np.float32) * 0.1,
                       np.random.default_rng(1).standard_normal((k, first.semantic.shape[1])).astype(np.float32) * 0.1,
@@ -140,7 +174,7 @@ def main() -> None:
             sync(device)
             start = time.perf_counter()
             gen = stream.run(prompt(cfg, ctx - k, device) if resume is None else inputs, seed=1,
-                             max_tokens=k + chunk + 4, forced_tokens=(k if resume else 0) + chunk, resume=resume)
+                             max_tokens=(k if resume else 0) + chunk, resume=resume)
             next(gen)
             sync(device)
             print(f"{'':6s} {label:11s} at context {ctx}: first chunk ({chunk} tokens) after "
