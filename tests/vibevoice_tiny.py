@@ -32,8 +32,12 @@ def _tokenizer(folder: Path):
     return fast
 
 
-def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0, context_gain: float = 1.0) -> Path:
-    """`context_gain`: the language model's weight matrices scaled by it. At 1 (random init) each
+def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0, context_gain: float = 1.0,
+                         audio_gain: float = 1e5) -> Path:
+    """`audio_gain`: the acoustic decoder's output layer scaled by it. At random init its audio peaks
+    near 1e-6, below 16-bit PCM's step (3e-5): every served WAV would be silence, equal to any other;
+    scaled, a tenth of full scale, so comparing served audio compares something.
+    `context_gain`: the language model's weight matrices scaled by it. At 1 (random init) each
     position's hidden state is mostly its own input and a one-ulp change in an earlier input vanishes in
     bf16 rounding; at 16 attention mixes strongly enough that a missing or inexact cache entry shows."""
     import torch
@@ -58,6 +62,9 @@ def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0, context_g
     )
     torch.manual_seed(seed)
     model = VibeVoiceForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.model.audio_tower.decoder.head.conv.weight.mul_(audio_gain)
+        model.model.audio_tower.decoder.head.conv.bias.mul_(audio_gain)
     if context_gain != 1.0:
         with torch.no_grad():
             for name, weight in model.model.language_model.named_parameters():

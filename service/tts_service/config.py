@@ -68,6 +68,9 @@ class Settings:
     # graphs), "reference" (eager), "auto" (compiled on a GPU, eager on the CPU). Part of a checkpoint's
     # fingerprint: a job resumes only on the path it was started with (else its part restarts).
     vibevoice_path: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_PATH", "auto"))
+    # The weights' dtype: "" = bfloat16 on a GPU, float32 on the CPU; bfloat16 on the CPU runs what a GPU
+    # runs (the lab and tests use it to meet bf16's rounding where it will run).
+    vibevoice_dtype: str = field(default_factory=lambda: _env("TTS_VIBEVOICE_DTYPE", ""))
     # A dialogue stream is committed to shared storage in chunks of this many seconds of audio, each
     # with its checkpoint (a failover recomputes at most one chunk). 10 s = 75 VibeVoice tokens.
     chunk_seconds: float = field(default_factory=lambda: _float("TTS_CHUNK_SECONDS", 10.0))

@@ -16,7 +16,8 @@ def create_engine(settings: Settings) -> Engine:
         return VibeVoiceEngine(settings.vibevoice_model_dir,
                                diffusion_steps=settings.vibevoice_diffusion_steps,
                                guidance_scale=settings.vibevoice_guidance_scale,
-                               path=settings.vibevoice_path, chunk_seconds=settings.chunk_seconds)
+                               path=settings.vibevoice_path, chunk_seconds=settings.chunk_seconds,
+                               dtype=settings.vibevoice_dtype or None)
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 

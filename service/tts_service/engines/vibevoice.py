@@ -64,6 +64,8 @@ class VibeVoiceEngine(Engine):
                  chunk_seconds: float = 10.0, context: int | None = None, dtype: str | None = None):
         if path not in ("auto", "fast", "reference"):
             raise EngineError(f"TTS_VIBEVOICE_PATH is auto, fast or reference, not {path!r}")
+        if dtype not in (None, "", "bfloat16", "float16", "float32"):
+            raise EngineError(f"TTS_VIBEVOICE_DTYPE is bfloat16, float16 or float32, not {dtype!r}")
         self.path = path
         # torch.compile (CUDA graphs): "fast" always, "reference" never, "auto" on a GPU only.
         self.compile = compile if compile is not None else {"fast": True, "reference": False}.get(path)
