@@ -8,6 +8,7 @@ Keys (prefix tts:):
     active               set of job ids not finished (queued or running): the worker's scan list
     lease:<id>           the running worker's lease: JSON {node, epoch, token}, expires by itself
     stats                hash of monotonic counters (submitted, done, failed, cancelled, ...)
+    rebuilt              set by each rebuild from shared storage: gone means Redis lost its data
 Nothing here is the only copy of anything: shared storage (jobfiles.py) is the truth.
 """
 from __future__ import annotations
@@ -132,6 +133,14 @@ class JobStore:
         self._count = r.register_script(_COUNT)
 
     # ---- records ----
+
+    def lost_its_data(self) -> bool:
+        """Whether Redis was emptied since the last rebuild (restarted without its files, flushed): the
+        `rebuilt` key every rebuild leaves is gone."""
+        return not self.r.exists(k("rebuilt"))
+
+    def mark_rebuilt(self) -> None:
+        self.r.set(k("rebuilt"), str(time.time()))
 
     def add(self, job_id: str, sid: str, segments_total: int, created_at: float, enqueue: bool = True,
             seed: int = 0, duration_estimate_s: float = 0.0, client: str = "") -> None:

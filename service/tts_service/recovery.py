@@ -65,12 +65,20 @@ def job_from_storage(files: JobFiles, job_id: str, sample_rate: int | None = Non
 
 
 def reconcile(store: JobStore, files: JobFiles, sessions: Sessions, sample_rate: int | None = None,
-              confirmed_final: set[str] | None = None) -> ReconcileReport:
+              confirmed_final: set[str] | None = None, voices=None) -> ReconcileReport:
     """confirmed_final: ids whose final marker was already seen on storage (markers never go away),
-    kept by the caller between scans so that finished jobs cost nothing after the first scan."""
+    kept by the caller between scans so that finished jobs cost nothing after the first scan.
+    voices (VoiceClips; given once Redis lost its data): the sessions that uploaded voices are recreated
+    too (not on every scan: an expired session would never expire)."""
     report = ReconcileReport()
     confirmed = confirmed_final if confirmed_final is not None else set()
     active = set(store.active_ids())
+    if voices is not None:
+        try:
+            for sid in voices.sessions():
+                sessions.ensure(sid)
+        except OSError as exc:
+            log.warning("sessions with uploaded voices not checked: %s", exc)
     for job_id in files.list_ids():
         report.scanned += 1
         if job_id in confirmed:

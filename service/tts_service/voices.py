@@ -105,6 +105,12 @@ class VoiceClips:
         self.storage.commit_new(folder / f"{voice_id}.json", json.dumps(info).encode())   # listed once whole
         return info
 
+    def sessions(self) -> list[str]:
+        """The sessions that have uploaded voices (a rebuilt Redis recreates them)."""
+        if not self.storage.exists(self.root):
+            return []
+        return [name for name in sorted(self.storage.listdir(self.root)) if SESSION_RE.match(name)]
+
     def list(self, sid: str | None) -> list[dict]:
         if not sid:
             return []

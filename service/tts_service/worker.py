@@ -210,10 +210,16 @@ class Worker:
             self.state = f"idle: fenced because {belief.why_fenced()}"
             self.stopping.wait(0.5)
             return self.state
-        if (self.reconciled_epoch != belief.epoch
+        emptied = self.rt.store.lost_its_data()
+        if (emptied or self.reconciled_epoch != belief.epoch
                 or time.monotonic() - self.last_reconcile > self.settings.reconcile_interval_s):
+            if emptied:    # what this worker knew was finished is no longer in Redis either
+                self.confirmed_final.clear()
             report = reconcile(self.rt.store, self.rt.files, self.rt.sessions, self.rt.engine.sample_rate,
-                               self.confirmed_final)
+                               self.confirmed_final, voices=self.rt.voices if emptied else None)
+            self.rt.store.mark_rebuilt()
+            if emptied:
+                log.warning("Redis had lost its data: rebuilt from shared storage (%s)", report.sentence())
             if self.reconciled_epoch != belief.epoch:
                 self._record_format(belief.epoch)
             self.reconciled_epoch = belief.epoch
