@@ -11,7 +11,7 @@ import yaml
 class D(yaml.SafeDumper):
     def increase_indent(self, flow=False, indentless=False):
         return super().increase_indent(flow, False)
-ENTRIES = {"redis": ["promote", "follow"], "nginx": ["upstream"], "pki": ["certificate"],
+ENTRIES = {"redis": ["promote", "follow"], "nas": ["heal"], "nginx": ["upstream"], "pki": ["certificate"],
            "tts_app": ["install", "service", "venv"], "alert_receiver": ["run-playbook"]}
 SHORT = {}
 VENV_OPTS = {

@@ -119,10 +119,18 @@ class Settings:
     # The users' listener of this node (tts-api, "ADDRESS:PORT"): /ready fails while it accepts no
     # connections (a node whose users cannot reach it is not fit to be primary). Empty: not checked.
     api_address: str = field(default_factory=lambda: _env("TTS_API_ADDRESS", ""))
+    # The entry VIP: /metrics says whether this host holds it (tts_vip_held). Empty: not exported.
+    vip: str = field(default_factory=lambda: _env("TTS_VIP", ""))
     # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
     trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
     # How often the worker rescans shared storage for jobs Redis does not know about.
     reconcile_interval_s: float = field(default_factory=lambda: _float("TTS_RECONCILE_INTERVAL", 15.0))
+
+    # A chunk whose engine call takes longer than FACTOR x the median of recent chunks (at least MIN_S)
+    # means the engine hangs: the job's lease is left to lapse and the job goes to another attempt
+    # (resumed from its last checkpoint); the second hang within an hour makes the node unfit.
+    chunk_deadline_factor: float = field(default_factory=lambda: _float("TTS_CHUNK_DEADLINE_FACTOR", 10.0))
+    chunk_deadline_min_s: float = field(default_factory=lambda: _float("TTS_CHUNK_DEADLINE_MIN_S", 120.0))
 
     # A job whose attempts fail this many times (recorded on shared storage) ends `failed`.
     job_max_attempts: int = field(default_factory=lambda: _int("TTS_JOB_MAX_ATTEMPTS", 3))

@@ -6,6 +6,7 @@ healthy standby, 503 otherwise, always with the JSON that says why.
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
@@ -172,6 +173,16 @@ def standby():
     return jsonify(body), 200 if ok else 503
 
 
+def holds_address(address: str) -> bool | None:
+    """Whether `address` is on one of this host's interfaces (`ip -o addr`), or None if that cannot be
+    told: the VIP's holders, counted by the TTSVipNotSingle alert."""
+    try:
+        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, timeout=2, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return any(f" {address}/" in line for line in out.stdout.splitlines())
+
+
 class _Collector:
     """Collects at scrape time from Redis, the worker heartbeat and the node's belief."""
 
@@ -189,6 +200,12 @@ class _Collector:
         g = GaugeMetricFamily("tts_cluster_epoch", "Cluster epoch this node last read", labels=["node"])
         g.add_metric([node], belief.epoch)
         yield g
+        held = holds_address(rt.settings.vip) if rt.settings.vip else None
+        if held is not None:
+            g = GaugeMetricFamily("tts_vip_held", "1 if the entry VIP is on one of this host's interfaces",
+                                  labels=["node"])
+            g.add_metric([node], 1.0 if held else 0.0)
+            yield g
         try:
             counts = rt.store.status_counts()
             depth = rt.store.queue_depth()

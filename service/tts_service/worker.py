@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from contextlib import closing
 from dataclasses import replace
 
@@ -88,6 +89,9 @@ class JobRun:
         self.epoch = epoch
         self.abort_reason: str | None = None
         self.generated = 0        # chunks generated (committed or found identical) in this run
+        self.waiting_since: float | None = None   # monotonic start of the engine call in progress
+        self.deadline_s = 0.0                      # how long that call may take
+        self.hangs_seen = 0                        # deadlines that call has passed
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name=f"lease-{job_id[:8]}", daemon=True)
 
@@ -107,6 +111,8 @@ class JobRun:
         rt = self.worker.rt
         interval = rt.settings.lease_s / 3
         while not self._stop.wait(interval):
+            if self._overdue():
+                continue          # the lease lapses: the job goes to another attempt
             try:
                 if not rt.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
                     self.abort_reason = "lost the job's lease"
@@ -115,6 +121,21 @@ class JobRun:
             belief = rt.node.belief(fresh=True)
             if belief.fenced or belief.epoch != self.epoch:
                 self.abort_reason = f"fenced: {belief.why_fenced()}"
+
+    def _overdue(self) -> bool:
+        """Whether the engine call in progress passed its deadline (once per deadline it passes, the
+        worker hears of it: a hang)."""
+        since = self.waiting_since
+        if since is None or self.deadline_s <= 0:
+            return False
+        took = time.monotonic() - since
+        passed = int(took // self.deadline_s)
+        if passed > self.hangs_seen:
+            self.hangs_seen = passed
+            self.abort_reason = (f"the engine has been on one chunk for {took:.0f} s (deadline {self.deadline_s:.0f} s): "
+                                 f"it hangs; the job's lease is left to lapse")
+            self.worker.engine_hung(self.job_id, took, self.deadline_s)
+        return passed > 0
 
     def check(self) -> None:
         if self.abort_reason:
@@ -148,6 +169,8 @@ class Worker:
         self.backoff: dict[str, float] = {}   # job id -> monotonic time before which it is not claimed
         self.progress: dict[str, int] = {}    # job id -> whole segments when last looked at
         self.failed_in_a_row: list[str] = []  # jobs whose attempts failed since the last success
+        self.chunk_times: deque[float] = deque(maxlen=50)   # seconds of recent engine calls per chunk
+        self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
 
     # ---- lifecycle ----
@@ -293,6 +316,28 @@ class Worker:
             return self._charge(job_id, epoch, exc)
         finally:
             self.current_job = None
+
+    def chunk_deadline(self) -> float:
+        """How long one chunk's engine call may take: FACTOR x the median of recent ones, at least MIN_S."""
+        times = sorted(self.chunk_times)
+        median = times[len(times) // 2] if times else 0.0
+        return max(self.settings.chunk_deadline_min_s, self.settings.chunk_deadline_factor * median)
+
+    def engine_hung(self, job_id: str, took: float, deadline: float) -> None:
+        """The engine passed a chunk's deadline (called from the job's lease keeper): the job is left to
+        another attempt; the second hang within an hour makes the node unfit (/ready 503: failed over)."""
+        now = time.monotonic()
+        self.hangs.append(now)
+        recent = [t for t in self.hangs if now - t < 3600]
+        log.error("job %s: the engine has been on one chunk for %.0f s (deadline %.0f s): it hangs (%d in the "
+                  "last hour)", job_id, took, deadline, len(recent), extra=fields(job=job_id, event="engine_hung"))
+        self._note_error(job_id, f"the engine hung on this job ({took:.0f} s on one chunk); it goes on from its "
+                                 f"last checkpoint")
+        if len(recent) >= 2:
+            self.engine_loaded = False
+            self.engine_error = (f"the engine hung {len(recent)} times in the last hour (the last: {took:.0f} s on "
+                                 f"one chunk of job {job_id}, deadline {deadline:.0f} s): this node is unfit to run jobs")
+            self._write_heartbeat()
 
     def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
         """A failed attempt at the job: durable count on storage (only by the primary of this epoch);
@@ -551,7 +596,7 @@ class Worker:
             # Closed on the way out, whatever ends it: an engine's stream holds the engine (its lock)
             # until it is closed, and a stream left to the garbage collector would hold it past the job.
             with closing(rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume)) as stream:
-                while (chunk := self._next_chunk(stream, p)) is not None:
+                while (chunk := self._next_chunk(run, stream, p)) is not None:
                     rt.store.count_attempt(run.job_id)
                     self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
                     run.generated += 1
@@ -561,20 +606,33 @@ class Worker:
                         self._between_chunks(run, n)
                     started = time.monotonic()
 
-    def _next_chunk(self, stream, p: int):
-        """The engine's next chunk (None at the end of the part). Whose fault a failure is decides what
-        it costs: text the engine cannot take is the job's input (EngineInputError: the job fails at
-        once); anything unforeseen the engine raises is the engine's (EngineFault: counts toward the
-        node's unfitness)."""
+    def _next_chunk(self, run: JobRun, stream, p: int):
+        """The engine's next chunk (None at the end of the part), within the chunk deadline (a call past
+        it is a hang: the lease keeper lets the lease lapse, and a chunk that comes after all is not
+        committed). Whose fault a failure is decides what it costs: text the engine cannot take is the
+        job's input (EngineInputError: the job fails at once); anything unforeseen the engine raises is
+        the engine's (EngineFault: counts toward the node's unfitness)."""
+        run.deadline_s = self.chunk_deadline()
+        run.hangs_seen = 0
+        started = run.waiting_since = time.monotonic()
         try:
-            return next(stream, None)
+            chunk = next(stream, None)
+            run.waiting_since = None
+            run.check()           # past the deadline (the lease lapsed) or fenced meanwhile: not ours now
+            if chunk is not None:
+                self.chunk_times.append(time.monotonic() - started)
+            return chunk
         except (EngineInputError, UnicodeError) as exc:
             what = exc if isinstance(exc, EngineInputError) else f"{type(exc).__name__}: {exc}"
             raise EngineInputError(f"{'part' if self.rt.engine.stateful else 'segment'} {p + 1}: {what}") from exc
         except EngineError:
             raise
+        except Abandon:
+            raise
         except Exception as exc:
             raise EngineFault(f"the engine failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            run.waiting_since = None
 
     def _between_chunks(self, run: JobRun, n: int) -> None:
         run.check()

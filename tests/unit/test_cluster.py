@@ -212,7 +212,9 @@ def _acquire_in_process(args):
 def test_concurrent_acquirers_never_both_hold_the_lock_processes(shared):
     import multiprocessing
     (shared / "cluster").mkdir()
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork copies whatever locks the test process's other threads (earlier tests'
+    # servers and workers) hold at that moment, and a child can wait on one forever.
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         for _ in range(15):
             start = time.time() + 0.3

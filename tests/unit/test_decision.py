@@ -147,9 +147,16 @@ def test_an_interrupted_rejoin_is_left_to_its_alert():
     assert d.action == NONE and "its alert starts it again" in d.reason
 
 
-def test_a_node_cut_off_from_shared_storage_is_not_rejoined_but_reported():
+def test_a_node_cut_off_from_shared_storage_is_healed_and_rejoined_and_reported_only_if_that_failed():
+    """A dead mount (the node's NAS client died) is the node's to heal: escalating at once left the pair
+    without a standby until a person came, and the next fault took the service down."""
     d = run(not_in_role(), probes=Probes(node_in_role=False, node_storage_ok=False))
-    assert d.action == ESCALATE and "cannot reach the shared storage" in d.reason
+    assert d.action == REJOIN and d.target == "tts-b", d
+    assert d.reason.startswith("healing tts-b because it cannot reach the shared storage: its mount is detached "
+                               "and mounted again")
+    failed = History(now=NOW, rejoins_failed=frozenset({("tts-b", 3)}))
+    d = run(not_in_role(), probes=Probes(node_in_role=False, node_storage_ok=False), history=failed)
+    assert d.action == ESCALATE and "still cannot reach the shared storage after a heal in epoch 3 failed" in d.reason
 
 
 def test_a_node_with_storage_but_not_in_role_is_rejoined():

@@ -147,6 +147,38 @@ tests:
               summary: "Redis on tts-a uses 85 % of its maxmemory (threshold 80 %)"
   - interval: 1m
     input_series:
+      - series: 'tts_vip_held{job="tts_app", node="tts-a", instance="a"}'
+        values: '1x8'
+      - series: 'tts_vip_held{job="tts_app", node="tts-b", instance="b"}'
+        values: '0 1 1 1 1 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: TTSVipNotSingle
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: TTSVipNotSingle
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "the VIP is held by 2 nodes (one expected): docs/operations.md, TTSVipNotSingle"
+      - eval_time: 6m
+        alertname: TTSVipNotSingle
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'tts_vip_held{job="tts_app", node="tts-a", instance="a"}'
+        values: '0x8'
+      - series: 'tts_vip_held{job="tts_app", node="tts-b", instance="b"}'
+        values: '0x8'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: TTSVipNotSingle
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "the VIP is held by 0 nodes (one expected): docs/operations.md, TTSVipNotSingle"
+  - interval: 1m
+    input_series:
       - series: 'probe_ssl_earliest_cert_expiry{job="tts_vip", node="vip", instance="https://vip/health"}'
         values: '864000x30'
     alert_rule_test:
@@ -170,7 +202,7 @@ tests:
 """
 
 
-def test_the_storage_and_certificate_alerts_fire_below_their_thresholds_and_only_then():
+def test_the_storage_certificate_and_vip_alerts_fire_past_their_thresholds_and_only_then():
     on("ctl", f"cat > /tmp/storage-low-test.yml <<'EOF'\n{PROMTOOL_TEST}\nEOF")
     out = on("ctl", "cd /tmp && promtool test rules storage-low-test.yml")
     assert "SUCCESS" in out, out

@@ -761,3 +761,33 @@ def matrix():
     for fault, observed in MATRIX:
         print(f"  {fault:32s} {observed}")
 
+
+
+def test_19_a_standbys_dead_nas_client_heals_by_itself_and_the_next_fault_finds_a_standby(case):
+    """The standby's sshfs dies (ENOTCONN): it stayed without redundancy until a person came, and the
+    primary's death next took the service down. Its healer (tts-nas-heal) mounts it again and restarts
+    its services onto the live mount (the receiver's rejoin heals it too); then the primary is killed,
+    and the healed standby takes over and finishes the job."""
+    c = case(needs_failover=True)
+    on(c.standby, "pkill -9 -f '^/sbin/mount.fuse.sshfs'")
+    t_fault = time.time()
+    wait(lambda: requests.get(f"{NODES[c.standby]}/ready", timeout=3).status_code == 503, 60, "the standby unready")
+    wait(lambda: requests.get(f"{NODES[c.standby]}/standby", timeout=3).status_code == 200, 120,
+         "the standby healed and in its role again", interval=1)
+    healed = time.time() - t_fault
+    said = on(c.standby, "journalctl -t tts-nas-heal --no-pager -n 30")
+    assert "mounted again" in said or new_run(c.runs_before, "rejoin.yml", c.standby, finished=False), said
+    wait(lambda: not any(r["result"] == "running" for r in receiver_runs()), 150, "the receiver idle", interval=1)
+    runs_before = {r["id"] for r in receiver_runs()}
+    on(c.primary, APP_KILLED)
+    try:
+        run = wait(lambda: new_run(runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
+        assert run["result"] == "succeeded", run
+        c.finish_job(c.standby)
+    finally:
+        runs_before = {r["id"] for r in receiver_runs()}
+        on(c.primary, APP_BACK)
+    follow_rejoin(c.primary, runs_before)
+    note("19 standby's NAS client killed, then the primary", f"the standby healed and in role {healed:.0f} s after "
+                                                             f"its sshfs died; the primary killed next: failover to "
+                                                             f"{c.standby}, job finished there")

@@ -205,15 +205,13 @@ def _already_in_role(i: Inputs) -> Decision | None:
     return None
 
 
-def _rejoin_cannot_help(i: Inputs) -> Decision | None:
-    if i.probes.node_storage_ok is False:
-        return Decision(ESCALATE, f"not rejoining {i.alert.node} because it cannot reach the shared storage: a "
-                                  "rejoin would not help; telling the operators")
-    return None
-
-
 def _rejoin_failed_before(i: Inputs) -> Decision | None:
     if (i.alert.node, i.cluster.epoch) in i.history.rejoins_failed:
+        if i.probes.node_storage_ok is False:
+            return Decision(ESCALATE, f"{i.alert.node} still cannot reach the shared storage after a heal in epoch "
+                                      f"{i.cluster.epoch} failed (its mount detached and mounted again, its services "
+                                      "restarted onto it, a rejoin): the NAS itself, or the way to it; telling the "
+                                      "operators")
         return Decision(ESCALATE, f"rejoining {i.alert.node} already failed in epoch {i.cluster.epoch}: "
                                   "telling the operators rather than looping")
     return None
@@ -224,6 +222,15 @@ def _rejoin_flapping(i: Inputs) -> Decision | None:
     if n >= i.limits.rejoins_per_epoch:
         return Decision(ESCALATE, f"not rejoining {i.alert.node} again: it was rejoined {n} times in epoch "
                                   f"{i.cluster.epoch} and did not stay in role; telling the operators")
+    return None
+
+
+def _heal(i: Inputs) -> Decision | None:
+    if i.probes.node_storage_ok is False:
+        return Decision(REJOIN, f"healing {i.alert.node} because it cannot reach the shared storage: its mount is "
+                                "detached and mounted again if its client died, its services restarted onto it, "
+                                f"and it rejoins as the standby of {i.cluster.primary} (escalated if that fails)",
+                        target=i.alert.node)
     return None
 
 
@@ -242,8 +249,8 @@ COMMON_RULES: tuple[Rule, ...] = (_stranger, _busy)
 RULES_BY_ALERT: dict[str, tuple[Rule, ...]] = {
     "TTSNodeDown": (_down_standby, _already_failed_over, _second_failure, _flapping, _cooldown,
                     _witness_sees_primary, _redis_refuses_writes, _standby_unfit, _witness_unknown, _failover),
-    "TTSNodeNotInRole": (_primary_not_in_role, _already_in_role, _rejoin_cannot_help, _rejoin_failed_before,
-                         _rejoin_flapping, _rejoin),
+    "TTSNodeNotInRole": (_primary_not_in_role, _already_in_role, _rejoin_failed_before, _rejoin_flapping, _heal,
+                         _rejoin),
 }
 
 
