@@ -103,7 +103,9 @@ class _Scripted:
         self.hook = model.model.language_model.register_forward_hook(self._saw, with_kwargs=True)
 
     def _saw(self, _module, _args, _kwargs, output):
-        if getattr(output, "cache", None) is not None:
+        # The positive branch's forwards only: its cache holds the prompt (the negative branch's, a few
+        # tokens since its last restart, is run after it at a chunk boundary).
+        if getattr(output, "cache", None) is not None and int(output.cache.get_seq_length()) >= self.prompt_len:
             self.seen = int(output.cache.get_seq_length())
 
     def __call__(self, hidden):

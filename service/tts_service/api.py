@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -337,8 +338,8 @@ def _generation_options(body: dict) -> dict:
             continue
         if name not in engine.generation_options:
             raise ApiError(400, f"the {engine.name} engine has no '{name}' setting")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
-                or not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (kind is int and value != int(value)) or not low <= value <= high:
             what = "an integer" if kind is int else "a number"
             raise ApiError(400, f"'{name}' must be {what} from {low} to {high}")
         out[name] = kind(value)

@@ -136,7 +136,8 @@ class JobStore:
 
     def lost_its_data(self) -> bool:
         """Whether Redis was emptied since the last rebuild (restarted without its files, flushed): the
-        `rebuilt` key every rebuild leaves is gone."""
+        `rebuilt` key every rebuild leaves is gone. (A submit meanwhile recreates other keys, the
+        counters among them, so nothing else tells; after an upgrade the first cycle rebuilds once.)"""
         return not self.r.exists(k("rebuilt"))
 
     def mark_rebuilt(self) -> None:

@@ -57,6 +57,11 @@ log = logging.getLogger("tts.worker")
 DOWNLOAD_FORMATS = [fmt for fmt in audio.DOWNLOADS if fmt != "wav"]
 
 
+# A stateful stream's first chunk may take this many chunk deadlines: it carries the prompt's prefill, a
+# resume's replay of the committed chunks and, on a GPU, the compilation of a new cache size.
+FIRST_CHUNK_ALLOWANCE = 5
+
+
 class Abandon(Exception):
     """Stop working on this job now (lost lease, fenced, shutting down); leave it to be resumed."""
 
@@ -123,19 +128,19 @@ class JobRun:
                 self.abort_reason = f"fenced: {belief.why_fenced()}"
 
     def _overdue(self) -> bool:
-        """Whether the engine call in progress passed its deadline (once per deadline it passes, the
-        worker hears of it: a hang)."""
+        """Whether the engine call in progress passed its deadline. The worker hears of a hang when the
+        call passes its deadline, and once more if it is still stuck at three times the deadline (a call
+        that never returns makes the node unfit, as two hangs do)."""
         since = self.waiting_since
         if since is None or self.deadline_s <= 0:
             return False
         took = time.monotonic() - since
-        passed = int(took // self.deadline_s)
-        if passed > self.hangs_seen:
-            self.hangs_seen = passed
+        if (self.hangs_seen == 0 and took >= self.deadline_s) or (self.hangs_seen == 1 and took >= 3 * self.deadline_s):
+            self.hangs_seen += 1
             self.abort_reason = (f"the engine has been on one chunk for {took:.0f} s (deadline {self.deadline_s:.0f} s): "
                                  f"it hangs; the job's lease is left to lapse")
             self.worker.engine_hung(self.job_id, took, self.deadline_s)
-        return passed > 0
+        return took >= self.deadline_s
 
     def check(self) -> None:
         if self.abort_reason:
@@ -172,6 +177,7 @@ class Worker:
         self.chunk_times: deque[float] = deque(maxlen=50)   # seconds of recent engine calls per chunk
         self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
+        self._hb_lock = threading.Lock()
 
     # ---- lifecycle ----
 
@@ -209,6 +215,10 @@ class Worker:
             self.stopping.wait(1.0)
 
     def _write_heartbeat(self) -> None:
+        with self._hb_lock:     # the heartbeat thread and a job's lease keeper (engine_hung) both write it
+            self._write_heartbeat_locked()
+
+    def _write_heartbeat_locked(self) -> None:
         try:
             heartbeat.write(self._hb_path, {
                 "ts": time.time(), "pid": os.getpid(), "node": self.settings.node,
@@ -596,7 +606,9 @@ class Worker:
             # Closed on the way out, whatever ends it: an engine's stream holds the engine (its lock)
             # until it is closed, and a stream left to the garbage collector would hold it past the job.
             with closing(rt.engine.stream(plan.parts[p], plan.seed, plan.clips, resume)) as stream:
-                while (chunk := self._next_chunk(run, stream, p)) is not None:
+                first = rt.engine.stateful     # a stream's first chunk carries its prompt's prefill (and replay)
+                while (chunk := self._next_chunk(run, stream, p, first)) is not None:
+                    first = False
                     rt.store.count_attempt(run.job_id)
                     self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
                     run.generated += 1
@@ -606,13 +618,13 @@ class Worker:
                         self._between_chunks(run, n)
                     started = time.monotonic()
 
-    def _next_chunk(self, run: JobRun, stream, p: int):
+    def _next_chunk(self, run: JobRun, stream, p: int, first: bool = False):
         """The engine's next chunk (None at the end of the part), within the chunk deadline (a call past
         it is a hang: the lease keeper lets the lease lapse, and a chunk that comes after all is not
         committed). Whose fault a failure is decides what it costs: text the engine cannot take is the
         job's input (EngineInputError: the job fails at once); anything unforeseen the engine raises is
         the engine's (EngineFault: counts toward the node's unfitness)."""
-        run.deadline_s = self.chunk_deadline()
+        run.deadline_s = self.chunk_deadline() * (FIRST_CHUNK_ALLOWANCE if first else 1)
         run.hangs_seen = 0
         started = run.waiting_since = time.monotonic()
         try:

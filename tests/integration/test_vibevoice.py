@@ -5,6 +5,7 @@ Random weights never choose audio tokens, so every test forces N audio tokens pe
 engine's documented test knob); the generation itself (both CFG branches, diffusion, the streaming
 tokenizers, the random draws) is the real one."""
 import io
+import json
 import signal
 import os
 
@@ -469,6 +470,15 @@ def speech_schedule(engine):
     return [a] * 7 + [close, reopen] + [a] * 6 + [close, cfg.eos_token_id]
 
 
+def pause_at_a_boundary(engine):
+    """Speech closed right after chunk 1's last token, reopened, then 6 more: a resume after chunk 1
+    replays nothing of the pause, and its first new tokens are the pause."""
+    cfg = engine.model.config
+    a = cfg.audio_token_id
+    return [a] * 5 + [cfg.audio_eos_token_id, cfg.audio_bos_token_id] + [a] * 8 + [cfg.audio_eos_token_id,
+                                                                                  cfg.eos_token_id]
+
+
 @pytest.fixture(scope="module")
 def sensitive_dir(tmp_path_factory):
     """The tiny model with attention that mixes strongly: a one-ulp change in one stored latent changes
@@ -511,16 +521,19 @@ def test_speech_closed_and_reopened_mid_part_goes_on_to_the_end_of_text_as_gener
     assert relative_gap(reference, whole(chunks)) <= TOLERANCE
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_a_resume_is_bit_equal_to_the_uninterrupted_run_in_bf16_across_a_pause(scripted, sensitive_dir, dtype):
+@pytest.mark.parametrize("dtype, schedule", [("bfloat16", speech_schedule), ("float32", speech_schedule),
+                                             ("bfloat16", pause_at_a_boundary)])
+def test_a_resume_is_bit_equal_to_the_uninterrupted_run_in_bf16_across_a_pause(scripted, sensitive_dir, dtype,
+                                                                               schedule):
     """Resume exact by construction: both runs make the same forwards in the same order (the prompt's
     prefill, then one batched forward per chunk and branch), so the resumed audio is equal to the last bit,
     in bf16 as a GPU runs it, after every chunk (the second ends mid-pause: speech closed and reopened)."""
-    e, part = scripted(sensitive_dir, dtype=dtype)
+    e, part = scripted(sensitive_dir, dtype=dtype, schedule=schedule)
     uninterrupted = list(e.stream(part, seed=5))
+    assert [len(c.samples) // SAMPLES_PER_TOKEN for c in uninterrupted] == [5, 5, 3]
     for stop_after in (1, 2):
         first = uninterrupted[:stop_after]
-        fresh, _ = scripted(sensitive_dir, dtype=dtype)   # another process's engine: nothing in memory
+        fresh, _ = scripted(sensitive_dir, dtype=dtype, schedule=schedule)   # another process's engine: nothing in memory
         rest = list(fresh.stream(part, seed=5, resume=fresh.resume_from([c.checkpoint for c in first],
                                                                          first[-1].state)))
         assert len(first) + len(rest) == len(uninterrupted)
@@ -532,7 +545,7 @@ def test_a_resume_is_bit_equal_to_the_uninterrupted_run_in_bf16_across_a_pause(s
     lat = nudged[1]["latents"].copy()
     lat += 1 if lat.dtype == np.int16 else 1e-3
     nudged[1]["latents"] = lat
-    fresh, _ = scripted(sensitive_dir, dtype=dtype)
+    fresh, _ = scripted(sensitive_dir, dtype=dtype, schedule=schedule)
     other = whole(fresh.stream(part, seed=5, resume=fresh.resume_from(nudged, first[-1].state)))
     assert relative_gap(whole(uninterrupted[2:]), other) > 1e-3
 
@@ -590,8 +603,11 @@ def test_a_job_sets_its_own_guidance_and_steps_within_bounds(vv_rt):
     for bad, said in (({"cfg_scale": 5}, "'cfg_scale' must be a number from 1.0 to 2.0"),
                       ({"cfg_scale": "high"}, "'cfg_scale' must be a number"),
                       ({"diffusion_steps": 100}, "'diffusion_steps' must be an integer from 5 to 20"),
-                      ({"diffusion_steps": 7.5}, "'diffusion_steps' must be an integer")):
-        r = client.post("/api/jobs", json={"script": SCRIPT, **bad})
+                      ({"diffusion_steps": 7.5}, "'diffusion_steps' must be an integer"),
+                      ({"diffusion_steps": float("nan")}, "'diffusion_steps' must be an integer"),
+                      ({"diffusion_steps": float("inf")}, "'diffusion_steps' must be an integer"),
+                      ({"cfg_scale": float("-inf")}, "'cfg_scale' must be a number")):
+        r = client.post("/api/jobs", data=json.dumps({"script": SCRIPT, **bad}), content_type="application/json")
         assert r.status_code == 400 and said in r.get_json()["error"], (bad, r.get_json())
     page = client.get("/").get_data(as_text=True)
     assert 'id="cfg_scale"' in page and 'id="diffusion_steps"' in page
