@@ -2,15 +2,23 @@
 """Chaos soak of the lab pair (issue 12): N rounds, each one random fault from the matrix injected at a
 random moment of a random job, with 2-3 jobs in flight and new submissions during the fault.
 
+The faults include Redis wiped, the standby's NAS client killed (it must heal by itself), a slow NAS
+(`tc tbf` at 2 Mbit/s: this kernel has no netem) and two faults in sequence (the standby's NAS
+client, then the primary's app: after the first has healed, and before).
+
 After each round it checks, on real state:
 - 0 jobs lost: every accepted job ends `done` with audio as long as the sum of its segments (read
-  with Python's wave module on the NAS), or `cancelled`;
+  with Python's wave module on the NAS), or `cancelled`, and the session still lists it;
+- redundancy back (both nodes in their roles) within 60 s of the fault's end (of its injection for a
+  fault nothing undoes) when the host stayed up; the longest time without a 200 at most 10 s;
 - never two unfenced primaries (both nodes' /ready sampled every 0.2 s);
 - no failover when the primary was healthy (a fault that should not fail over, but did: "false");
 - the pair back in role (by the receiver's rejoin, or the runbook's rejoin.yml if it escalated).
-Prints a line per round and a table: faults, failovers, false failovers, segments recomputed, lost
-jobs, longest unavailability seen by a client polling the VIP's /primary. Exit status 1 if any job
-was lost, two primaries were seen or a false failover happened. Not part of `make test` (too long).
+Prints a line per round, a table (faults, failovers, false failovers, segments recomputed, lost
+jobs, longest unavailability seen by a client polling the VIP's /primary) and one per fault kind
+(count, longest time without a 200, time until redundancy was back, jobs lost, two primaries). Exit
+status 1 if any job was lost, two primaries were seen, a false failover happened, a gap passed 10 s or
+redundancy took over 60 s. Not part of `make test` (too long).
 
     make soak RUNS=20        (the lab: make lab first)
     TTS_TEST_INVENTORY=molecule/default/inventory/hosts.yml python bench/soak.py --runs 3   (a molecule pair)
@@ -45,6 +53,9 @@ class Fault:
     name: str
     fails_over: bool           # whether a failover is the right answer to it
     inject: object             # (primary, standby, jobs) -> heal callable
+    hold_s: float = 20         # a fault that must not fail over is held this long
+    host_stays_up: bool = True  # redundancy must be back within 60 s after it
+    self_heals: bool = False    # nothing undoes it: redundancy is counted from the injection, not its end
 
 
 def _app_killed(p, s, jobs):
@@ -101,6 +112,38 @@ def _receiver_killed(p, s, jobs):
     return lambda: None
 
 
+def _redis_wiped(p, s, jobs):
+    """Redis emptied on the primary (as one restarted without its files): the pair rebuilds it from
+    shared storage; the round then checks the same session still lists every job."""
+    redis_cli(p, "FLUSHALL")
+    return lambda: None
+
+
+def _nas_client_killed_standby(p, s, jobs):
+    """The standby's sshfs dies (ENOTCONN): it must heal by itself (tts-nas-heal, the receiver's rejoin)."""
+    on(s, "pkill -9 -f '^/sbin/mount.fuse.sshfs'")
+    return lambda: None
+
+
+def _slow_nas(p, s, jobs):
+    """The NAS's outgoing traffic squeezed to 2 Mbit/s (tc tbf: this kernel has no netem) for the hold."""
+    on("nas", "tc qdisc replace dev eth0 root tbf rate 2mbit burst 32kbit latency 400ms")
+    return lambda: on("nas", "tc qdisc del dev eth0 root 2>/dev/null || true")
+
+
+def _two_in_sequence(healed_first):
+    """The standby's NAS client killed, then the primary's app: after the first has healed, or before."""
+    def inject(p, s, jobs):
+        _nas_client_killed_standby(p, s, jobs)
+        if healed_first:
+            wait(pair_in_role, 120, "the standby healed before the second fault", interval=1)
+        else:
+            time.sleep(2)
+        on(p, APP_KILLED)
+        return lambda: on(p, APP_BACK)
+    return inject
+
+
 FAULTS = [
     Fault("app killed", True, _app_killed),
     Fault("host lost", True, _host_lost),
@@ -112,7 +155,17 @@ FAULTS = [
     Fault("NAS lost by the standby", False, _nas_lost_standby),
     Fault("damaged segment", False, _damaged_segment),
     Fault("receiver killed", False, _receiver_killed),
+    Fault("Redis wiped on the primary", False, _redis_wiped),
+    Fault("NAS client killed on the standby", False, _nas_client_killed_standby, hold_s=30),
+    Fault("slow NAS (2 Mbit/s, 60 s)", False, _slow_nas, hold_s=60),
+    Fault("standby NAS client, healed, then app killed", True, _two_in_sequence(True)),
+    Fault("standby NAS client, then app killed at once", True, _two_in_sequence(False)),
 ]
+for _f in FAULTS:
+    if _f.name in ("host lost", "host paused"):
+        _f.host_stays_up = False
+    if _f.name in ("damaged segment", "receiver killed", "Redis wiped on the primary", "NAS client killed on the standby"):
+        _f.self_heals = True
 
 
 class Availability(threading.Thread):
@@ -199,6 +252,8 @@ class Round:
     unavailable_s: float = 0.0
     double_primary: bool = False
     recovered_by: str = "receiver"
+    redundancy_s: float = 0.0            # from the fault's end until both nodes are in their roles
+    host_stays_up: bool = True
     problems: list[str] = field(default_factory=list)
 
 
@@ -247,6 +302,7 @@ def one_round(rng: random.Random, n: int) -> Round:
         turns = rng.randint(6, 12)
         jobs[submit(session, turns)] = turns
     time.sleep(rng.uniform(3, 12))                   # a random moment of the first job
+    injected_at = time.monotonic()
     heal_fault = fault.inject(primary, standby, list(jobs))
     try:
         turns = rng.randint(3, 6)
@@ -257,10 +313,15 @@ def one_round(rng: random.Random, n: int) -> Round:
             if run["result"] != "succeeded":
                 r.problems.append(f"failover.yml {run['result']}")
         else:
-            time.sleep(20)                          # held: no failover may follow
+            time.sleep(fault.hold_s)                # held: no failover may follow
     finally:
         heal_fault()
+    healed_at = injected_at if fault.self_heals else time.monotonic()
+    r.host_stays_up = fault.host_stays_up
     r.recovered_by = recover()
+    r.redundancy_s = round(time.monotonic() - healed_at, 1)
+    if fault.host_stays_up and r.redundancy_s > 60:
+        r.problems.append(f"redundancy back only {r.redundancy_s} s after the fault")
     wait(lambda: all(session.get(f"{VIP}/api/jobs/{j}", timeout=5).json()["status"] in ("done", "failed", "cancelled")
                      for j in jobs), 400, "every job ended", interval=1)
     watcher.stop.set()
@@ -273,6 +334,8 @@ def one_round(rng: random.Random, n: int) -> Round:
                        and x["result"] == "succeeded"])
     r.false_failover = r.failovers > 0 and not fault.fails_over
     r.recomputed, problems = check_jobs(session, jobs)
+    listed = {j["id"] for j in session.get(f"{VIP}/api/jobs", timeout=10).json().get("jobs", [])}
+    problems += [f"job {j} not listed for its session any more" for j in jobs if j not in listed]
     r.problems += problems
     r.lost = len(problems)
     print(f"round {n:2d}: {fault.name:30s} primary {primary}: failovers {r.failovers}{' (FALSE)' if r.false_failover else ''}, "
@@ -315,7 +378,15 @@ def main() -> int:
     print(f"| two unfenced primaries | {sum(r.double_primary for r in rounds)} rounds |")
     print(f"| longest unavailability | {max((r.unavailable_s for r in rounds), default=0)} s |")
     print(f"| rounds not completed | {sum(1 for r in rounds if r.fault.startswith('('))} |")
-    bad = any(r.lost or r.double_primary or r.false_failover or r.fault.startswith("(") for r in rounds)
+    print("\n| fault | rounds | longest without a 200 (s) | redundancy back after (s, longest) | jobs lost | "
+          "two primaries |\n|---|---|---|---|---|---|")
+    for name in sorted(faults):
+        mine = [r for r in rounds if r.fault == name]
+        print(f"| {name} | {len(mine)} | {max(r.unavailable_s for r in mine)} | "
+              f"{max(r.redundancy_s for r in mine)}{'' if all(r.host_stays_up for r in mine) else ' (host down)'} | "
+              f"{sum(r.lost for r in mine)} | {sum(r.double_primary for r in mine)} |")
+    bad = any(r.lost or r.double_primary or r.false_failover or r.fault.startswith("(") or r.unavailable_s > 10
+              or (r.host_stays_up and r.redundancy_s > 60) for r in rounds)
     return 1 if bad else 0
 
 
