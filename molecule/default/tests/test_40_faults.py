@@ -18,7 +18,7 @@ import requests
 
 from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
                  SHARED, VIP, RoleWatcher, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
-                 prometheus_value, receiver, receiver_runs, redis_cli, start_job, wait, wait_job_done,
+                 prometheus_value, receiver, receiver_runs, redis_cli, script, start_job, wait, wait_job_done,
                  wait_pair_settled)
 
 TURNS = 10
@@ -791,3 +791,24 @@ def test_19_a_standbys_dead_nas_client_heals_by_itself_and_the_next_fault_finds_
     note("19 standby's NAS client killed, then the primary", f"the standby healed and in role {healed:.0f} s after "
                                                              f"its sshfs died; the primary killed next: failover to "
                                                              f"{c.standby}, job finished there")
+
+
+def test_20_redis_emptied_mid_job_the_same_session_still_lists_and_downloads_every_job(case):
+    """Redis emptied on the primary (as one restarted without its files) while a job runs and another
+    waits: their owner found no jobs and 404 for each, for good. The pair rebuilds Redis from shared
+    storage, sessions included; no failover (it would not help)."""
+    c = case()
+    queued = c.session.post(f"{VIP}/api/jobs", json={"script": script(2)}, timeout=10).json()["id"]
+    mine = {c.job, queued}
+    redis_cli(c.primary, "FLUSHALL")
+    t_fault = time.time()
+    wait(lambda: {j["id"] for j in c.session.get(f"{VIP}/api/jobs", timeout=3).json()["jobs"]} >= mine, 90,
+         "the session's jobs listed again", interval=0.5)
+    listed = time.time() - t_fault
+    c.finish_job(c.primary)
+    wait_job_done(c.session, queued, 2)
+    for job_id in mine:
+        assert c.session.get(f"{VIP}/api/jobs/{job_id}/audio", timeout=10).status_code == 200
+    assert runs_since(c.runs_before, "failover.yml") == []
+    note("20 Redis emptied mid-job", f"the owner's session listed both jobs again {listed:.1f} s after the FLUSHALL; "
+                                     f"both finished and download; no failover")
