@@ -70,9 +70,12 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     checks: dict[str, bool] = {}
     reasons: list[str] = []
 
-    checks["state"] = belief.fresh and belief.state is not None
+    checks["state"] = belief.fresh and belief.state is not None and belief.error is None
     if not checks["state"]:
-        reasons.append(belief.why_fenced())
+        # Unfit as soon as a renewal fails, not only once the belief it still holds ages out (the
+        # fencing itself keeps using the belief's age: that bound is what makes it safe).
+        reasons.append(belief.why_fenced() if not belief.fresh or belief.state is None
+                       else f"the last renewal of this node's mark failed: {belief.error}")
     elif not belief.member:
         reasons.append(f"{settings.node} is not a member of the cluster ({belief.state.primary}, "
                        f"{belief.state.standby})")
