@@ -777,13 +777,16 @@ def test_19_a_standbys_dead_nas_client_heals_by_itself_and_the_next_fault_finds_
     healed = time.time() - t_fault
     said = on(c.standby, "journalctl -t tts-nas-heal --no-pager -n 30")
     assert "mounted again" in said or new_run(c.runs_before, "rejoin.yml", c.standby, finished=False), said
+    c.finish_job(c.primary)                    # the job in flight went on on the primary meanwhile
     wait(lambda: not any(r["result"] == "running" for r in receiver_runs()), 150, "the receiver idle", interval=1)
+    job = start_job(c.session, TURNS)          # the second fault hits this one
     runs_before = {r["id"] for r in receiver_runs()}
     on(c.primary, APP_KILLED)
     try:
         run = wait(lambda: new_run(runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
         assert run["result"] == "succeeded", run
-        c.finish_job(c.standby)
+        done = wait_job_done(c.session, job, TURNS)
+        assert done["node"] == c.standby, done
     finally:
         runs_before = {r["id"] for r in receiver_runs()}
         on(c.primary, APP_BACK)
