@@ -287,6 +287,13 @@ class DialogueStream:
             neg_pending.clear()
             neg_len = 0
 
+        def pause(token: int) -> torch.Tensor:
+            """The next input after a pause token: audio_eos closes speech, audio_bos reopens it (and
+            restarts the negative branch); either is fed back as text."""
+            if token == cfg.audio_bos_token_id:
+                restart_negative()
+            return self.embed(torch.full((1, 1), token, dtype=torch.long, device=dev))
+
         def boundary() -> torch.Tensor:
             """One batched forward per branch over the chunk's inputs: the same call in every run."""
             nonlocal pos_len
@@ -311,9 +318,7 @@ class DialogueStream:
                     x = self._embedding(latents[row].view(1, 1, -1), semantics[row].view(1, 1, -1)).to(bos.dtype)
                     row += 1
                 else:
-                    if token == cfg.audio_bos_token_id:
-                        restart_negative()
-                    x = self.embed(torch.full((1, 1), token, dtype=torch.long, device=dev))
+                    x = pause(token)
                 pos_pending.append(x)
                 pos_len += 1
                 generated += 1
@@ -373,10 +378,7 @@ class DialogueStream:
                 x = self._embedding(latent, semantic.latents).to(bos.dtype)
                 step += 1
             else:
-                # A pause: audio_eos closes speech, audio_bos reopens it (and restarts the negative branch).
-                if token == cfg.audio_bos_token_id:
-                    restart_negative()
-                x = self.embed(torch.full((1, 1), token, dtype=torch.long, device=dev))
+                x = pause(token)
             chunk_ids.append(token)
             generated += 1
             pos_pending.append(x)
