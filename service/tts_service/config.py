@@ -121,6 +121,9 @@ class Settings:
     api_address: str = field(default_factory=lambda: _env("TTS_API_ADDRESS", ""))
     # The entry VIP: /metrics says whether this host holds it (tts_vip_held). Empty: not exported.
     vip: str = field(default_factory=lambda: _env("TTS_VIP", ""))
+    # The file keepalived tracks to let only the cluster state's primary hold the VIP (vip.py): the
+    # worker keeps it saying 0 on the primary, 1 elsewhere. Empty: no such file (no VIP, make serve).
+    vip_track_file: str = field(default_factory=lambda: _env("TTS_VIP_TRACK_FILE", ""))
     # Proxies in front of the app whose X-Forwarded-For is trusted (1 behind the node's nginx).
     trusted_proxies: int = field(default_factory=lambda: _int("TTS_TRUSTED_PROXIES", 0))
     # How often the worker rescans shared storage for jobs Redis does not know about.

@@ -36,10 +36,11 @@ import time
 from collections import deque
 from contextlib import closing
 from dataclasses import replace
+from pathlib import Path
 
 import redis
 
-from . import audio, heartbeat, journal
+from . import audio, heartbeat, journal, vip
 from .config import Settings
 from .engines import EngineError, EngineInputError
 from .jobfiles import STORAGE_FORMAT, encode_npz
@@ -55,6 +56,8 @@ from .voices import VOICE_ID_RE
 
 log = logging.getLogger("tts.worker")
 DOWNLOAD_FORMATS = [fmt for fmt in audio.DOWNLOADS if fmt != "wav"]
+# Seconds between two syncs of keepalived's VIP track file with the cluster state (vip.py).
+VIP_SYNC_S = 0.5
 
 
 # A stateful stream's first chunk may take this many chunk deadlines: it carries the prompt's prefill, a
@@ -183,6 +186,8 @@ class Worker:
 
     def run_forever(self) -> None:
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        if self.settings.vip_track_file:
+            threading.Thread(target=self._vip_loop, name="vip", daemon=True).start()
         self._load_engine()
         while not self.stopping.is_set():
             try:
@@ -213,6 +218,32 @@ class Worker:
         while not self.stopping.is_set():
             self._write_heartbeat()
             self.stopping.wait(1.0)
+
+    def _vip_loop(self) -> None:
+        """Keep keepalived's track file saying whether the cluster state names this node primary
+        (vip.py): within VIP_SYNC_S of a promotion the new primary may take the VIP, and a node that
+        is not the primary never holds it, even while it cannot reach its peer."""
+        path = Path(self.settings.vip_track_file)
+        while not self.stopping.is_set():
+            self.sync_vip(path)
+            self.stopping.wait(VIP_SYNC_S)
+
+    def sync_vip(self, path: Path) -> str | None:
+        """One step of _vip_loop: what the track file says now (None: the state could not be read,
+        or the file not written; it is left as it was)."""
+        belief = self.rt.node.belief()
+        if belief.error is not None or belief.state is None:
+            return None
+        value = vip.track_value(belief.state.primary, self.settings.node)
+        try:
+            if vip.sync_track_file(path, value):
+                log.info("VIP track file %s now says %s: %s", path, value,
+                         f"this node is the primary of epoch {belief.state.epoch}" if value == vip.MAY_HOLD
+                         else f"{belief.state.primary} is the primary of epoch {belief.state.epoch}")
+        except OSError as exc:
+            log.warning("cannot write the VIP track file %s: %s", path, exc)
+            return None
+        return value
 
     def _write_heartbeat(self) -> None:
         with self._hb_lock:     # the heartbeat thread and a job's lease keeper (engine_hung) both write it

@@ -1,6 +1,7 @@
 """Each node exports whether it holds the entry VIP (tts_vip_held), read from its interfaces: the
 TTSVipNotSingle alert counts the holders (two: clients split between the primary and a node that
 cannot serve them; none: nobody gets in)."""
+import time
 from dataclasses import replace
 
 import pytest
@@ -15,3 +16,66 @@ def test_the_node_says_whether_the_vip_is_on_its_interfaces(rt, vip, held):
 
 def test_without_a_vip_setting_nothing_is_claimed(api):
     assert "tts_vip_held" not in api.get("/metrics").get_data(as_text=True)
+
+
+# ---- only the cluster state's primary may hold the VIP (vip.py, keepalived's track_file) ----
+
+def vip_worker(rt, tmp_path):
+    from tts_service.worker import Worker
+    return Worker(rt), tmp_path / "vip-track"
+
+
+def test_the_track_file_lets_only_the_cluster_states_primary_hold_the_vip(rt, tmp_path):
+    """A cut between the nodes left both holding the VIP (keepalived cannot tell a cut from a dead
+    peer); the track file follows the store: 0 (may hold) on its primary, 1 (FAULT) on any other node."""
+    worker, path = vip_worker(rt, tmp_path)
+    assert worker.sync_vip(path) == "0" and path.read_text() == "0\n"     # tts-a is the primary of epoch 1
+    rt.cluster.promote("tts-b", expect_epoch=1, by="test")
+    time.sleep(rt.settings.state_cache_s + 0.05)
+    assert worker.sync_vip(path) == "1" and path.read_text() == "1\n"     # tts-b now: tts-a lets go
+
+
+def test_what_keepalived_wrote_at_its_start_is_corrected(rt, tmp_path):
+    """keepalived creates the file saying 1 when it is missing (a reboot empties /run); the primary's
+    worker must set it right again, not trust what it wrote last."""
+    worker, path = vip_worker(rt, tmp_path)
+    worker.sync_vip(path)
+    path.write_text("1\n")
+    assert worker.sync_vip(path) == "0" and path.read_text() == "0\n"
+
+
+def test_a_state_that_cannot_be_read_leaves_the_track_file_as_it_was(rt, tmp_path, monkeypatch):
+    from tts_service.storage import StorageUnavailable
+    worker, path = vip_worker(rt, tmp_path)
+    path.write_text("1\n")
+
+    def cut(node):
+        raise StorageUnavailable("shared storage did not answer within 0.8 s")
+    monkeypatch.setattr(rt.node.cluster, "touch_alive", cut)
+    assert worker.sync_vip(path) is None
+    assert path.read_text() == "1\n"      # neither claimed nor let go on a guess
+
+
+def test_the_worker_keeps_the_track_file_in_step_by_itself(rt, tmp_path):
+    """The loop, as the unit runs it (TTS_VIP_TRACK_FILE): a promotion reaches the file within a
+    second, with no request to anyone."""
+    import threading
+    from dataclasses import replace
+    from tts_service.worker import Worker
+    path = tmp_path / "vip-track"
+    worker = Worker(replace(rt, settings=replace(rt.settings, vip_track_file=str(path))))
+    thread = threading.Thread(target=worker._vip_loop, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (path.exists() and path.read_text() == "0\n") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.read_text() == "0\n"
+        rt.cluster.promote("tts-b", expect_epoch=1, by="test")
+        deadline = time.monotonic() + 10
+        while path.read_text() != "1\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.read_text() == "1\n"
+    finally:
+        worker.stopping.set()
+        thread.join(5)

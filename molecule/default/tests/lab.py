@@ -189,6 +189,49 @@ class RoleWatcher(threading.Thread):
         assert self.double_primary == [], "both nodes acted as unfenced primary at the same time"
 
 
+def vip_holders():
+    """The nodes whose interfaces carry the VIP now."""
+    return [node for node in NODES
+            if podman("exec", PREFIX + node, "bash", "-c", f"ip -o -4 addr show | grep -qF ' {VIP.split('//')[-1]}/'",
+                      timeout=10).returncode == 0]
+
+
+class VipWatch(threading.Thread):
+    """What a client of the VIP lives through: `/primary` through the VIP every 0.2 s (the longest
+    stretch without a 200), and which nodes hold the VIP (sampled about once a second)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.holders = []          # (time, [nodes])
+        self.gap = 0.0
+        self.last_ok = None
+        self.started = time.time()
+
+    def run(self):
+        last_ok = self.started
+        next_holders = 0.0
+        while not self.stop.is_set():
+            try:
+                ok = requests.get(f"{VIP}/primary", timeout=1).status_code == 200
+            except requests.RequestException:
+                ok = False
+            now = time.time()
+            if ok:
+                last_ok = now
+            self.gap = max(self.gap, now - last_ok)
+            self.last_ok = ok
+            if now >= next_holders:
+                self.holders.append((now, vip_holders()))
+                next_holders = now + 1.0
+            self.stop.wait(0.2)
+
+    def finish(self):
+        self.stop.set()
+        self.join(15)
+        return self
+
+
 def script(turns):
     return dialogue(turns, line="This is line {n}, short and clear.")
 
