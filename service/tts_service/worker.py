@@ -180,6 +180,7 @@ class Worker:
         self.chunk_times: deque[float] = deque(maxlen=50)   # seconds of recent engine calls per chunk
         self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
+        self.vip_error = ""   # why the VIP track file could not be written last time
         self._hb_lock = threading.Lock()
 
     # ---- lifecycle ----
@@ -241,8 +242,11 @@ class Worker:
                          f"this node is the primary of epoch {belief.state.epoch}" if value == vip.MAY_HOLD
                          else f"{belief.state.primary} is the primary of epoch {belief.state.epoch}")
         except OSError as exc:
-            log.warning("cannot write the VIP track file %s: %s", path, exc)
+            if str(exc) != self.vip_error:   # once, not every half second (a first deploy makes the folder later)
+                log.warning("cannot write the VIP track file %s: %s", path, exc)
+            self.vip_error = str(exc)
             return None
+        self.vip_error = ""
         return value
 
     def _write_heartbeat(self) -> None:

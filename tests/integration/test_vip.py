@@ -79,3 +79,14 @@ def test_the_worker_keeps_the_track_file_in_step_by_itself(rt, tmp_path):
     finally:
         worker.stopping.set()
         thread.join(5)
+
+
+def test_a_track_file_that_cannot_be_written_is_said_once_and_retried(rt, tmp_path, caplog):
+    """On a first deploy the app starts before the keepalived role makes the file's folder."""
+    worker = vip_worker(rt, tmp_path)[0]
+    path = tmp_path / "not-yet" / "vip-track"
+    with caplog.at_level("WARNING", logger="tts.worker"):
+        assert worker.sync_vip(path) is None and worker.sync_vip(path) is None
+    assert len([r for r in caplog.records if "VIP track file" in r.getMessage()]) == 1
+    path.parent.mkdir()
+    assert worker.sync_vip(path) == "0" and path.read_text() == "0\n"
