@@ -32,7 +32,7 @@ help:
 	@echo "make drill         one failover drill on the lab (MODE=switchover|kill|redis-down|host-lost), prints the report"
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
-	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (prints a table)"
+	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (ONLY=cut,paused: those kinds; prints a table)"
 	@echo "make gpu-wheels    the wheels a GPU machine needs besides torch, into .gpu-wheels/ (GPU_PYTHON=3.11)"
 
 system-deps:
@@ -106,7 +106,7 @@ bench-resume: deps
 
 # Chaos soak on the lab: RUNS rounds of a random fault at a random moment (prints a table).
 soak: deps
-	$(PY) bench/soak.py --runs $(RUNS)
+	$(PY) bench/soak.py --runs $(RUNS) $(if $(ONLY),--only '$(ONLY)')
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache dist service/build

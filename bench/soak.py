@@ -284,8 +284,8 @@ def recover() -> str:
 CURRENT: dict[str, str] = {}
 
 
-def one_round(rng: random.Random, n: int) -> Round:
-    fault = rng.choice(FAULTS)
+def one_round(rng: random.Random, n: int, faults: list[Fault] = FAULTS) -> Round:
+    fault = rng.choice(faults)
     CURRENT["fault"] = fault.name
     settled(cooldown=fault.fails_over)
     state = cluster_state()
@@ -349,19 +349,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--only", default="", help="draw only the faults whose names contain one of these "
+                        "comma-separated words, e.g. --only 'cut,paused,two'")
     args = parser.parse_args()
+    words = [w.strip() for w in args.only.split(",") if w.strip()]
+    drawn = [f for f in FAULTS if not words or any(w in f.name for w in words)]
+    if not drawn:
+        print(f"no fault matches --only {args.only!r}: {[f.name for f in FAULTS]}", file=sys.stderr)
+        return 2
     ours = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout
     if f" {SUBNET}.1/" not in ours:
         print(f"the lab network {SUBNET}.0/24 is not on this machine: run `make lab` first", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    print(f"soak: {args.runs} rounds on {SUBNET}.0/24, seed {seed}, started {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}")
+    print(f"soak: {args.runs} rounds on {SUBNET}.0/24 ({len(drawn)} fault kinds), seed {seed}, started {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}")
     rounds = []
     started = time.time()
     for n in range(1, args.runs + 1):
         try:
-            rounds.append(one_round(rng, n))
+            rounds.append(one_round(rng, n, drawn))
         except AssertionError as exc:
             print(f"round {n:2d}: could not complete ({CURRENT.get('fault')}): {exc}", flush=True)
             rounds.append(Round("(round failed to complete)", problems=[str(exc)], lost=0))
