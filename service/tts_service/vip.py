@@ -9,9 +9,12 @@ node primary, `1` otherwise; keepalived watches the file (inotify) and puts the 
 FAULT, dropping the VIP, the moment it says `1`. What the file says follows the store, never the
 node's own health (the track scripts in keepalived.conf see to that).
 
-A state that cannot be read leaves the file as it is: a primary that loses the shared storage keeps
-the VIP until it is failed over and fenced (the fence writes `1` and stops keepalived), and a standby
-that cannot read the state does not start claiming it.
+A belief that is no longer fresh (no successful read of the state for TTS_STATE_MAX_AGE, 5 s) says `1`:
+such a node is fenced and serves no one, and a primary that was paused (or cut off) while the pair failed
+over must not take the VIP back when it resumes with a higher VRRP priority before it can read the new
+epoch. The cost: with the shared storage lost by both nodes nobody holds the VIP (nothing could be served
+or written then anyway). One failed read alone changes nothing. A missing file counts as 0 for
+keepalived: never delete it by hand (write 1 into it).
 """
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ def sync_track_file(path: Path, value: str) -> bool:
     try:
         if path.read_text().strip() == value:
             return False
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):   # missing, or made root-only by keepalived: replace it
         pass
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(value + "\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return True

@@ -226,21 +226,25 @@ class Worker:
         is not the primary never holds it, even while it cannot reach its peer."""
         path = Path(self.settings.vip_track_file)
         while not self.stopping.is_set():
-            self.sync_vip(path)
+            try:
+                self.sync_vip(path)
+            except Exception:  # a bug must not freeze the file for the life of the process: say it, go on
+                log.exception("VIP track file sync failed")
             self.stopping.wait(VIP_SYNC_S)
 
     def sync_vip(self, path: Path) -> str | None:
         """One step of _vip_loop: what the track file says now (None: the state could not be read,
         or the file not written; it is left as it was)."""
         belief = self.rt.node.belief()
-        if belief.error is not None or belief.state is None:
-            return None
-        value = vip.track_value(belief.state.primary, self.settings.node)
+        if belief.state is None or (belief.error is not None and belief.fresh):
+            return None   # nothing read yet, or one failed read: no change on a guess
+        value = vip.track_value(belief.state.primary if belief.fresh else None, self.settings.node)
         try:
             if vip.sync_track_file(path, value):
                 log.info("VIP track file %s now says %s: %s", path, value,
                          f"this node is the primary of epoch {belief.state.epoch}" if value == vip.MAY_HOLD
-                         else f"{belief.state.primary} is the primary of epoch {belief.state.epoch}")
+                         else f"{belief.state.primary} is the primary of epoch {belief.state.epoch}" if belief.fresh
+                         else f"the cluster state was last read {belief.age_s:.1f} s ago ({belief.error})")
         except OSError as exc:
             if str(exc) != self.vip_error:   # once, not every half second (a first deploy makes the folder later)
                 log.warning("cannot write the VIP track file %s: %s", path, exc)

@@ -44,16 +44,52 @@ def test_what_keepalived_wrote_at_its_start_is_corrected(rt, tmp_path):
     assert worker.sync_vip(path) == "0" and path.read_text() == "0\n"
 
 
-def test_a_state_that_cannot_be_read_leaves_the_track_file_as_it_was(rt, tmp_path, monkeypatch):
+def cut_from_storage(rt, monkeypatch):
     from tts_service.storage import StorageUnavailable
-    worker, path = vip_worker(rt, tmp_path)
-    path.write_text("1\n")
 
     def cut(node):
         raise StorageUnavailable("shared storage did not answer within 0.8 s")
     monkeypatch.setattr(rt.node.cluster, "touch_alive", cut)
+
+
+def test_one_failed_read_of_the_state_leaves_the_track_file_as_it_was(rt, tmp_path, monkeypatch):
+    worker, path = vip_worker(rt, tmp_path)
+    assert worker.sync_vip(path) == "0"
+    cut_from_storage(rt, monkeypatch)
+    time.sleep(rt.settings.state_cache_s + 0.05)
     assert worker.sync_vip(path) is None
-    assert path.read_text() == "1\n"      # neither claimed nor let go on a guess
+    assert path.read_text() == "0\n"      # neither claimed nor let go on one failed read
+
+
+def test_a_primary_that_cannot_read_the_state_any_more_lets_the_vip_go(rt, tmp_path, monkeypatch):
+    """A primary paused (or cut off) while the pair failed over resumes as VRRP master with the higher
+    priority: if it then cannot read the new epoch, it must still not take the VIP back."""
+    worker, path = vip_worker(rt, tmp_path)
+    assert worker.sync_vip(path) == "0"
+    cut_from_storage(rt, monkeypatch)
+    monkeypatch.setattr(rt.node, "max_age_s", 0.3)
+    time.sleep(0.4)
+    assert worker.sync_vip(path) == "1" and path.read_text() == "1\n"
+
+
+def test_a_root_only_file_left_by_keepalived_is_replaced(rt, tmp_path, monkeypatch):
+    """keepalived's init_file makes the file root-only (0600) when it starts before the worker: the
+    worker (user tts) cannot read it, and must replace it rather than give up (the tests run as root,
+    who reads anything: the refusal is the kernel's answer to the worker, given here)."""
+    from pathlib import Path
+    worker, path = vip_worker(rt, tmp_path)
+    path.write_text("1\n")
+    path.chmod(0o600)
+    read = Path.read_text
+
+    def as_the_worker(self, *a, **kw):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read(self, *a, **kw)
+    monkeypatch.setattr(Path, "read_text", as_the_worker)
+    assert worker.sync_vip(path) == "0"
+    monkeypatch.undo()
+    assert path.read_text() == "0\n" and path.stat().st_mode & 0o777 == 0o644
 
 
 def test_the_worker_keeps_the_track_file_in_step_by_itself(rt, tmp_path):

@@ -239,8 +239,10 @@ def test_02_partition_between_the_pair_makes_no_second_primary(case):
         # VIP, and clients sent to the standby waited for a primary it could not reach (no 200 for
         # 43.6 s of 45). Only the cluster state's primary may hold it.
         held = [nodes for _, nodes in watch.holders]
+        assert len(held) >= 10, f"too few samples of the VIP's holders: {held}"
         assert all(nodes == [c.primary] for nodes in held), f"VIP holders during the cut: {held}"
-        assert watch.last_ok, "the VIP did not answer /primary with 200 at the end of the cut"
+        # The promise for a cut: at most 8 s without a 200 (it was 43.6 s of 45 with both holding it).
+        assert watch.last_ok and watch.gap <= 8, f"{watch.gap:.1f} s without a 200 from /primary through the VIP"
         assert cluster_state() == c.state
         assert runs_since(c.runs_before, "failover.yml") == []
         assert requests.get(f"{NODES[c.primary]}/primary", timeout=2).status_code == 200
