@@ -283,8 +283,15 @@ def follow_rejoin(node, runs_before, timeout=150):
 
 
 def operator_playbook(playbook, target, timeout=300, extra=""):
-    """Run a playbook as an operator on ctl does (the receiver's user, key and inventory)."""
+    """Run a playbook as an operator on ctl does (the receiver's user, key and inventory); target None:
+    no -e tts_target (upgrade.yml takes none: an extra var would outrank what the playbook works out)."""
     return on("ctl", "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
                      "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
                      f"/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/{playbook} "
-                     f"-e @/etc/tts-receiver/secrets.yml -e tts_target={target} {extra}", timeout=timeout)
+                     f"-e @/etc/tts-receiver/secrets.yml {f'-e tts_target={target}' if target else ''} {extra}",
+                timeout=timeout)
+
+
+def nginx_prefers(node):
+    """Which node this node's nginx sends requests to first (its upstream link)."""
+    return on(node, "readlink /etc/nginx/tts-upstream.conf").strip().rsplit("/", 1)[-1].removesuffix(".conf")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, on, operator_playbook, podman, receiver_runs,
-                 redis_hget, start_job, wait_job_done)
+from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, nginx_prefers, on, operator_playbook, podman,
+                 receiver_runs, redis_hget, start_job, vip_holders, wait, wait_job_done)
 
 ROOT = Path(__file__).resolve().parents[3]
 TURNS = 20                      # ~70 s of paced audio: still running at the switchover
@@ -65,6 +65,14 @@ class VipWatcher(threading.Thread):
         assert self.samples > 10
 
 
+def switched_over(state):
+    """Both nginx send to the new primary first, and it alone holds the VIP: an upgrade once left the
+    new primary's nginx preferring the old one (requests then went there first, and waited for it
+    whenever it could not answer)."""
+    assert {node: nginx_prefers(node) for node in NODES} == {node: state["primary"] for node in NODES}
+    wait(lambda: vip_holders() == [state["primary"]], 10, f"the VIP on {state['primary']} alone", interval=0.5)
+
+
 def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_path):
     wheel = bumped_wheel(tmp_path)
     assert podman("cp", str(wheel), f"{PREFIX}ctl:/tmp/{wheel.name}").returncode == 0
@@ -77,7 +85,7 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     roles.start()
     vip.start()
     started = time.monotonic()
-    operator_playbook("upgrade.yml", state["standby"], timeout=600, extra=f"-e tts_wheel=/tmp/{wheel.name}")
+    operator_playbook("upgrade.yml", None, timeout=600, extra=f"-e tts_wheel=/tmp/{wheel.name}")
     took = time.monotonic() - started
     job = wait_job_done(session, job_id, TURNS)
     vip.finish()
@@ -88,6 +96,7 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     assert int(redis_hget(after["primary"], f"tts:job:{job_id}", "attempts")) == TURNS   # 0 recomputed
     for node, url in NODES.items():
         assert requests.get(f"{url}/ready", timeout=5).json()["version"] == NEW, node
+    switched_over(after)
     acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
     assert acted == [], acted
     print(f"\nupgrade.yml {state['primary']} -> {after['primary']} on {NEW}: {took:.0f} s, 0 chunks recomputed; "
@@ -132,6 +141,7 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     assert int(redis_hget(after["primary"], f"tts:job:{job_id}", "attempts")) == 50   # 0 recomputed
     for node, url in NODES.items():
         assert requests.get(f"{url}/ready", timeout=5).json()["version"] == "0.1.0", node
+    switched_over(after)
     acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
     assert acted == [], acted
     print(f"\nsite.yml over the serving pair ({NEW} -> 0.1.0 through upgrade.yml): {took:.0f} s, 0 chunks "
