@@ -89,7 +89,16 @@ class Sessions:
         if not token or len(token) > 128:
             return None
         sid = session_id(token)
-        return sid if self.r.exists(k("session", sid)) else None
+        if self.r.exists(k("session", sid)):
+            return sid
+        if not self.r.exists(k("rebuilt")):
+            # Redis lost its data and the rebuild from shared storage has not run yet (JobStore.
+            # lost_its_data): the cookie's session is one the rebuild is about to bring back, and a new
+            # one in its place would replace the caller's cookie, cutting its owner off from every job
+            # it had. Kept (the id is the hash of a secret only its holder has).
+            self.ensure(sid)
+            return sid
+        return None
 
     def create(self, token: str | None = None) -> tuple[str, str]:
         """A new session (or the one a keyed submit's token names: created if Redis has lost it)."""

@@ -71,3 +71,33 @@ def test_a_session_that_only_uploaded_voices_is_rebuilt_too(rt, api, redis_serve
     worker.cycle()
     assert rt.sessions.lookup(token) == sid
     assert redis_server.client.exists(f"tts:session:{other}")
+
+
+def test_a_submit_before_the_rebuild_keeps_the_owners_session(rt, api, redis_server):
+    """Redis emptied, and the owner submits before the worker's next cycle has rebuilt it: the submit
+    must not hand out a new session (its cookie replaced the owner's, and every earlier job was out of
+    its reach for good: seen in the soak)."""
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    first = api.post("/api/jobs", json={"script": "Speaker 1: Before the wipe."}).get_json()["id"]
+    run_until(worker, rt, first, "done")
+    redis_server.client.flushall()
+    r = api.post("/api/jobs", json={"script": "Speaker 1: During the rebuild."})
+    assert r.status_code == 202, r.get_json()
+    assert "tts_session" not in r.headers.get("Set-Cookie", ""), r.headers.get("Set-Cookie")
+    second = r.get_json()["id"]
+    worker.cycle()
+    assert {j["id"] for j in api.get("/api/jobs").get_json()["jobs"]} == {first, second}
+    assert api.get(f"/api/jobs/{first}/audio").status_code == 200
+
+
+def test_after_the_rebuild_an_unknown_cookie_still_gets_a_session_of_its_own(rt, api, redis_server):
+    """Keeping a cookie's session is only for the window before the rebuild: afterwards a cookie Redis
+    does not know (expired, forged) gets a new session, as before."""
+    worker = Worker(rt)
+    worker.engine_loaded = True
+    worker.cycle()                                         # rebuilt: the marker is there
+    api.set_cookie("tts_session", "a-forged-token", domain="localhost")
+    r = api.post("/api/jobs", json={"script": "Speaker 1: Hello."})
+    assert r.status_code == 202
+    assert "tts_session=" in r.headers.get("Set-Cookie", ""), r.headers
