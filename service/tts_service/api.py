@@ -87,11 +87,14 @@ def _caller_session(sid: str | None, token: str | None = None) -> tuple[str, str
     return session_id(token), token
 
 
-def _start_session(token: str | None) -> None:
-    """Make the new session (if any) in Redis and answer with its cookie."""
+def _start_session(token: str | None, sid: str | None = None) -> None:
+    """Make the new session (if any) in Redis and answer with its cookie; or, for a caller with a
+    session, make sure Redis has it (a cookie kept while Redis had lost its data: Sessions.lookup)."""
     if token is not None:
         _rt().sessions.create(token)
         g.new_session_token = token
+    elif sid is not None:
+        _rt().sessions.ensure(sid)
 
 
 @bp.after_app_request
@@ -183,7 +186,7 @@ def upload_voice():
         info = rt.voices.save(sid, name, samples, rt.engine.name)
     except StorageFull:
         raise ApiError(503, "shared storage is full; the clip was not stored", retry_after=30) from None
-    _start_session(token)
+    _start_session(token, sid)
     return jsonify({"id": info["id"], "name": info["name"], "engine": info["engine"],
                     "seconds": info["seconds"]}), 201
 
@@ -258,7 +261,7 @@ def submit():
         if replay is not None:
             return replay
         raise
-    _start_session(token)
+    _start_session(token, sid)
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
         rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s, client=client)

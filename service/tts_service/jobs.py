@@ -95,8 +95,8 @@ class Sessions:
             # Redis lost its data and the rebuild from shared storage has not run yet (JobStore.
             # lost_its_data): the cookie's session is one the rebuild is about to bring back, and a new
             # one in its place would replace the caller's cookie, cutting its owner off from every job
-            # it had. Kept (the id is the hash of a secret only its holder has).
-            self.ensure(sid)
+            # it had. Kept (the id is the hash of a secret only its holder has), without writing
+            # anything: a read leaves no state, and a write path makes the session (api._start_session).
             return sid
         return None
 

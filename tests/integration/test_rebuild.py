@@ -101,3 +101,13 @@ def test_after_the_rebuild_an_unknown_cookie_still_gets_a_session_of_its_own(rt,
     r = api.post("/api/jobs", json={"script": "Speaker 1: Hello."})
     assert r.status_code == 202
     assert "tts_session=" in r.headers.get("Set-Cookie", ""), r.headers
+
+
+def test_reads_before_the_rebuild_leave_no_session_behind(rt, api, redis_server):
+    """Keeping a cookie's session in that window writes nothing for a mere read: a flood of made-up
+    cookies must not fill Redis (noeviction) with sessions, nor fail on a read-only replica."""
+    redis_server.client.flushall()
+    for n in range(20):
+        api.set_cookie("tts_session", f"made-up-{n}", domain="localhost")
+        assert api.get("/api/jobs").status_code == 200
+    assert list(redis_server.client.scan_iter("tts:session:*")) == []
