@@ -230,7 +230,9 @@ def test_a_job_killed_mid_stream_resumes_on_the_other_node_and_sounds_as_if_neve
         os.killpg(a.worker.pid, signal.SIGKILL)                      # mid-stream
         committed = chunk_wavs(shared, job_id)
         states = sorted(p.name for p in (shared / "jobs" / job_id / "segments").iterdir() if p.name.endswith(".state"))
-        assert 1 <= len(states) <= 2, states                          # only the two newest states are kept
+        # Only the two newest states are kept: a third only if the kill fell between a chunk's commit
+        # and the removal of the state before its predecessor (seen on a loaded machine).
+        assert 1 <= len(states) <= 3, states
         chunks = s.get(f"{a.url}/api/jobs/{job_id}/chunks").json()["chunks"]
         assert len(chunks) >= 3 and s.get(f"{a.url}{chunks[0]['url']}").status_code == 200   # playable now
         assert cluster_cli(shared, "--by", "test", "promote", "tts-b", "--expect-epoch", "1").returncode == 0
