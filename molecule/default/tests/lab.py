@@ -206,6 +206,7 @@ class VipWatch(threading.Thread):
         self.holders = []          # (time, [nodes])
         self.gap = 0.0
         self.last_ok = None
+        self.samples = 0
         self.started = time.time()
 
     def run(self):
@@ -217,6 +218,7 @@ class VipWatch(threading.Thread):
             except requests.RequestException:
                 ok = False
             now = time.time()
+            self.samples += 1
             if ok:
                 last_ok = now
             self.gap = max(self.gap, now - last_ok)
@@ -232,6 +234,7 @@ class VipWatch(threading.Thread):
     def finish(self):
         self.stop.set()
         self.join(15)
+        assert self.samples > 10, "too few probes of the VIP to say anything"
         return self
 
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, nginx_prefers, on, operator_playbook, podman,
-                 receiver_runs, redis_hget, start_job, vip_holders, wait, wait_job_done)
+                 receiver_runs, redis_hget, start_job, vip_holders, VipWatch, wait, wait_job_done)
 
 ROOT = Path(__file__).resolve().parents[3]
 TURNS = 20                      # ~70 s of paced audio: still running at the switchover
@@ -34,37 +33,6 @@ def bumped_wheel(tmp: Path) -> Path:
     return next((tmp / "dist").glob(f"tts_service-{NEW}-*.whl"))
 
 
-class VipWatcher(threading.Thread):
-    """What a client polling the VIP's /primary sees: the longest stretch without a 200."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.stop = threading.Event()
-        self.longest = 0.0
-        self.samples = 0
-
-    def run(self):
-        down_since = None
-        while not self.stop.is_set():
-            try:
-                ok = requests.get(f"{VIP}/primary", timeout=1).status_code == 200
-            except requests.RequestException:
-                ok = False
-            now = time.monotonic()
-            self.samples += 1
-            if ok:
-                down_since = None
-            else:
-                down_since = down_since or now
-                self.longest = max(self.longest, now - down_since)
-            self.stop.wait(0.1)
-
-    def finish(self):
-        self.stop.set()
-        self.join(5)
-        assert self.samples > 10
-
-
 def switched_over(state):
     """Both nginx send to the new primary first, and it alone holds the VIP: an upgrade once left the
     new primary's nginx preferring the old one (requests then went there first, and waited for it
@@ -81,7 +49,7 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     state = cluster_state()
     session = requests.Session()
     job_id = start_job(session, TURNS, before_fault=2)
-    roles, vip = RoleWatcher(), VipWatcher()
+    roles, vip = RoleWatcher(), VipWatch()
     roles.start()
     vip.start()
     started = time.monotonic()
@@ -100,7 +68,7 @@ def test_upgrade_changes_version_without_a_failover_or_a_recomputed_chunk(tmp_pa
     acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
     assert acted == [], acted
     print(f"\nupgrade.yml {state['primary']} -> {after['primary']} on {NEW}: {took:.0f} s, 0 chunks recomputed; "
-          f"longest stretch a client polling the VIP had no primary: {vip.longest:.1f} s")
+          f"longest stretch a client polling the VIP had no primary: {vip.gap:.1f} s")
 
 
 def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
@@ -113,7 +81,7 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     state = cluster_state()
     session = requests.Session()
     job_id = start_job(session, 50, before_fault=2)  # ~3 min of paced audio: running through the deploy
-    roles, vip = RoleWatcher(), VipWatcher()
+    roles, vip = RoleWatcher(), VipWatch()
     roles.start()
     vip.start()
     # As `molecule converge` runs it: the scenario's inventory folder (Molecule's file and the linked
@@ -145,4 +113,4 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     acted = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] in ("failover.yml", "rejoin.yml")]
     assert acted == [], acted
     print(f"\nsite.yml over the serving pair ({NEW} -> 0.1.0 through upgrade.yml): {took:.0f} s, 0 chunks "
-          f"recomputed; longest stretch a client polling the VIP had no primary: {vip.longest:.1f} s")
+          f"recomputed; longest stretch a client polling the VIP had no primary: {vip.gap:.1f} s")
