@@ -119,10 +119,10 @@ class Cluster:
 
     # ---- reading ----
 
-    def read(self) -> ClusterState | None:
+    def read(self, timeout: float | None = None) -> ClusterState | None:
         """The current state, None if none was ever written. StorageUnavailable if unreadable."""
         try:
-            data = self.storage.read_json(self.state_path)
+            data = self.storage.read_json(self.state_path, timeout=timeout)
         except FileNotFoundError:
             return None
         except json.JSONDecodeError as exc:
@@ -131,10 +131,10 @@ class Cluster:
 
     # ---- renewals, timed by the NAS's clock ----
 
-    def touch_alive(self, node: str) -> None:
+    def touch_alive(self, node: str, timeout: float | None = None) -> None:
         """Leave this renewal's mark: rewrite alive/<node>, so that its mtime (set by the NAS) is at
         least the moment this node starts reading the state. StorageUnavailable if it cannot."""
-        self.storage.call(_touch, self.alive_dir / validate_node(node))
+        self.storage.call(_touch, self.alive_dir / validate_node(node), timeout=timeout)
 
     def silent_for(self, node: str) -> float | None:
         """Seconds, by the NAS's clock, since `node` last touched alive/<node>, rounded down (a

@@ -86,6 +86,10 @@ class Settings:
     # The small reads on the request path (cluster state, free space for /ready) give up sooner, so
     # that /ready answers "storage unavailable" within a probe's timeout instead of timing out itself.
     state_timeout_s: float = field(default_factory=lambda: _float("TTS_STATE_TIMEOUT", 0.8))
+    # A renewal (or free-space read) that has not come back after this long makes the node unfit: the
+    # NAS is gone for it. One that comes back later than the request path's timeout is only slow, and a
+    # slow NAS is everyone's: failing over onto it helps nobody.
+    storage_stall_s: float = field(default_factory=lambda: _float("TTS_STORAGE_STALL", 1.5))
     # A node that has not read the cluster state for this long is fenced.
     state_max_age_s: float = field(default_factory=lambda: _float("TTS_STATE_MAX_AGE", 5.0))
     # Each process re-reads the cluster state at most this often (a belief is served from this cache

@@ -32,7 +32,7 @@ from typing import Callable
 from .cluster import Cluster, ClusterError, ClusterState
 from .httpjson import get_json
 from .journal import fields
-from .storage import StorageUnavailable
+from .storage import Lookout, StorageUnavailable
 
 log = logging.getLogger("tts.node")
 
@@ -49,6 +49,7 @@ class Belief:
     error: str | None               # why the last read failed, if it did
     max_age_s: float
     handover_s: float = 0.0         # > 0: primary of a new epoch, waiting this much longer for the old one
+    pending_s: float = 0.0          # how long the renewal in flight has run (0: none is)
 
     @property
     def role(self) -> str:
@@ -93,7 +94,8 @@ PeerFenced = Callable[[str, int], bool]
 
 class NodeView:
     def __init__(self, node: str, cluster: Cluster, max_age_s: float = 5.0, cache_s: float = 0.25,
-                 peer_fenced: PeerFenced | None = None, state_timeout_s: float = 0.0):
+                 peer_fenced: PeerFenced | None = None, state_timeout_s: float = 0.0,
+                 round_timeout_s: float | None = None, wait_s: float = 0.25):
         self.node = node
         self.cluster = cluster
         self.max_age_s = max_age_s
@@ -110,34 +112,63 @@ class NodeView:
         self.handover_reason = ""                         # why the last handover ended when it did
         self._lock = threading.Lock()
         self._state: ClusterState | None = None
-        self._read_at = float("-inf")    # monotonic time of the last successful read
-        self._tried_at = float("-inf")   # monotonic time of the last attempt
+        self._read_at = float("-inf")    # monotonic time the last successful renewal began
+        self._applied = float("-inf")    # monotonic time the last renewal taken began
         self._error: str | None = None
+        # Background renewals: the NAS's own timeout for each call (round_timeout_s), never the
+        # request path's, so that a slow NAS is seen as slow; probes wait for one at most wait_s.
+        self.wait_s = wait_s
+        self._rounds = Lookout(lambda: self._renew(round_timeout_s), every_s=cache_s,
+                               clock=lambda: time.monotonic(), name=f"renewal-{node}")
 
     def belief(self, fresh: bool = False) -> Belief:
+        """fresh: renew now and wait for it (before a write). Otherwise a renewal runs in the background
+        at most every cache_s, and this waits for it at most wait_s: a probe answers at once whatever
+        the NAS does, and the belief says how long the renewal in flight has run (`pending_s`)."""
+        if fresh:
+            with self._lock:
+                self._apply(*self._renew(None))
+                return self._belief(0.0)
+        answer = self._rounds.ask(self.wait_s)
         with self._lock:
-            now = time.monotonic()
-            if fresh or now - self._tried_at >= self.cache_s:
-                self._tried_at = now
-                try:
-                    self.cluster.touch_alive(self.node)   # the mark first: its mtime is after now
-                    state = self.cluster.read()
-                    if state is None:
-                        self._state = None
-                        self._error = None
-                    elif self._state is None or state.epoch >= self._state.epoch:
-                        self._state = state
-                        self._error = None
-                    else:
-                        # An older epoch than one already seen: a stale read; never go backwards.
-                        self._error = f"read epoch {state.epoch} after having seen {self._state.epoch}"
-                    if self._error is None:
-                        self._read_at = now              # timestamped before the mark and the read
-                except (StorageUnavailable, ClusterError, OSError) as exc:
-                    self._error = str(exc)
-            age = time.monotonic() - self._read_at
-            handover = self._handover_left(self._state) if age <= self.max_age_s else 0.0
-            return Belief(self.node, self._state, age, self._error, self.max_age_s, handover)
+            if answer.error is not None:   # not a storage error (those are in the value): say what
+                self._apply(answer.started, None, f"{type(answer.error).__name__}: {answer.error}")
+            elif answer.answered:
+                self._apply(*answer.value)
+            return self._belief(answer.running_s)
+
+    def _renew(self, timeout: float | None) -> tuple[float, ClusterState | None, str | None]:
+        """One renewal: (when it began, the state read, why it failed). The mark first: its mtime is
+        after the time the belief is timestamped with."""
+        began = time.monotonic()
+        try:
+            self.cluster.touch_alive(self.node, timeout=timeout)
+            return began, self.cluster.read(timeout=timeout), None
+        except (StorageUnavailable, ClusterError, OSError) as exc:
+            return began, None, str(exc) or type(exc).__name__
+
+    def _apply(self, began: float, state: ClusterState | None, error: str | None) -> None:
+        """Take a renewal's outcome unless a renewal begun later was taken already."""
+        if began <= self._applied:
+            return
+        self._applied = began
+        if error is not None:
+            self._error = error
+        elif state is None:
+            self._state, self._error = None, None
+        elif self._state is None or state.epoch >= self._state.epoch:
+            self._state, self._error = state, None
+        else:
+            # An older epoch than one already seen: a stale read; never go backwards.
+            self._error = f"read epoch {state.epoch} after having seen {self._state.epoch}"
+        if self._error is None:
+            self._read_at = began                # timestamped before the mark and the read
+
+    def _belief(self, pending_s: float) -> Belief:
+        age = time.monotonic() - self._read_at
+        handover = self._handover_left(self._state) if age <= self.max_age_s else 0.0
+        error = self._error if self._applied > float("-inf") else "the first read of the cluster state has not come back yet"
+        return Belief(self.node, self._state, age, error, self.max_age_s, handover, pending_s)
 
     def _handover_left(self, state: ClusterState | None) -> float:
         """Seconds this node must still wait before acting as primary of state's epoch (0: go)."""

@@ -66,6 +66,8 @@ def users_listener_down(address: str, timeout: float = 0.3) -> str | None:
 
 def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     settings = rt.settings
+    stall = settings.storage_stall_s
+    rt.space.poke()                      # beside the renewal: /ready waits for both at once
     belief = rt.node.belief()
     checks: dict[str, bool] = {}
     reasons: list[str] = []
@@ -76,19 +78,31 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         # fencing itself keeps using the belief's age: that bound is what makes it safe).
         reasons.append(belief.why_fenced() if not belief.fresh or belief.state is None
                        else f"the last renewal of this node's mark failed: {belief.error}")
+    elif belief.pending_s > stall:
+        # ... or stops coming back: a NAS cut off from this node. One that comes back late is slow.
+        checks["state"] = False
+        reasons.append(f"shared storage has not answered this node's renewal for {belief.pending_s:.1f} s "
+                       f"(limit {stall:g} s)")
     elif not belief.member:
         reasons.append(f"{settings.node} is not a member of the cluster ({belief.state.primary}, "
                        f"{belief.state.standby})")
         checks["state"] = False
 
-    try:
-        free = rt.state_storage.free_bytes()
-        checks["storage"] = free >= settings.storage_min_free_bytes
-        if not checks["storage"]:
-            reasons.append(f"shared storage has only {free} bytes free")
-    except (StorageUnavailable, OSError) as exc:
-        checks["storage"] = False
-        reasons.append(f"shared storage is unavailable: {exc}")
+    space = rt.space.ask(rt.node.wait_s)
+    checks["storage"] = False
+    if space.running_s > stall:
+        reasons.append(f"shared storage has not said how much space is free for {space.running_s:.1f} s "
+                       f"(limit {stall:g} s)")
+    elif isinstance(space.error, (StorageUnavailable, OSError)):
+        reasons.append(f"shared storage is unavailable: {space.error}")
+    elif space.error is not None:
+        raise space.error
+    elif not space.answered:
+        reasons.append("shared storage has not said how much space is free yet")
+    elif space.value[0] < settings.storage_min_free_bytes:
+        reasons.append(f"shared storage has only {space.value[0]} bytes free")
+    else:
+        checks["storage"] = True
 
     try:
         info = rt.redis.info("replication")
@@ -131,6 +145,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         "node": settings.node, "role": belief.role, "epoch": belief.epoch, "fenced": belief.fenced,
         "checks": checks, "reason": reason, "engine": settings.engine,
         "engine_pace": settings.engine_pace, "state_age_s": round(belief.age_s, 3) if belief.fresh else None,
+        "storage_waiting_s": round(max(belief.pending_s, space.running_s), 3),
         "version": __version__, "storage_format": STORAGE_FORMAT,
     }
     return ready, body
@@ -271,16 +286,16 @@ class _Collector:
         g = GaugeMetricFamily("tts_engine_pace", "Seconds of wall time per second of audio (0 = off)")
         g.add_metric([], rt.settings.engine_pace)
         yield g
-        try:   # TTSStorageLow: shared storage's free space (absent while the mount does not answer)
-            free, size = rt.state_storage.usage()
+        # TTSStorageLow: shared storage's free space (absent while the mount does not answer)
+        space = rt.space.ask(rt.node.wait_s)
+        if space.answered and space.error is None and space.running_s <= rt.settings.storage_stall_s:
+            free, size = space.value
             g = GaugeMetricFamily("tts_storage_free_bytes", "Free space on shared storage")
             g.add_metric([], float(free))
             yield g
             g = GaugeMetricFamily("tts_storage_size_bytes", "Size of shared storage")
             g.add_metric([], float(size))
             yield g
-        except (StorageUnavailable, OSError):
-            pass
         if hb:
             h = hb["synthesis_seconds"]
             cumulative, buckets = 0, []

@@ -11,7 +11,7 @@ from .engines import Engine, create_engine
 from .jobfiles import JobFiles
 from .jobs import JobStore, Sessions, connect
 from .node import NodeView, peer_fenced_by_http
-from .storage import Storage
+from .storage import Lookout, Storage
 from .voices import VoiceClips
 
 
@@ -28,6 +28,7 @@ class Runtime:
     sessions: Sessions
     engine: Engine
     voices: VoiceClips         # reference clips users uploaded
+    space: Lookout             # (free, size) of the mount, read in the background for /ready and /metrics
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -43,6 +44,7 @@ class Runtime:
             cluster=cluster,
             node=NodeView(settings.node, cluster, max_age_s=settings.state_max_age_s,
                           cache_s=settings.state_cache_s, state_timeout_s=settings.state_timeout_s,
+                          round_timeout_s=settings.storage_timeout_s,
                           peer_fenced=peer_fenced_by_http({n: u for n, u in settings.peer_urls().items()
                                                            if n != settings.node})),
             redis=r,
@@ -51,4 +53,5 @@ class Runtime:
             sessions=Sessions(r, settings.session_ttl_s),
             engine=create_engine(settings),
             voices=VoiceClips(storage, settings.shared_dir / "voices"),
+            space=Lookout(lambda: storage.usage(), every_s=settings.state_cache_s, name="free-space"),
         )

@@ -19,6 +19,8 @@ import json
 import os
 import secrets
 import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -103,8 +105,8 @@ class Storage:
 
     # ---- primitives (each one runs inside call()) ----
 
-    def read_json(self, path: Path) -> Any:
-        return self.call(_read_json, path)
+    def read_json(self, path: Path, timeout: float | None = None) -> Any:
+        return self.call(_read_json, path, timeout=timeout)
 
     def read_bytes(self, path: Path) -> bytes:
         return self.call(Path.read_bytes, path)
@@ -148,6 +150,70 @@ class Storage:
             return True
         except (StorageUnavailable, OSError):
             return False
+
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a Lookout knows: its last call's outcome and how long the call in flight has run."""
+    value: Any = None
+    error: BaseException | None = None
+    started: float = float("-inf")   # when the answered call began (-inf: none has answered yet)
+    running_s: float = 0.0           # how long the call in flight has been running (0: none is)
+
+    @property
+    def answered(self) -> bool:
+        return self.started > float("-inf")
+
+
+class Lookout:
+    """One call to shared storage kept going in the background, for probes that must answer at once.
+
+    ask() starts the call when none is in flight and the last one began at least `every_s` ago, waits
+    up to `wait_s` for it, and answers with the last outcome and how long the call in flight has run.
+    A slow mount is asked again only after it answered (calls never pile up behind it); one that hangs
+    shows as a call running longer and longer. Slow and gone are told apart by that, not by a timeout
+    on each call: a NAS that answers in 1.2 s is slow, not lost."""
+
+    def __init__(self, fn: Callable[[], Any], every_s: float, clock: Callable[[], float] = time.monotonic,
+                 name: str = "storage-lookout"):
+        self._fn = fn
+        self.every_s = every_s
+        self._clock = clock
+        self._name = name
+        self._cond = threading.Condition()
+        self._running_since: float | None = None
+        self._answer = Answer()
+
+    def ask(self, wait_s: float) -> Answer:
+        with self._cond:
+            self._start_if_due()
+            if self._running_since is not None and wait_s > 0:
+                self._cond.wait_for(lambda: self._running_since is None, timeout=wait_s)
+            running = 0.0 if self._running_since is None else max(0.0, self._clock() - self._running_since)
+            return replace(self._answer, running_s=running)
+
+    def poke(self) -> None:
+        """Start the call if it is due, without waiting (to run it beside another)."""
+        with self._cond:
+            self._start_if_due()
+
+    def _start_if_due(self) -> None:
+        now = self._clock()
+        if self._running_since is None and now - self._answer.started >= self.every_s:
+            self._running_since = now
+            threading.Thread(target=self._run, args=(now,), name=self._name, daemon=True).start()
+
+    def _run(self, started: float) -> None:
+        value, error = None, None
+        try:
+            value = self._fn()
+        except BaseException as exc:   # handed to the asker
+            error = exc
+        with self._cond:
+            self._answer = Answer(value, error, started)
+            self._running_since = None
+            self._cond.notify_all()
 
 
 def _read_json(path: Path) -> Any:

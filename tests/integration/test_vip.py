@@ -47,7 +47,7 @@ def test_what_keepalived_wrote_at_its_start_is_corrected(rt, tmp_path):
 def cut_from_storage(rt, monkeypatch):
     from tts_service.storage import StorageUnavailable
 
-    def cut(node):
+    def cut(node, timeout=None):
         raise StorageUnavailable("shared storage did not answer within 0.8 s")
     monkeypatch.setattr(rt.node.cluster, "touch_alive", cut)
 

@@ -299,13 +299,13 @@ def test_the_handover_margin_covers_a_read_that_returned_late(cluster, monkeypat
         def __init__(self):
             self.reads = 0
 
-        def touch_alive(self, node):
+        def touch_alive(self, node, timeout=None):
             if self.reads == 0:                    # the one renewal that reaches the NAS leaves its mark
                 cluster.touch_alive(node)
             else:
                 raise StorageUnavailable("partitioned")
 
-        def read(self):
+        def read(self, timeout=None):
             self.reads += 1
             if self.reads > 1:
                 raise StorageUnavailable("partitioned")
@@ -465,7 +465,7 @@ def test_a_renewal_that_cannot_leave_its_mark_gives_no_belief(cluster, monkeypat
     view = NodeView("tts-a", cluster, max_age_s=0.3, cache_s=0)
     assert not view.belief().fenced
 
-    def refuse(node):
+    def refuse(node, timeout=None):
         raise StorageUnavailable("the NAS refused the write")
     monkeypatch.setattr(cluster, "touch_alive", refuse)
     with pytest.raises(Fenced, match="could not be read just now"):
@@ -485,7 +485,7 @@ def test_the_expiry_deadline_is_anchored_after_a_slow_answer(cluster, monkeypatc
     b = NodeView("tts-b", cluster, max_age_s=1.0, cache_s=0, state_timeout_s=10, peer_fenced=lambda p, e: False)
     real = cluster.silent_for
 
-    def slow(node):
+    def slow(node, timeout=None):
         silent = real(node)
         time.sleep(0.8)                     # the answer comes back late
         return silent

@@ -82,3 +82,35 @@ def test_markers_are_first_writer_wins(tmp_path):
     assert files.mark(job, "cancelled", node="tts-a")
     assert not files.mark(job, "cancelled", node="tts-b")
     assert files.markers(job)["cancelled"]["node"] == "tts-a"
+
+
+def test_a_lookout_answers_at_once_and_keeps_one_call_in_flight(tmp_path):
+    """A probe asks the lookout: it waits a moment for the call it started, then answers with the last
+    answer and how long the call in flight has run. A slow mount is asked again only once it answered:
+    calls never pile up behind it."""
+    from tts_service.storage import Lookout
+    gate, calls = threading.Event(), []
+
+    def slow():
+        calls.append(time.monotonic())
+        gate.wait(5)
+        return len(calls)
+
+    lookout = Lookout(slow, every_s=0)
+    first = lookout.ask(wait_s=0.1)
+    assert not first.answered and first.running_s >= 0.1
+    time.sleep(0.2)
+    second = lookout.ask(wait_s=0.1)
+    assert len(calls) == 1 and second.running_s >= 0.3     # still the first call: no second one started
+    gate.set()
+    third = lookout.ask(wait_s=1)                           # answered; a new call starts and returns at once
+    assert third.answered and third.error is None and third.value in (1, 2) and third.running_s == 0
+
+
+def test_a_lookout_hands_back_the_error_of_its_call(tmp_path):
+    from tts_service.storage import Lookout
+
+    def failing():
+        raise StorageUnavailable("shared storage failed: Transport endpoint is not connected")
+    answer = Lookout(failing, every_s=0).ask(wait_s=1)
+    assert answer.answered and isinstance(answer.error, StorageUnavailable) and answer.value is None
