@@ -288,6 +288,10 @@ class _Collector:
         yield g
         # TTSStorageLow: shared storage's free space (absent while the mount does not answer)
         space = rt.space.ask(rt.node.wait_s)
+        g = GaugeMetricFamily("tts_storage_wait_seconds", "How long shared storage took to answer its last "
+                              "free-space read, or has been taking for the one in flight", labels=["node"])
+        g.add_metric([node], max(space.took_s, space.running_s, belief.pending_s))
+        yield g
         if space.answered and space.error is None and space.running_s <= rt.settings.storage_stall_s:
             free, size = space.value
             g = GaugeMetricFamily("tts_storage_free_bytes", "Free space on shared storage")

@@ -159,6 +159,7 @@ class Answer:
     value: Any = None
     error: BaseException | None = None
     started: float = float("-inf")   # when the answered call began (-inf: none has answered yet)
+    took_s: float = 0.0              # how long the answered call took
     running_s: float = 0.0           # how long the call in flight has been running (0: none is)
 
     @property
@@ -211,7 +212,7 @@ class Lookout:
         except BaseException as exc:   # handed to the asker
             error = exc
         with self._cond:
-            self._answer = Answer(value, error, started)
+            self._answer = Answer(value, error, started, max(0.0, self._clock() - started))
             self._running_since = None
             self._cond.notify_all()
 

@@ -53,6 +53,10 @@ def test_a_slow_nas_leaves_ready_quick_and_the_node_fit(rt, api, monkeypatch):
     assert max(took for _body, took in seen) < 0.7, [round(took, 2) for _b, took in seen]
     unfit = [body["reason"] for body, _took in seen if not (body["checks"]["state"] and body["checks"]["storage"])]
     assert not unfit, unfit
+    # ... and says the NAS is slow, for TTSLatencyHigh
+    line = next(line for line in api.get("/metrics").get_data(as_text=True).splitlines()
+                if line.startswith('tts_storage_wait_seconds{node="tts-a"}'))
+    assert float(line.split()[-1]) >= 1.0, line
 
 
 def test_a_nas_that_stops_answering_makes_ready_fail_within_the_stall_limit(rt, api, monkeypatch):
