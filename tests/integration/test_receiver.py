@@ -291,6 +291,35 @@ def test_a_not_now_because_locked_is_decided_again_when_the_lock_is_released(rec
     app.extensions["tts_receiver"].stop()
 
 
+def test_a_standby_that_becomes_fit_is_failed_over_to_without_another_notification(receiver, pair, shared):
+    """Two faults at once: the primary dies while the standby is unfit (healing). One notification:
+    escalated once, then failed over by the receiver itself as soon as the standby says it is fit."""
+    nodes, _ = pair
+    app = receiver()
+    c = app.test_client()
+    controller = app.extensions["tts_receiver"]
+    healed = threading.Event()
+    real_get = controller.probe.get
+
+    def healing_standby(url):
+        if url.endswith("/standby") and not healed.is_set():
+            return 503, {"reason": "shared storage is unavailable"}
+        return real_get(url)
+    controller.probe.get = healing_standby
+    kill_node(nodes["tts-a"])
+    assert post(c, notification()).status_code == 200
+    wait_for(lambda: runs(c)["decisions"], 10, what="the first decision")
+    first = runs(c)["decisions"][0]
+    assert first["action"] == "escalate" and "is not ready" in first["reason"], first
+    time.sleep(2)
+    assert runs(c)["runs"] == [] and len(runs(c)["decisions"]) == 1   # the same answer: no new row
+    healed.set()
+    wait_for(lambda: runs(c)["runs"] and runs(c)["runs"][0]["result"] != "running", 60, what="the failover")
+    assert runs(c)["runs"][0]["result"] == "succeeded" and state(shared)["primary"] == "tts-b"
+    assert c.get("/health").get_json()["notifications"] == 1
+    controller.stop()
+
+
 def test_a_witness_that_does_not_answer_is_asked_twice_then_escalated_never_failed_over(receiver, pair, shared):
     nodes, _ = pair
     app = receiver()

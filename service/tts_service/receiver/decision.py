@@ -66,7 +66,7 @@ class Decision:
     reason: str
     target: str | None = None        # the node acted on: the one promoted, or the one rejoined
     expect_epoch: int | None = None  # the epoch the failover must find (compare-and-swap)
-    recheck: bool = False            # "not now" (busy, locked, cooling down): decide again when that ends
+    recheck: bool = False            # "not now" (busy, locked, cooling down, standby unfit): decide again
 
     def to_dict(self) -> dict:
         return {"action": self.action, "reason": self.reason, "target": self.target,
@@ -177,10 +177,15 @@ def _redis_refuses_writes(i: Inputs) -> Decision | None:
 def _standby_unfit(i: Inputs) -> Decision | None:
     if i.cluster.standby is None:
         return Decision(ESCALATE, f"{i.cluster.primary} is down and there is no standby to promote")
+    if i.probes.standby_ready is None:
+        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} could not be "
+                                  "asked: a failover would not help")
     if not i.probes.standby_ready:
-        why = "could not be asked" if i.probes.standby_ready is None else "is not ready"
-        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} {why}: "
-                                  "a failover would not help")
+        # It answered: it may be healing (its NAS client died: remounted, restarted). Decided again each
+        # second while the alert fires, so the failover starts once it is fit, not at Alertmanager's repeat.
+        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} is not ready: "
+                                  "a failover would not help now; telling the operators and deciding again each "
+                                  "second while the standby may heal", recheck=True)
     return None
 
 
