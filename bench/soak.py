@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Chaos soak of the lab pair (issue 12): N rounds, each one random fault from the matrix injected at a
-random moment of a random job, with 2-3 jobs in flight and new submissions during the fault.
+"""Chaos soak of the lab pair: N rounds, each one fault from the matrix injected at a random moment of a
+random job, with 2-3 jobs in flight and new submissions during the fault. The first rounds draw every
+fault kind once (in a random order), the rest at random.
 
 The faults include Redis wiped, the standby's NAS client killed (it must heal by itself), a slow NAS
 (`tc tbf` at 2 Mbit/s: this kernel has no netem) and two faults in sequence (the standby's NAS
@@ -10,15 +11,17 @@ After each round it checks, on real state:
 - 0 jobs lost: every accepted job ends `done` with audio as long as the sum of its segments (read
   with Python's wave module on the NAS), or `cancelled`, and the session still lists it;
 - redundancy back (both nodes in their roles) within 60 s of the fault's end (of its injection for a
-  fault nothing undoes) when the host stayed up; the longest time without a 200 at most 10 s;
+  fault nothing undoes) when the host stayed up; the longest time without a 200 at most 10 s (for
+  every single fault and the healed-first sequence; two faults at once leave no fit standby until the
+  standby has healed: their gap is reported, not bounded);
 - never two unfenced primaries (both nodes' /ready sampled every 0.2 s);
 - no failover when the primary was healthy (a fault that should not fail over, but did: "false");
 - the pair back in role (by the receiver's rejoin, or the runbook's rejoin.yml if it escalated).
 Prints a line per round, a table (faults, failovers, false failovers, segments recomputed, lost
 jobs, longest unavailability seen by a client polling the VIP's /primary) and one per fault kind
 (count, longest time without a 200, time until redundancy was back, jobs lost, two primaries). Exit
-status 1 if any job was lost, two primaries were seen, a false failover happened, a gap passed 10 s or
-redundancy took over 60 s. Not part of `make test` (too long).
+status 1 if any job was lost, two primaries were seen, a false failover happened, a gap passed 10 s (a
+single fault) or redundancy took over 60 s. Not part of `make test` (too long).
 
     make soak RUNS=20        (the lab: make lab first)
     TTS_TEST_INVENTORY=molecule/default/inventory/hosts.yml python bench/soak.py --runs 3   (a molecule pair)
@@ -284,8 +287,8 @@ def recover() -> str:
 CURRENT: dict[str, str] = {}
 
 
-def one_round(rng: random.Random, n: int, faults: list[Fault] = FAULTS) -> Round:
-    fault = rng.choice(faults)
+def one_round(rng: random.Random, n: int, faults: list[Fault] = FAULTS, fault: Fault | None = None) -> Round:
+    fault = fault or rng.choice(faults)
     CURRENT["fault"] = fault.name
     settled(cooldown=fault.fails_over)
     state = cluster_state()
@@ -366,9 +369,10 @@ def main() -> int:
     print(f"soak: {args.runs} rounds on {SUBNET}.0/24 ({len(drawn)} fault kinds), seed {seed}, started {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}")
     rounds = []
     started = time.time()
+    every = rng.sample(drawn, len(drawn))          # every kind once first, then at random
     for n in range(1, args.runs + 1):
         try:
-            rounds.append(one_round(rng, n, drawn))
+            rounds.append(one_round(rng, n, drawn, every[n - 1] if n <= len(every) else None))
         except AssertionError as exc:
             print(f"round {n:2d}: could not complete ({CURRENT.get('fault')}): {exc}", flush=True)
             rounds.append(Round("(round failed to complete)", problems=[str(exc)], lost=0))
@@ -392,7 +396,8 @@ def main() -> int:
         print(f"| {name} | {len(mine)} | {max(r.unavailable_s for r in mine)} | "
               f"{max(r.redundancy_s for r in mine)}{'' if all(r.host_stays_up for r in mine) else ' (host down)'} | "
               f"{sum(r.lost for r in mine)} | {sum(r.double_primary for r in mine)} |")
-    bad = any(r.lost or r.double_primary or r.false_failover or r.fault.startswith("(") or r.unavailable_s > 10
+    bad = any(r.lost or r.double_primary or r.false_failover or r.fault.startswith("(")
+              or (r.unavailable_s > 10 and "at once" not in r.fault)
               or (r.host_stays_up and r.redundancy_s > 60) for r in rounds)
     return 1 if bad else 0
 
