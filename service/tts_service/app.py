@@ -14,11 +14,13 @@ from .runtime import Runtime
 
 
 def _keep_belief(rt: Runtime, every_s: float) -> None:
-    """Read the cluster state every `every_s` in a thread of this process: a new epoch's handover is
-    done before the first user's request meets it."""
+    """Read the cluster state (and the free space) every `every_s` in a thread of this process: a new
+    epoch's handover is done before the first user's request meets it, and a NAS that stops answering
+    is seen by how long the renewal in flight has run, whenever the probes come."""
     def keep() -> None:
         while True:
             try:
+                rt.space.poke()
                 rt.node.belief()
             except Exception:   # the belief says what failed; nothing here may end the thread
                 pass

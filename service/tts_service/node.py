@@ -50,6 +50,7 @@ class Belief:
     max_age_s: float
     handover_s: float = 0.0         # > 0: primary of a new epoch, waiting this much longer for the old one
     pending_s: float = 0.0          # how long the renewal in flight has run (0: none is)
+    silent_s: float = 0.0           # how long since a renewal last came back (failed or not)
 
     @property
     def role(self) -> str:
@@ -114,6 +115,7 @@ class NodeView:
         self._state: ClusterState | None = None
         self._read_at = float("-inf")    # monotonic time the last successful renewal began
         self._applied = float("-inf")    # monotonic time the last renewal taken began
+        self._answered_at = float("-inf")  # monotonic time a renewal last came back
         self._error: str | None = None
         # Background renewals: the NAS's own timeout for each call (round_timeout_s), never the
         # request path's, so that a slow NAS is seen as slow; probes wait for one at most wait_s.
@@ -128,6 +130,7 @@ class NodeView:
         if fresh:
             with self._lock:
                 self._apply(*self._renew(None))
+                self._answered_at = max(self._answered_at, time.monotonic())
                 return self._belief(0.0)
         answer = self._rounds.ask(self.wait_s)
         with self._lock:
@@ -135,6 +138,8 @@ class NodeView:
                 self._apply(answer.started, None, f"{type(answer.error).__name__}: {answer.error}")
             elif answer.answered:
                 self._apply(*answer.value)
+            if answer.answered:
+                self._answered_at = max(self._answered_at, answer.started + answer.took_s)
             return self._belief(answer.running_s)
 
     def _renew(self, timeout: float | None) -> tuple[float, ClusterState | None, str | None]:
@@ -168,7 +173,8 @@ class NodeView:
         age = time.monotonic() - self._read_at
         handover = self._handover_left(self._state) if age <= self.max_age_s else 0.0
         error = self._error if self._applied > float("-inf") else "the first read of the cluster state has not come back yet"
-        return Belief(self.node, self._state, age, error, self.max_age_s, handover, pending_s)
+        return Belief(self.node, self._state, age, error, self.max_age_s, handover, pending_s,
+                      time.monotonic() - self._answered_at)
 
     def _handover_left(self, state: ClusterState | None) -> float:
         """Seconds this node must still wait before acting as primary of state's epoch (0: go)."""

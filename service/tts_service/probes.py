@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify
@@ -67,8 +68,13 @@ def users_listener_down(address: str, timeout: float = 0.3) -> str | None:
 def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     settings = rt.settings
     stall = settings.storage_stall_s
+    asked = time.monotonic()
     rt.space.poke()                      # beside the renewal: /ready waits for both at once
     belief = rt.node.belief()
+
+    def space_silent() -> float:
+        return rt.space.ask(0).silent_s(time.monotonic())
+
     checks: dict[str, bool] = {}
     reasons: list[str] = []
 
@@ -78,8 +84,9 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         # fencing itself keeps using the belief's age: that bound is what makes it safe).
         reasons.append(belief.why_fenced() if not belief.fresh or belief.state is None
                        else f"the last renewal of this node's mark failed: {belief.error}")
-    elif belief.pending_s > stall:
-        # ... or stops coming back: a NAS cut off from this node. One that comes back late is slow.
+    elif min(belief.pending_s, belief.silent_s, space_silent()) > stall:
+        # ... or stops coming back, while the mount answers nothing else either: a NAS cut off from this
+        # node. One that comes back late (while other calls are answered) is slow, not gone.
         checks["state"] = False
         reasons.append(f"shared storage has not answered this node's renewal for {belief.pending_s:.1f} s "
                        f"(limit {stall:g} s)")
@@ -88,9 +95,9 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
                        f"{belief.state.standby})")
         checks["state"] = False
 
-    space = rt.space.ask(rt.node.wait_s)
+    space = rt.space.ask(max(0.0, rt.node.wait_s - (time.monotonic() - asked)))   # one wait for both
     checks["storage"] = False
-    if space.running_s > stall:
+    if min(space.running_s, belief.silent_s, space_silent()) > stall:
         reasons.append(f"shared storage has not said how much space is free for {space.running_s:.1f} s "
                        f"(limit {stall:g} s)")
     elif isinstance(space.error, (StorageUnavailable, OSError)):

@@ -166,6 +166,10 @@ class Answer:
     def answered(self) -> bool:
         return self.started > float("-inf")
 
+    def silent_s(self, now: float) -> float:
+        """Seconds since the last call answered (inf: none has)."""
+        return now - (self.started + self.took_s)
+
 
 class Lookout:
     """One call to shared storage kept going in the background, for probes that must answer at once.
@@ -173,8 +177,8 @@ class Lookout:
     ask() starts the call when none is in flight and the last one began at least `every_s` ago, waits
     up to `wait_s` for it, and answers with the last outcome and how long the call in flight has run.
     A slow mount is asked again only after it answered (calls never pile up behind it); one that hangs
-    shows as a call running longer and longer. Slow and gone are told apart by that, not by a timeout
-    on each call: a NAS that answers in 1.2 s is slow, not lost."""
+    shows as a call running longer and longer, and as time since the last answer (`silent_s`). Slow
+    and gone are told apart by those, not by a timeout on each call."""
 
     def __init__(self, fn: Callable[[], Any], every_s: float, clock: Callable[[], float] = time.monotonic,
                  name: str = "storage-lookout"):

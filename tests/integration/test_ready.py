@@ -29,8 +29,9 @@ def _timed_ready(api):
 
 
 def test_a_slow_nas_leaves_ready_quick_and_the_node_fit(rt, api, monkeypatch):
-    """Shared storage that answers, slowly (a NAS whose traffic is squeezed: 1.2 s a call, past the
-    request path's 0.8 s): /ready answers within the blackbox probe's 0.7 s and the node stays fit.
+    """Shared storage that answers, slowly (a NAS whose traffic is squeezed: a renewal takes 2 s, past the
+    request path's 0.8 s and the stall limit, while other calls keep coming back): /ready answers within
+    the blackbox probe's 0.7 s and the node stays fit.
     Failing it would fail the pair over onto the same NAS, which helps nobody. (Before: /ready waited
     0.8 s for each of its reads and then said "unavailable".)"""
     app_rt = api.application.extensions["tts"]
@@ -38,13 +39,14 @@ def test_a_slow_nas_leaves_ready_quick_and_the_node_fit(rt, api, monkeypatch):
     assert body["checks"]["state"] and body["checks"]["storage"], body
     real_touch, real_usage = app_rt.cluster.touch_alive, app_rt.storage.usage
 
-    def slowly(real):
+    def slowly(real, seconds):
         def call(*args, **kwargs):
-            time.sleep(1.2)
+            time.sleep(seconds)
             return real(*args, **kwargs)
         return call
-    monkeypatch.setattr(app_rt.cluster, "touch_alive", slowly(real_touch))
-    monkeypatch.setattr(app_rt.storage, "usage", slowly(real_usage))
+    # A renewal takes longer than the stall limit, while the free-space reads keep coming back: slow.
+    monkeypatch.setattr(app_rt.cluster, "touch_alive", slowly(real_touch, 2.0))
+    monkeypatch.setattr(app_rt.storage, "usage", slowly(real_usage, 0.6))
     seen = []
     until = time.monotonic() + 4
     while time.monotonic() < until:
@@ -60,15 +62,17 @@ def test_a_slow_nas_leaves_ready_quick_and_the_node_fit(rt, api, monkeypatch):
 
 
 def test_a_nas_that_stops_answering_makes_ready_fail_within_the_stall_limit(rt, api, monkeypatch):
-    """A renewal that does not come back (a NAS cut off from this node: its calls hang) makes the node
-    unfit once it has run TTS_STORAGE_STALL (1.5 s), with /ready itself still answering at once."""
+    """A renewal that does not come back while the mount answers nothing else either (a NAS cut off from
+    this node: every call hangs) makes the node unfit once it has run TTS_STORAGE_STALL (1.5 s), with
+    /ready itself still answering at once."""
     app_rt = api.application.extensions["tts"]
     assert _timed_ready(api)[0]["checks"]["state"]
     cut = threading.Event()
 
     def hangs(*args, **kwargs):
         cut.wait(30)
-    monkeypatch.setattr(app_rt.cluster, "touch_alive", hangs)
+    monkeypatch.setattr(app_rt.cluster, "touch_alive", hangs)     # every call hangs: the renewal ...
+    monkeypatch.setattr(app_rt.storage, "usage", hangs)           # ... and the free-space read
     time.sleep(app_rt.settings.state_cache_s + 0.05)
     started = time.monotonic()
     while True:
