@@ -380,3 +380,73 @@ def test_the_receiver_keeps_connections_warm_only_between_playbooks(tmp_path, sh
         wait_for(lambda: len(calls) > during, 5, what="warm-ups again after the run")
     finally:
         controller.stop()
+
+
+class ScriptedProbe:
+    """The nodes' answers, step by step: {"standby": status of /standby, "witness": the primary ready?}."""
+
+    def __init__(self, steps):
+        from tts_service.receiver.controller import NodeProbe
+        self.steps, self.step = steps, 0
+        self.inner = NodeProbe({"tts-a": "http://tts-a", "tts-b": "http://tts-b"})
+        self.inner.get = self.get
+
+    def get(self, url):
+        now = self.steps[min(self.step, len(self.steps) - 1)]
+        if url.endswith("/standby"):
+            return now["standby"], {"checks": {"storage": now["standby"] == 200}}
+        return 200, {"ready": now["witness"], "checks": {}}
+
+    def probes(self, cluster, alert):
+        return self.inner.probes(cluster, alert)
+
+
+def rechecked_controller(tmp_path, shared, steps):
+    from tts_service.cluster import Cluster
+    from tts_service.receiver.controller import Controller
+    from tts_service.receiver.store import Store
+    from tts_service.storage import Storage
+    Cluster(Storage(shared), shared / "cluster").init("tts-a", "tts-b", by="test")
+    ran = []
+    probe = ScriptedProbe(steps)
+    controller = Controller(Store(tmp_path / "receiver.db"), Cluster(Storage(shared), shared / "cluster"), probe,
+                            runner=lambda playbook, extravars: ran.append(playbook) or (True, ""))
+    return controller, probe, ran
+
+
+def test_after_a_fault_both_nodes_shared_a_standby_fit_a_moment_before_the_primary_is_no_failover(tmp_path, shared):
+    """The NAS stalled for both nodes: the primary is down and the standby unfit. On the way back the
+    standby is fit one second while the primary is not yet: the receiver confirms once more before it
+    fails over, and by then the primary is back."""
+    from tts_service.receiver.decision import ESCALATE, FAILOVER, NONE, Alert
+    controller, probe, ran = rechecked_controller(tmp_path, shared, [
+        {"standby": 503, "witness": False},      # both unfit
+        {"standby": 200, "witness": False},      # the standby back first
+        {"standby": 200, "witness": True},       # the primary back a second later
+    ])
+    alert = Alert("TTSNodeDown", "tts-a", "firing")
+    assert controller.handle(1, alert).action == ESCALATE
+    decisions = []
+    for step in (1, 2):
+        probe.step = step
+        decisions.append(controller.recheck()[0])
+    assert [x.action for x in decisions] == [NONE, NONE], decisions
+    assert "confirming it once more" in decisions[0].reason and "partitioned" in decisions[1].reason
+    assert ran == [] and controller.recheck() == []          # nothing pending any more
+
+
+def test_a_standby_that_heals_while_the_primary_stays_down_is_failed_over_to_after_one_confirmation(tmp_path, shared):
+    from tts_service.receiver.decision import ESCALATE, FAILOVER, NONE, Alert
+    controller, probe, ran = rechecked_controller(tmp_path, shared, [
+        {"standby": None, "witness": False},     # restarting onto its healed mount: no answer
+        {"standby": 503, "witness": False},
+        {"standby": 200, "witness": False},
+    ])
+    alert = Alert("TTSNodeDown", "tts-a", "firing")
+    assert controller.handle(1, alert).action == ESCALATE
+    actions = []
+    for step in (1, 2, 2):
+        probe.step = step
+        actions.append(controller.recheck()[0].action)
+    assert actions == [ESCALATE, NONE, FAILOVER], actions
+    assert controller.wait_idle(30) and ran == ["failover.yml"]

@@ -117,7 +117,13 @@ class Controller:
         self.limits = limits
         # "Not now" decisions (busy, locked, cooling down) are decided again by the receiver itself,
         # each loop turn (<= 1 s), until the answer changes: Alertmanager's repeat is not relied on.
-        self._pending: dict[tuple[str, str], d.Alert] = {}
+        # Each pending alert with the action of its last decision (a recheck that comes to another
+        # action is written and said; the same one again is not).
+        self._pending: dict[tuple[str, str], tuple[d.Alert, str]] = {}
+        # Alerts whose recheck came to a failover once: it starts if the next recheck, a second later,
+        # comes to it again. After a fault both nodes shared (the NAS stalled for both), they come back
+        # one after the other, and the standby may be fit a moment before the primary is.
+        self._confirming: set[tuple[str, str]] = set()
         self.notify = notify or (lambda _msg: None)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -175,7 +181,7 @@ class Controller:
     def recheck(self) -> list[d.Decision]:
         """Decide again, by ourselves, the alerts whose last answer was "not now"."""
         decisions = []
-        for key, alert in list(self._pending.items()):
+        for key, (alert, _action) in list(self._pending.items()):
             decisions.append(self.handle(None, alert, recheck=True))
         return decisions
 
@@ -204,12 +210,20 @@ class Controller:
             decision = d.decide(alert, cluster, probes, history, self.cooldown_s, self.limits)
             epoch = cluster.epoch
         key = (alert.name, alert.node)
+        confirming = key in self._confirming
+        self._confirming.discard(key)
+        if recheck and decision.action == d.FAILOVER and not confirming:
+            self._confirming.add(key)
+            decision = d.Decision(d.NONE, f"{decision.reason}; confirming it once more in a second first (after a "
+                                          "fault both nodes shared, the standby may come back a moment before "
+                                          "the primary does)", recheck=True)
+        before = self._pending.get(key, (None, None))[1]
         if decision.recheck:
-            self._pending[key] = alert
+            self._pending[key] = (alert, decision.action)
         else:
             self._pending.pop(key, None)
-        if recheck and decision.recheck:
-            return decision   # still "not now": not worth a row
+        if recheck and decision.recheck and decision.action == before:
+            return decision   # the same answer again: not worth a row
         decision_id = self.store.add_decision(notification_id, alert.name, alert.node, alert.status, epoch,
                                               decision.action, decision.target, decision.reason)
         log.info("%s%s %s %s: %s", "re-decided: " if recheck else "", alert.name, alert.node, alert.status,

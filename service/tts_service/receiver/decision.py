@@ -177,13 +177,12 @@ def _redis_refuses_writes(i: Inputs) -> Decision | None:
 def _standby_unfit(i: Inputs) -> Decision | None:
     if i.cluster.standby is None:
         return Decision(ESCALATE, f"{i.cluster.primary} is down and there is no standby to promote")
-    if i.probes.standby_ready is None:
-        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} could not be "
-                                  "asked: a failover would not help")
     if not i.probes.standby_ready:
-        # It answered: it may be healing (its NAS client died: remounted, restarted). Decided again each
-        # second while the alert fires, so the failover starts once it is fit, not at Alertmanager's repeat.
-        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} is not ready: "
+        # It may be healing (its NAS client died: remounted, its services restarted, so for a moment it
+        # answers nothing). Decided again each second while the alert fires, so the failover starts once
+        # it is fit, not at Alertmanager's repeat.
+        why = "could not be asked" if i.probes.standby_ready is None else "is not ready"
+        return Decision(ESCALATE, f"{i.cluster.primary} is down but the standby {i.cluster.standby} {why}: "
                                   "a failover would not help now; telling the operators and deciding again each "
                                   "second while the standby may heal", recheck=True)
     return None
