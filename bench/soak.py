@@ -270,6 +270,23 @@ def settled(cooldown: bool) -> None:
     wait(idle, 300, "a healthy, idle pair", interval=1)
 
 
+ROOM_BYTES = 96 * 1024 * 1024   # the lab NAS is a small tmpfs: a soak fills it in about 20 rounds
+
+
+def make_room() -> None:
+    """Before a round: when the lab NAS runs low, the finished jobs of earlier rounds are dated back and
+    removed by the primary's own retention (tts-retention.service), as a month would."""
+    free = int(on("nas", f"df --output=avail -B1 {SHARED} | tail -1").strip() or 0)
+    if free >= ROOM_BYTES:
+        return
+    long_ago = int(time.time()) - 60 * 86400
+    on("nas", f"for m in {SHARED}/jobs/*/state/done {SHARED}/jobs/*/state/failed {SHARED}/jobs/*/state/cancelled; "
+              f"do [ -e \"$m\" ] && touch -d @{long_ago} \"$m\"; done; true")
+    on(cluster_state()["primary"], "systemctl start tts-retention.service", timeout=180)
+    after = int(on("nas", f"df --output=avail -B1 {SHARED} | tail -1").strip() or 0)
+    print(f"         (the lab NAS had {free >> 20} MiB free: retention made it {after >> 20} MiB)", flush=True)
+
+
 def recover() -> str:
     """Both nodes in role again: by the receiver (rejoin), else as the runbook says (rejoin.yml, which
     also starts an app that stayed down)."""
@@ -291,6 +308,7 @@ def one_round(rng: random.Random, n: int, faults: list[Fault] = FAULTS, fault: F
     fault = fault or rng.choice(faults)
     CURRENT["fault"] = fault.name
     settled(cooldown=fault.fails_over)
+    make_room()
     state = cluster_state()
     primary, standby = state["primary"], state["standby"]
     before = {r["id"] for r in receiver_runs()}

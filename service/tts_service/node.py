@@ -232,6 +232,16 @@ class NodeView:
         timestamped, lives max_age_s, and may be served from a cache_s cache. (Confirmed: cache_s.)"""
         return self.max_age_s + self.state_timeout_s + self.cache_s
 
+    def await_handover(self) -> Belief:
+        """For a process that starts, acts once and exits (retention): a primary of a new epoch that finds
+        its handover pending waits for it (at most handover_wait() and a second), then reads afresh."""
+        deadline = time.monotonic() + self.handover_wait() + 1.0
+        belief = self.belief(fresh=True)
+        while belief.role == "primary" and belief.handover_s > 0 and time.monotonic() < deadline:
+            time.sleep(min(belief.handover_s, 0.25))
+            belief = self.belief(fresh=True)
+        return belief
+
     def assert_primary(self, epoch: int | None = None) -> Belief:
         """Read the state now; raise Fenced unless this node is the primary (of `epoch`, if given).
         The read must succeed now: before a write, an older belief that is still fresh is not enough

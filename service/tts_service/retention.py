@@ -48,6 +48,7 @@ def purge(rt: Runtime, days: float, now: float | None = None) -> RetentionReport
     Ages by the NAS's clock alone (a marker's mtime against a probe file's), never the clock of the
     host that wrote the marker: a node whose clock ran months behind cannot date audio into the past."""
     report = RetentionReport()
+    rt.node.await_handover()     # a new process on a new epoch's primary: its handover first
     try:
         epoch = rt.node.assert_primary().epoch
     except Fenced as exc:

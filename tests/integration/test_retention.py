@@ -148,3 +148,18 @@ def test_retention_still_reads_the_nas_clock_when_the_nas_is_full(rt, api, monke
     monkeypatch.setattr(storage_mod, "open", full, raising=False)
     report = purge(rt, days=30)
     assert report.removed == [old], report.sentence
+
+
+def test_a_new_primary_whose_handover_is_pending_waits_for_it_then_removes(rt, api, shared, redis_url, tmp_path):
+    """tts-retention is a new process each day: on a primary of epoch 2 whose old primary was never
+    confirmed fenced (a paused host), its first read finds the handover pending. It waits for the
+    handover (bounded by its wait) instead of removing nothing. (Before: "removed nothing: this node is
+    not the unfenced primary (taking over as primary of epoch 2 …)" on every run in such an epoch.)"""
+    old = finished(rt, api, 40)
+    cluster = Cluster(Storage(shared), shared / "cluster")
+    cluster.touch_alive("tts-a")                     # the old primary left a mark just now
+    cluster.promote("tts-b", expect_epoch=1, by="failover.yml")
+    b = Runtime.build(Settings(node="tts-b", redis_url=redis_url, shared_dir=shared, run_dir=tmp_path / "run-b",
+                               engine="espeak", lease_s=3, state_max_age_s=1.0))
+    report = purge(b, days=30)
+    assert report.removed == [old], report.sentence
