@@ -435,18 +435,32 @@ def test_after_a_fault_both_nodes_shared_a_standby_fit_a_moment_before_the_prima
     assert ran == [] and controller.recheck() == []          # nothing pending any more
 
 
-def test_a_standby_that_heals_while_the_primary_stays_down_is_failed_over_to_after_one_confirmation(tmp_path, shared):
+def test_a_standby_that_heals_while_the_primary_stays_down_is_failed_over_to_after_one_confirmation(
+        tmp_path, shared, monkeypatch):
+    """...and the confirmation is a recheck at least CONFIRM_S later: a webhook that wakes the loop at
+    once does not confirm it early. The operators are told once, not at every escalation of a recheck."""
+    import tts_service.receiver.controller as controller_mod
     from tts_service.receiver.decision import ESCALATE, FAILOVER, NONE, Alert
+    monkeypatch.setattr(controller_mod, "CONFIRM_S", 0.3)
     controller, probe, ran = rechecked_controller(tmp_path, shared, [
         {"standby": None, "witness": False},     # restarting onto its healed mount: no answer
         {"standby": 503, "witness": False},
         {"standby": 200, "witness": False},
     ])
+    told = []
+    controller.notify = told.append
     alert = Alert("TTSNodeDown", "tts-a", "firing")
     assert controller.handle(1, alert).action == ESCALATE
     actions = []
-    for step in (1, 2, 2):
+    for step in (1, 2, 2):                       # the last one at once (a webhook woke the loop)
         probe.step = step
         actions.append(controller.recheck()[0].action)
-    assert actions == [ESCALATE, NONE, FAILOVER], actions
+    assert actions == [ESCALATE, NONE, NONE], actions
+    probe.step = 1                               # unfit again for a moment: escalated, not said again
+    assert controller.recheck()[0].action == ESCALATE
+    probe.step = 2
+    assert controller.recheck()[0].action == NONE
+    time.sleep(0.35)
+    assert controller.recheck()[0].action == FAILOVER
     assert controller.wait_idle(30) and ran == ["failover.yml"]
+    assert [m["event"] for m in told] == ["escalation"], told

@@ -28,6 +28,8 @@ from .webhook import WebhookError, parse
 log = logging.getLogger("tts.receiver")
 
 PLAYBOOKS = {d.FAILOVER: "failover.yml", d.REJOIN: "rejoin.yml"}
+# A failover a recheck comes to starts when a recheck at least this much later comes to it again.
+CONFIRM_S = 1.0
 
 # (playbook, extravars) -> (succeeded, detail)
 Runner = Callable[[str, dict], "tuple[bool, str]"]
@@ -120,10 +122,13 @@ class Controller:
         # Each pending alert with the action of its last decision (a recheck that comes to another
         # action is written and said; the same one again is not).
         self._pending: dict[tuple[str, str], tuple[d.Alert, str]] = {}
-        # Alerts whose recheck came to a failover once: it starts if the next recheck, a second later,
-        # comes to it again. After a fault both nodes shared (the NAS stalled for both), they come back
-        # one after the other, and the standby may be fit a moment before the primary is.
-        self._confirming: set[tuple[str, str]] = set()
+        # Alerts whose recheck came to a failover (when it first did): it starts if a recheck at least
+        # CONFIRM_S later comes to it again. After a fault both nodes shared (the NAS stalled for both),
+        # they come back one after the other, and the standby may be fit a moment before the primary is.
+        self._confirming: dict[tuple[str, str], float] = {}
+        # Pending alerts whose escalation was already said: a recheck that escalates again (after a
+        # "confirming" in between, say) writes its row but does not tell the operators twice.
+        self._escalated: set[tuple[str, str]] = set()
         self.notify = notify or (lambda _msg: None)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -199,7 +204,7 @@ class Controller:
         cluster = self._cluster()
         if cluster is None:
             decision = d.Decision(d.ESCALATE, "the cluster state cannot be read from shared storage; "
-                                              "not acting blind")
+                                              "not acting blind; deciding again each second", recheck=True)
             epoch = None
         else:
             running = self.store.running()
@@ -210,10 +215,10 @@ class Controller:
             decision = d.decide(alert, cluster, probes, history, self.cooldown_s, self.limits)
             epoch = cluster.epoch
         key = (alert.name, alert.node)
-        confirming = key in self._confirming
-        self._confirming.discard(key)
-        if recheck and decision.action == d.FAILOVER and not confirming:
-            self._confirming.add(key)
+        since = self._confirming.pop(key, None)
+        if decision.action == d.FAILOVER and (recheck or since is not None) and (
+                since is None or time.monotonic() - since < CONFIRM_S):
+            self._confirming[key] = time.monotonic() if since is None else since
             decision = d.Decision(d.NONE, f"{decision.reason}; confirming it once more in a second first (after a "
                                           "fault both nodes shared, the standby may come back a moment before "
                                           "the primary does)", recheck=True)
@@ -231,8 +236,12 @@ class Controller:
                                                target=decision.target, alert=alert.name))
         if decision.action in PLAYBOOKS:
             self._start_run(decision_id, decision, epoch)
-        elif decision.action == d.ESCALATE:
+        elif decision.action == d.ESCALATE and key not in self._escalated:
             self.notify({"event": "escalation", "alert": alert.name, "node": alert.node, "reason": decision.reason})
+        if decision.action == d.ESCALATE and decision.recheck:
+            self._escalated.add(key)
+        elif not decision.recheck:
+            self._escalated.discard(key)
         return decision
 
     def finish_interrupted(self, run: dict) -> d.Decision:
