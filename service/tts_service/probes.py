@@ -103,7 +103,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     elif isinstance(space.error, (StorageUnavailable, OSError)):
         reasons.append(f"shared storage is unavailable: {space.error}")
     elif space.error is not None:
-        raise space.error
+        reasons.append(f"the free-space read of shared storage failed: {type(space.error).__name__}: {space.error}")
     elif not space.answered:
         reasons.append("shared storage has not said how much space is free yet")
     elif space.value[0] < settings.storage_min_free_bytes:
