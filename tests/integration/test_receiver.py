@@ -395,6 +395,9 @@ class ScriptedProbe:
         now = self.steps[min(self.step, len(self.steps) - 1)]
         if url.endswith("/standby"):
             return now["standby"], {"checks": {"storage": now["standby"] == 200}}
+        if now.get("primary_storage"):       # the primary answers, unfit for shared storage only
+            return 200, {"ready": False, "checks": {"state": False, "storage": False, "redis": True},
+                         "reason": "shared storage has not answered this node's renewal for 3.1 s"}
         return 200, {"ready": now["witness"], "checks": {}}
 
     def probes(self, cluster, alert):
@@ -464,3 +467,29 @@ def test_a_standby_that_heals_while_the_primary_stays_down_is_failed_over_to_aft
     assert controller.recheck()[0].action == FAILOVER
     assert controller.wait_idle(30) and ran == ["failover.yml"]
     assert [m["event"] for m in told] == ["escalation"], told
+
+
+def test_after_a_nas_outage_both_nodes_shared_the_standby_waits_longer_for_a_primary_unfit_for_storage_only(
+        tmp_path, shared, monkeypatch):
+    """Their sshfs clients reconnect seconds apart after the NAS returns: while the primary answers, unfit
+    for shared storage only, a failover a recheck comes to waits CONFIRM_STORAGE_S, and the primary is
+    back before that. (A primary that does not answer, as in a double fault, waits CONFIRM_S only.)"""
+    import tts_service.receiver.controller as controller_mod
+    from tts_service.receiver.decision import ESCALATE, NONE, Alert
+    monkeypatch.setattr(controller_mod, "CONFIRM_S", 0.1)
+    monkeypatch.setattr(controller_mod, "CONFIRM_STORAGE_S", 1.0)
+    controller, probe, ran = rechecked_controller(tmp_path, shared, [
+        {"standby": 503, "primary_storage": True},
+        {"standby": 200, "primary_storage": True},    # the standby reconnected first
+        {"standby": 200, "witness": True},            # the primary a few seconds later
+    ])
+    assert controller.handle(1, Alert("TTSNodeDown", "tts-a", "firing")).action == ESCALATE
+    probe.step = 1
+    actions = []
+    for _ in range(3):
+        actions.append(controller.recheck()[0].action)
+        time.sleep(0.2)
+    assert actions == [NONE, NONE, NONE], actions      # past CONFIRM_S, within CONFIRM_STORAGE_S
+    probe.step = 2
+    assert controller.recheck()[0].action == NONE and ran == []
+    assert controller.recheck() == []

@@ -28,8 +28,12 @@ from .webhook import WebhookError, parse
 log = logging.getLogger("tts.receiver")
 
 PLAYBOOKS = {d.FAILOVER: "failover.yml", d.REJOIN: "rejoin.yml"}
-# A failover a recheck comes to starts when a recheck at least this much later comes to it again.
+# A failover a recheck comes to starts when a recheck at least this much later comes to it again;
+# CONFIRM_STORAGE_S when the primary answers, unfit for shared storage only: after a NAS outage both
+# nodes shared, their sshfs clients reconnect seconds apart (a connect attempt under way runs out its
+# 5 s first), and the standby must not take over from a primary about to come back.
 CONFIRM_S = 1.0
+CONFIRM_STORAGE_S = 12.0
 
 # (playbook, extravars) -> (succeeded, detail)
 Runner = Callable[[str, dict], "tuple[bool, str]"]
@@ -77,6 +81,9 @@ class LazyProbes:
                     failing = {name for name, ok in checks.items() if ok is False}
                     self._cache["witness:redis_full"] = (code == 200 and failing == {"redis"}
                                                          and "refuses writes" in str(body.get("reason", "")))
+                    # The primary answers, unfit only for shared storage (its renewal or free space).
+                    self._cache["witness:storage_only"] = code == 200 and bool(failing) and failing <= {
+                        "state", "storage"} and "storage" in str(body.get("reason", ""))
                 else:
                     self._cache[key] = code == 200
                     storage = body.get("checks", {}).get("storage") if isinstance(body.get("checks"), dict) else None
@@ -95,6 +102,11 @@ class LazyProbes:
     def primary_redis_refuses_writes(self) -> bool | None:
         _ = self.standby_sees_primary_ready                 # one witness answer says both
         return self._cache.get("witness:redis_full")
+
+    @property
+    def primary_unfit_for_storage_only(self) -> bool:
+        """Asked after decide(): whether the witness found the primary up, unfit for shared storage only."""
+        return bool(self._cache.get("witness:storage_only"))
 
     @property
     def node_in_role(self) -> bool | None:
@@ -205,7 +217,7 @@ class Controller:
         if cluster is None:
             decision = d.Decision(d.ESCALATE, "the cluster state cannot be read from shared storage; "
                                               "not acting blind; deciding again each second", recheck=True)
-            epoch = None
+            epoch, probes = None, None
         else:
             running = self.store.running()
             facts = self.store.history_facts()
@@ -216,12 +228,13 @@ class Controller:
             epoch = cluster.epoch
         key = (alert.name, alert.node)
         since = self._confirming.pop(key, None)
+        wait_s = CONFIRM_STORAGE_S if getattr(probes, "primary_unfit_for_storage_only", False) else CONFIRM_S
         if decision.action == d.FAILOVER and (recheck or since is not None) and (
-                since is None or time.monotonic() - since < CONFIRM_S):
+                since is None or time.monotonic() - since < wait_s):
             self._confirming[key] = time.monotonic() if since is None else since
-            decision = d.Decision(d.NONE, f"{decision.reason}; confirming it once more in a second first (after a "
-                                          "fault both nodes shared, the standby may come back a moment before "
-                                          "the primary does)", recheck=True)
+            decision = d.Decision(d.NONE, f"{decision.reason}; confirming it once more {wait_s:g} s later first "
+                                          "(after a fault both nodes shared, the standby may come back a moment "
+                                          "before the primary does)", recheck=True)
         before = self._pending.get(key, (None, None))[1]
         if decision.recheck:
             self._pending[key] = (alert, decision.action)
