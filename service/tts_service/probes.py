@@ -71,10 +71,9 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     asked = time.monotonic()
     rt.space.poke()                      # beside the renewal: /ready waits for both at once
     belief = rt.node.belief()
-
-    def space_silent() -> float:
-        return rt.space.ask(0).silent_s(time.monotonic())
-
+    space = rt.space.ask(max(0.0, rt.node.wait_s - (time.monotonic() - asked)))   # one wait for both
+    # Since the NAS last answered this process anything (a renewal or a free-space read).
+    heard_s = min(belief.silent_s, space.silent_s(time.monotonic()))
     checks: dict[str, bool] = {}
     reasons: list[str] = []
 
@@ -84,7 +83,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
         # fencing itself keeps using the belief's age: that bound is what makes it safe).
         reasons.append(belief.why_fenced() if not belief.fresh or belief.state is None
                        else f"the last renewal of this node's mark failed: {belief.error}")
-    elif min(belief.pending_s, belief.silent_s, space_silent()) > stall:
+    elif min(belief.pending_s, heard_s) > stall:
         # ... or stops coming back, while the mount answers nothing else either: a NAS cut off from this
         # node. One that comes back late (while other calls are answered) is slow, not gone.
         checks["state"] = False
@@ -95,9 +94,8 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
                        f"{belief.state.standby})")
         checks["state"] = False
 
-    space = rt.space.ask(max(0.0, rt.node.wait_s - (time.monotonic() - asked)))   # one wait for both
     checks["storage"] = False
-    if min(space.running_s, belief.silent_s, space_silent()) > stall:
+    if min(space.running_s, heard_s) > stall:
         reasons.append(f"shared storage has not said how much space is free for {space.running_s:.1f} s "
                        f"(limit {stall:g} s)")
     elif isinstance(space.error, (StorageUnavailable, OSError)):
