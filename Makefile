@@ -15,16 +15,19 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The lab containers' host keys, pinned by lab/containers.yml (Ansible checks them: ansible.cfg).
 export TTS_LAB_KNOWN_HOSTS := $(CURDIR)/.lab/known_hosts
+# The lab's secrets are an Ansible Vault file (lab/secrets.sh); its password file is .lab/vault-pass.
+export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/.lab/vault-pass
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 
-.PHONY: help deps system-deps venv test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels
+.PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
 MODE ?= switchover
 RUNS ?= 5
 MODES ?= switchover,kill,host-lost,redis-down
 
 help:
+	@echo "make wheel         the service wheel and the wheelhouse of its pinned dependencies, in dist/ (what a deploy installs)"
 	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
 	@echo "make lab-down      remove the lab containers and network"
 	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
@@ -54,22 +57,34 @@ venv: $(VENV)/.installed
 deps: system-deps venv
 
 $(WHEEL): $(SERVICE_SOURCES) | venv
-	rm -rf dist service/build
+	rm -rf service/build dist/tts_service-*.whl
 	$(PY) -m pip wheel -q --no-deps -w dist ./service
+
+# What a deploy installs on the hosts, with no package index there: the service wheel and its
+# dependencies at the versions service/constraints.txt pins, for Debian 12's CPython 3.11 on x86_64.
+WHEELHOUSE := dist/wheelhouse/.complete
+$(WHEELHOUSE): service/wheelhouse.txt service/constraints.txt | venv
+	rm -rf dist/wheelhouse && mkdir -p dist/wheelhouse
+	$(PY) -m pip download -q --only-binary=:all: --python-version 3.11.2 --implementation cp \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  -d dist/wheelhouse -r service/wheelhouse.txt -c service/constraints.txt
+	touch $@
+
+wheel: $(WHEEL) $(WHEELHOUSE)
 
 .lab/ssh/id_ed25519:
 	mkdir -p .lab/ssh && ssh-keygen -q -t ed25519 -N '' -C ttslab -f $@
 
-.lab/secrets.yml:
+.lab/secrets.yml: lab/secrets.sh | venv
 	lab/secrets.sh $@
 
-.lab/molecule-secrets.yml:
+.lab/molecule-secrets.yml: lab/secrets.sh | venv
 	lab/secrets.sh $@
 
 image: system-deps
 	lab/build-image.sh
 
-lab: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/secrets.yml image
+lab: deps wheel .lab/ssh/id_ed25519 .lab/secrets.yml image
 	ansible-playbook lab/containers.yml
 	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
 	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://$(LAB_SUBNET).10:9090, Alertmanager http://$(LAB_SUBNET).10:9093)"
@@ -86,8 +101,8 @@ lint: deps
 	ansible-lint
 
 # The verifier's results go to .lab/molecule-junit.xml; on a failure their summary is printed last.
-molecule: deps $(WHEEL) .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
-	rm -f .lab/molecule-junit.xml
+molecule: deps wheel .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
+	rm -f .lab/molecule-junit.xml .lab/molecule-ansible.log
 	molecule test || { $(PY) scripts/test-summary.py .lab/molecule-junit.xml; exit 1; }
 
 serve: deps

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the lab node image once: debootstrap bookworm + the packages in image.packages + a wheelhouse
-# of the app's Python dependencies. Tagged with a hash of its recipe; an existing tag is reused.
+# Build the lab node image once: debootstrap bookworm + the packages in image.packages + the operator's
+# account, as a provisioned production host has them (the deploy brings the service and its
+# wheelhouse). Tagged with a hash of its recipe; an existing tag is reused.
 # Usage: lab/build-image.sh [--print-tag]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="$PWD/lab/containers.conf"
-RECIPE_HASH=$(cat lab/build-image.sh lab/image.packages lab/wheelhouse.txt | sha256sum | cut -c1-12)
+RECIPE_HASH=$(cat lab/build-image.sh lab/image.packages | sha256sum | cut -c1-12)
 TAG="localhost/ttslab-node:$RECIPE_HASH"
 if [ "${1:-}" = "--print-tag" ]; then echo "$TAG"; exit 0; fi
 if podman image exists "$TAG"; then echo "$TAG"; exit 0; fi
@@ -29,17 +30,19 @@ grep -v '^#' lab/image.packages | xargs chroot "$ROOT" env DEBIAN_FRONTEND=nonin
 chroot "$ROOT" apt-get clean
 rm -f "$ROOT/usr/sbin/policy-rc.d"
 umount "$ROOT/proc"
-# Wheelhouse: the app's dependencies for the image's Python (Debian 12: 3.11.2; markers depend on it), so converging needs no index.
-mkdir -p "$ROOT/opt/wheelhouse"
-python3 -m pip download -q --only-binary=:all: --python-version 3.11.2 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --implementation cp \
-  -d "$ROOT/opt/wheelhouse" -r lab/wheelhouse.txt
 # Lab hosts: sshd with keys only, systemd as PID 1, a machine id per container (systemd makes one).
 sed -i 's/^#\?PermitRootLogin.*/PermitRootLogin prohibit-password/; s/^#\?PasswordAuthentication.*/PasswordAuthentication no/' \
   "$ROOT/etc/ssh/sshd_config"
-# The lab's own key is bind-mounted at /etc/ssh/lab_authorized_keys (containers.yml), which leaves
-# ~/.ssh/authorized_keys to the roles (the nas role authorizes the clients' keys there).
-echo 'AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/lab_authorized_keys' >> "$ROOT/etc/ssh/sshd_config"
+# The operator's account, as on production hosts: `deploy`, sudo without a password; Ansible logs in
+# as it and becomes root (inventory/lab/group_vars/all.yml). The lab's own key is bind-mounted at
+# /etc/ssh/lab_authorized_keys (containers.yml) and lets in `deploy` only: nothing logs in as root
+# with it. ~/.ssh/authorized_keys stays the roles' (the receiver's key for deploy on the pair; the nas
+# role's sshfs clients for root on the NAS, the kernel-NFS stand-in).
+chroot "$ROOT" useradd --create-home --shell /bin/bash --uid 1500 deploy
+echo 'deploy ALL=(ALL:ALL) NOPASSWD: ALL' > "$ROOT/etc/sudoers.d/deploy"
+chmod 0440 "$ROOT/etc/sudoers.d/deploy"
+printf 'Match User deploy\n    AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/lab_authorized_keys\n' \
+  >> "$ROOT/etc/ssh/sshd_config"
 rm -f "$ROOT"/etc/ssh/ssh_host_*        # generated per container at first boot (below)
 mkdir -p "$ROOT/etc/systemd/system/ssh.service.d"
 printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
                  SHARED, VIP, RoleWatcher, VipWatch, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, script, start_job, wait, wait_job_done,
                  wait_pair_settled)
@@ -101,8 +101,11 @@ def test_00_host_keys_are_pinned_for_the_receiver_and_the_nas_mount():
     pinned = on("ctl", "cat /var/lib/tts-receiver/.ssh/known_hosts")
     for node in NODES:
         assert f"{ADDRESS[node]} {key(node)}" in pinned, (node, pinned)
-        assert on("ctl", f"runuser -u tts-receiver -- ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no "
-                         f"-i /var/lib/tts-receiver/.ssh/id_ed25519 root@{ADDRESS[node]} hostname").strip() == node
+        ssh = ("runuser -u tts-receiver -- ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UpdateHostKeys=no "
+               "-o LogLevel=ERROR -i /var/lib/tts-receiver/.ssh/id_ed25519")
+        assert on("ctl", f"{ssh} {DEPLOY_USER}@{ADDRESS[node]} 'sudo -n hostname'").strip() == node
+        # The receiver is the deploy user, root only through sudo: its key does not log in as root.
+        assert "denied" in on("ctl", f"{ssh} root@{ADDRESS[node]} hostname 2>&1 || true"), node
         options = on(node, "findmnt -n -o OPTIONS --target /mnt/nas; grep ' /mnt/nas ' /etc/fstab")
         assert "StrictHostKeyChecking=yes" in options and "accept-new" not in options, options
         assert key("nas") in on(node, "cat /root/.ssh/tts_nas_known_hosts")
@@ -579,7 +582,7 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
     watch = ("until [ \"$(systemctl is-active tts-worker)\" = deactivating ]; do sleep 0.02; done")
     try:
         on("ctl", f"timeout 90 runuser -u tts-receiver -- ssh -o StrictHostKeyChecking=yes -o UpdateHostKeys=no "
-                  f"-o LogLevel=ERROR -i /var/lib/tts-receiver/.ssh/id_ed25519 root@{ADDRESS[c.primary]} '{watch}' && "
+                  f"-o LogLevel=ERROR -i /var/lib/tts-receiver/.ssh/id_ed25519 {DEPLOY_USER}@{ADDRESS[c.primary]} '{watch}' && "
                   # Only the ansible-playbook processes (main and workers), not the shells around them.
                   "pkill -9 -f '^/opt/tts-receiver/venv/bin/python[0-9.]* /opt/tts-receiver/venv/bin/ansible-playbook "
                   ".*switchover[.]yml'", timeout=120)
