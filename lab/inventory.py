@@ -8,6 +8,8 @@ the Molecule suites (molecule/default/tests/lab.py) and the benchmarks (bench/) 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +63,30 @@ class Lab:
 
     def container(self, host: str) -> str:
         return self.prefix + host
+
+    @property
+    def secrets_file(self) -> Path:
+        """The pair's Vault file (lab/secrets.sh): make lab's, or Molecule's for its mol- pair."""
+        return ROOT / ".lab" / ("molecule-secrets.yml" if self.prefix else "secrets.yml")
+
+    def secrets(self) -> dict:
+        """The pair's secrets, decrypted with the lab's vault password file (ansible-vault view)."""
+        view = subprocess.run([str(Path(sys.executable).parent / "ansible-vault"), "view", str(self.secrets_file)],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": str(ROOT / ".lab" / "vault-pass")})
+        if view.returncode != 0:
+            raise RuntimeError(f"cannot read {self.secrets_file}: {view.stderr.strip()[-300:]}")
+        return yaml.safe_load(view.stdout)
+
+    def log_in(self) -> str:
+        """Log this process's HTTP clients in at the VIP as the lab's user (tts_access: basic), the way
+        curl -n and requests read credentials: a netrc file for the VIP's address (0600, in .lab/), named
+        by NETRC. Returns the user's name. Other addresses (the nodes' own ports) get no login."""
+        users = yaml.safe_load((ROOT / "inventory" / "lab" / "group_vars" / "all.yml").read_text())["tts_access_users"]
+        name, password = users[0]["name"], self.secrets()["tts_access_password"]
+        netrc = ROOT / ".lab" / f"{self.prefix}netrc"
+        fd = os.open(netrc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"machine {self.subnet}.100 login {name} password {password}\n")
+        os.environ["NETRC"] = str(netrc)
+        return name

@@ -10,7 +10,7 @@ import wave
 import pytest
 import requests
 
-from lab import ADDRESS, NODES, PROMETHEUS, VIP
+from lab import ADDRESS, LAB_CA, LAB_USER, NODES, PROMETHEUS, VIP
 
 
 def name(host):
@@ -81,6 +81,23 @@ def test_nodes_are_ready_for_their_roles(host):
     targets = json.loads(host.check_output("curl -s %s/api/v1/targets", PROMETHEUS))
     jobs = {t["labels"]["job"] for t in targets["data"]["activeTargets"]}
     assert {"tts_ready", "tts_health", "tts_vip", "tts_app"} <= jobs
+
+
+def test_the_page_and_the_api_want_a_login_and_the_role_and_liveness_do_not(host):
+    """tts_access: basic, as production: without a login (or with a wrong one) the page and the API
+    answer 401; /health and /primary (the VIP probe, the playbooks' wait) need none. Every other test
+    logs in (lab.py: a netrc for the VIP)."""
+    if name(host) != "tts-a":
+        pytest.skip("once")
+    anonymous = requests.Session()
+    anonymous.trust_env, anonymous.verify = False, str(LAB_CA)       # no netrc: no login
+    for path in ("/", "/api/jobs"):
+        assert anonymous.get(f"{VIP}{path}", timeout=5).status_code == 401, path
+    assert anonymous.post(f"{VIP}/api/jobs", json={"script": "Speaker 1: hi"}, timeout=5).status_code == 401
+    assert anonymous.get(f"{VIP}/api/jobs", auth=(LAB_USER, "not-the-password"), timeout=5).status_code == 401
+    for path in ("/health", "/primary"):
+        assert anonymous.get(f"{VIP}{path}", timeout=5).status_code == 200, path
+    assert requests.get(f"{VIP}/api/jobs", timeout=5).status_code == 200      # logged in
 
 
 def test_a_two_speaker_job_through_the_vip_finishes_with_audio(host):

@@ -239,8 +239,10 @@ class Drill:
 
     def start_canary(self) -> None:
         self.step = "Start the canary job through the VIP and watch it"
+        # The canary logs in where the VIP wants it (drill.yml: TTS_DRILL_LOGIN, never on a command line).
         self.watcher = Watcher(self.plan.vip, self.meta["before"]["standby"], self.workdir / "watch.json",
-                               turns=self.plan.turns, timeout=self.plan.canary_timeout_s)
+                               turns=self.plan.turns, timeout=self.plan.canary_timeout_s,
+                               login=os.environ.get("TTS_DRILL_LOGIN", ""))
         self.watch_thread = threading.Thread(target=self.watcher.run, name="canary", daemon=True)
         self.watch_thread.start()
         deadline = time.monotonic() + 120

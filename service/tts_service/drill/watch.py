@@ -7,6 +7,7 @@ Standard library only: it runs in the receiver's venv on ctl as well as on an op
 """
 from __future__ import annotations
 
+import base64
 import http.cookiejar
 import json
 import os
@@ -44,8 +45,10 @@ class Observation:
 
 class Watcher:
     def __init__(self, vip: str, target: str, out: Path, turns: int = 12, in_flight_segments: int = 2,
-                 interval: float = 0.2, timeout: float = 900.0, submit_timeout: float = 30.0):
+                 interval: float = 0.2, timeout: float = 900.0, submit_timeout: float = 30.0, login: str = ""):
         self.obs = Observation(vip=vip.rstrip("/"), target=target)
+        # "user:password" where the VIP wants basic auth (tts_access: basic), as any user logs in.
+        self.auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()} if login else {}
         self.out = Path(out)
         self.turns = turns
         self.in_flight_segments = in_flight_segments
@@ -59,7 +62,7 @@ class Watcher:
     def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 3.0) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.obs.vip + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+                                     headers={**self.auth, **({"Content-Type": "application/json"} if data else {})})
         try:
             with self.http.open(req, timeout=timeout) as res:
                 return res.status, read_object(res.read())
