@@ -25,7 +25,8 @@ def parse_defaults(path):
     data = yaml.safe_load(path.read_text()) or {}
     desc = {}
     comment = []
-    header_done = False
+    header, header_done = "", False
+    block = None     # the first variable of the block this line is in (no blank line since it)
     for line in lines:
         if line.startswith("---"):
             continue
@@ -34,13 +35,21 @@ def parse_defaults(path):
             continue
         m = re.match(r"^([a-z_][a-z0-9_]*):", line)
         if m:
-            desc[m.group(1)] = " ".join(c for c in comment if c) 
+            own = " ".join(c for c in comment if c)
+            if not header_done:   # the file's opening comment is about the role, not this variable
+                header, header_done, own = own, True, ""
+            if own or block is None or not desc.get(block):
+                block = m.group(1)
+                desc[block] = own
+            else:   # a variable under another's comment, in the same block: that comment is about both
+                desc[m.group(1)] = f"With {block}: {desc[block]}"
             comment = []
         elif not line.strip():
             if not header_done:
                 header = " ".join(comment); header_done = True
             comment = []
-    return data, desc
+            block = None
+    return data, desc, header
 def typ(v):
     if isinstance(v, bool): return "bool"
     if isinstance(v, int): return "int"
@@ -66,7 +75,7 @@ for role_dir in sorted(pathlib.Path("roles").iterdir()):
     role = role_dir.name
     if role in ("tts_cluster", "preflight"): continue
     d = role_dir / "defaults/main.yml"
-    data, desc = parse_defaults(d)
+    data, desc, header = parse_defaults(d)
     meta = yaml.safe_load((role_dir / "meta/main.yml").read_text())
     short = meta["galaxy_info"]["description"]
     specs = {}
@@ -80,6 +89,8 @@ for role_dir in sorted(pathlib.Path("roles").iterdir()):
             o["description"] = desc.get(k) or "See defaults/main.yml."
             opts[k] = o
         spec = {"short_description": short if entry == "main" else f"{short}: tasks/{entry}.yml"}
+        if entry == "main" and header:
+            spec["description"] = header   # the opening comment of defaults/main.yml: the role, its shared inputs
         if entry == "main":
             main_opts = opts
         elif entry == "venv":
