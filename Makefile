@@ -15,8 +15,11 @@ export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The lab containers' host keys, pinned by lab/containers.yml (Ansible checks them: ansible.cfg).
 export TTS_LAB_KNOWN_HOSTS := $(CURDIR)/.lab/known_hosts
-# The lab's secrets are an Ansible Vault file (lab/secrets.sh); its password file is .lab/vault-pass.
-export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/.lab/vault-pass
+# The lab's secrets are an Ansible Vault file (lab/secrets.sh); its password file is .lab/vault-pass,
+# named for what uses the lab (not for pytest, whose playbooks need no vault and run before it exists).
+lab lab-down molecule drill bench soak: export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/.lab/vault-pass
+# The lab's certificates, handed over as files (lab/certificates.yml writes them; provided PKI mode).
+export TTS_LAB_PROVIDED := $(CURDIR)/.lab/provided
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 
@@ -68,6 +71,7 @@ $(WHEELHOUSE): service/wheelhouse.txt service/constraints.txt | venv
 	$(PY) -m pip download -q --only-binary=:all: --python-version 3.11.2 --implementation cp \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
 	  -d dist/wheelhouse -r service/wheelhouse.txt -c service/constraints.txt
+	cp service/constraints.txt dist/wheelhouse/constraints.txt
 	touch $@
 
 wheel: $(WHEEL) $(WHEELHOUSE)
@@ -86,6 +90,7 @@ image: system-deps
 
 lab: deps wheel .lab/ssh/id_ed25519 .lab/secrets.yml image
 	ansible-playbook lab/containers.yml
+	ansible-playbook lab/certificates.yml
 	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
 	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://$(LAB_SUBNET).10:9090, Alertmanager http://$(LAB_SUBNET).10:9093)"
 

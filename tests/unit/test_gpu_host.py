@@ -81,7 +81,7 @@ def test_a_checksum_mismatch_is_refused_named_and_nothing_is_placed(tmp_path):
     sums["model.safetensors"] = "0" * 64
     code, out, dest = place(tmp_path, sums)
     assert code != 0 and "model.safetensors" in out and "not the " + "0" * 64 + " given" in out, out[-3000:]
-    assert not dest.exists()
+    assert not dest.exists() or not any(dest.iterdir())
 
 
 def test_a_missing_weights_file_is_refused(tmp_path):
@@ -89,4 +89,21 @@ def test_a_missing_weights_file_is_refused(tmp_path):
     sums["tokenizer.json"] = "1" * 64
     code, out, dest = place(tmp_path, sums)
     assert code != 0 and "tokenizer.json" in out and "missing" in out, out[-3000:]
-    assert not dest.exists()
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_weights_already_in_place_need_no_source_and_a_changed_one_is_fetched_again(tmp_path):
+    """upgrade.yml from ctl: the weights' folder of the first deploy is not there. Files in place with
+    their checksums need nothing; a file changed on the node is needed again (and refused without its
+    source)."""
+    sums = weights(tmp_path)
+    code, out, dest = place(tmp_path, sums)
+    assert code == 0, out[-3000:]
+    for f in (tmp_path / "weights").iterdir():
+        f.unlink()
+    (tmp_path / "weights").rmdir()
+    code, out, _ = place(tmp_path, sums)
+    assert code == 0, out[-3000:]
+    (dest / "config.json").write_text("{}")
+    code, out, _ = place(tmp_path, sums)
+    assert code != 0 and "config.json in" in out and "missing" in out, out[-3000:]

@@ -16,16 +16,19 @@ SECRETS = ROOT / ".lab" / "molecule-secrets.yml"
 
 
 def _secrets():
-    """name -> value: the Vault file's values (decrypted with the lab's vault password), the nodes'
-    dead-man tokens derived from the alert token (playbooks/group_vars/all.yml), the body lines of
-    every private key under .lab."""
+    """name -> value: the Vault file's values (decrypted with the lab's vault password) and that
+    password, the nodes' dead-man tokens and the drills' password derived from the alert token
+    (playbooks/group_vars/all.yml), the body lines of every private key under .lab (the lab's SSH key,
+    the CA's, the certificates')."""
     view = subprocess.run(["ansible-vault", "view", str(SECRETS)], capture_output=True, text=True, check=True,
                           env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": str(ROOT / ".lab" / "vault-pass")})
     found = {name: str(value) for name, value in yaml.safe_load(view.stdout).items()}
     for node in LAB.nodes:
         found[f"dead-man token of {node}"] = hashlib.sha256(
             f"{found['tts_alert_token']}:deadman:{node}".encode()).hexdigest()
-    for key in (ROOT / ".lab").rglob("*.key"):
+    found["the drills' password"] = hashlib.sha256(f"{found['tts_alert_token']}:drill".encode()).hexdigest()
+    found["the vault password"] = (ROOT / ".lab" / "vault-pass").read_text().strip()
+    for key in [*(ROOT / ".lab").rglob("*.key"), ROOT / ".lab" / "ssh" / "id_ed25519"]:
         for n, line in enumerate(key.read_text().splitlines()):
             if line and not line.startswith("-----"):
                 found[f"{key.relative_to(ROOT)} line {n}"] = line

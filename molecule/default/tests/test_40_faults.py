@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, NODES, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, NODES, ROOT, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
                  SHARED, VIP, RoleWatcher, VipWatch, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, script, start_job, wait, wait_job_done,
                  wait_pair_settled)
@@ -106,6 +106,14 @@ def test_00_host_keys_are_pinned_for_the_receiver_and_the_nas_mount():
         assert on("ctl", f"{ssh} {DEPLOY_USER}@{ADDRESS[node]} 'sudo -n hostname'").strip() == node
         # The receiver is the deploy user, root only through sudo: its key does not log in as root.
         assert "denied" in on("ctl", f"{ssh} root@{ADDRESS[node]} hostname 2>&1 || true"), node
+        # Nor does the lab's own key (Ansible's, from this machine): deploy only, as on production hosts.
+        lab_ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR",
+                   "-o", f"UserKnownHostsFile={ROOT / '.lab/mol-known_hosts'}", "-i", str(ROOT / ".lab/ssh/id_ed25519")]
+        as_root = subprocess.run([*lab_ssh, f"root@{ADDRESS[node]}", "true"], capture_output=True, text=True, timeout=30)
+        assert as_root.returncode != 0 and "denied" in as_root.stderr, (node, as_root.stderr)
+        as_deploy = subprocess.run([*lab_ssh, f"{DEPLOY_USER}@{ADDRESS[node]}", "sudo -n id -u"], capture_output=True,
+                                   text=True, timeout=30)
+        assert as_deploy.stdout.strip() == "0", (node, as_deploy.stderr)
         options = on(node, "findmnt -n -o OPTIONS --target /mnt/nas; grep ' /mnt/nas ' /etc/fstab")
         assert "StrictHostKeyChecking=yes" in options and "accept-new" not in options, options
         assert key("nas") in on(node, "cat /root/.ssh/tts_nas_known_hosts")

@@ -63,6 +63,7 @@ class Plan:
     allow_host_kill: bool = False
     host_kill_cmd: list[str] = field(default_factory=list)
     host_start_cmd: list[str] = field(default_factory=list)
+    login_file: str = ""              # "user:password" for the VIP's basic auth (tts_access: basic)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
@@ -239,10 +240,11 @@ class Drill:
 
     def start_canary(self) -> None:
         self.step = "Start the canary job through the VIP and watch it"
-        # The canary logs in where the VIP wants it (drill.yml: TTS_DRILL_LOGIN, never on a command line).
+        # The canary logs in where the VIP wants it: "user:password" from the plan's login_file (never
+        # on a command line or in the plan itself).
         self.watcher = Watcher(self.plan.vip, self.meta["before"]["standby"], self.workdir / "watch.json",
                                turns=self.plan.turns, timeout=self.plan.canary_timeout_s,
-                               login=os.environ.get("TTS_DRILL_LOGIN", ""))
+                               login=Path(self.plan.login_file).read_text().strip() if self.plan.login_file else "")
         self.watch_thread = threading.Thread(target=self.watcher.run, name="canary", daemon=True)
         self.watch_thread.start()
         deadline = time.monotonic() + 120
