@@ -66,7 +66,7 @@ $(WHEEL): $(SERVICE_SOURCES) | venv
 # What a deploy installs on the hosts, with no package index there: the service wheel and its
 # dependencies at the versions service/constraints.txt pins, for Debian 12's CPython 3.11 on x86_64.
 WHEELHOUSE := dist/wheelhouse/.complete
-$(WHEELHOUSE): service/wheelhouse.txt service/constraints.txt | venv
+$(WHEELHOUSE): service/wheelhouse.txt service/constraints.txt Makefile | venv
 	rm -rf dist/wheelhouse && mkdir -p dist/wheelhouse
 	$(PY) -m pip download -q --only-binary=:all: --python-version 3.11.2 --implementation cp \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
