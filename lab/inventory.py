@@ -78,10 +78,11 @@ class Lab:
             raise RuntimeError(f"cannot read {self.secrets_file}: {view.stderr.strip()[-300:]}")
         return yaml.safe_load(view.stdout)
 
-    def log_in(self) -> str:
+    def log_in(self) -> tuple[str, str]:
         """Log this process's HTTP clients in at the VIP as the lab's user (tts_access: basic), the way
         curl -n and requests read credentials: a netrc file for the VIP's address (0600, in .lab/), named
-        by NETRC. Returns the user's name. Other addresses (the nodes' own ports) get no login."""
+        by NETRC. Returns (name, password) for clients that do not read netrc (a browser). Other addresses
+        (the nodes' own ports) get no login."""
         users = yaml.safe_load((ROOT / "inventory" / "lab" / "group_vars" / "all.yml").read_text())["tts_access_users"]
         name, password = users[0]["name"], self.secrets()["tts_access_password"]
         netrc = ROOT / ".lab" / f"{self.prefix}netrc"
@@ -89,4 +90,4 @@ class Lab:
         with os.fdopen(fd, "w") as f:
             f.write(f"machine {self.subnet}.100 login {name} password {password}\n")
         os.environ["NETRC"] = str(netrc)
-        return name
+        return name, password

@@ -1,6 +1,7 @@
 """The page in headless Chromium (Debian's chromium + chromium-driver), for the local browser tests
 and the Molecule one through the VIP: start a browser (trusting the lab CA when asked), and the page's
 main flow (paste a 2-speaker script, submit, watch the bar reach the end, play the WAV, fetch the FLAC)."""
+import base64
 import os
 import shutil
 import subprocess
@@ -17,9 +18,11 @@ SCRIPT = ("Speaker 1: Good morning, and welcome.\nSpeaker 2: Thank you. Glad to 
           "Speaker 1: Let us begin.")
 
 
-def chromium(profile: Path, trust_ca: Path | None = None) -> webdriver.Chrome:
+def chromium(profile: Path, trust_ca: Path | None = None, login: tuple[str, str] | None = None) -> webdriver.Chrome:
     """A headless Chromium with its own profile; trust_ca: a CA certificate it trusts (put into an NSS
-    database under a HOME of its own, where Chromium on Linux reads its trusted roots)."""
+    database under a HOME of its own, where Chromium on Linux reads its trusted roots); login: (user,
+    password) it sends with every request as basic auth (a VIP with tts_access: basic), page, API calls
+    and audio alike, as a browser does once its user has logged in."""
     env = None
     if trust_ca is not None:
         nssdb = profile / "home" / ".pki" / "nssdb"
@@ -37,6 +40,10 @@ def chromium(profile: Path, trust_ca: Path | None = None) -> webdriver.Chrome:
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver", env=env), options=opts)
     driver.set_window_size(1300, 900)
+    if login is not None:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
     return driver
 
 

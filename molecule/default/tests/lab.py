@@ -33,7 +33,7 @@ LAB_CA = ROOT / ".lab" / "ca.pem"
 os.environ["REQUESTS_CA_BUNDLE"] = str(LAB_CA)
 # The page and the API behind the VIP want a login (tts_access: basic, as in production): every
 # requests call to the VIP logs in as the lab's user (a netrc file); /health and /primary need none.
-LAB_USER = LAB.log_in()
+LAB_USER, LAB_PASSWORD = LAB.log_in()
 RECEIVER = f"http://{LAB.ctl}:9095"
 # The account Ansible and the receiver log in as (the inventory's ansible_user; root through sudo).
 DEPLOY_USER = yaml.safe_load((ROOT / "inventory/lab/group_vars/all.yml").read_text())["ansible_user"]

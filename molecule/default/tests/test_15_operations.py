@@ -15,7 +15,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from lab import LAB_CA, PROMETHEUS, SHARED, VIP, cluster_state, on, script, wait
+from lab import LAB_CA, LAB_PASSWORD, LAB_USER, PROMETHEUS, SHARED, VIP, cluster_state, on, script, wait
 
 sys.path.insert(0, str(LAB_CA.parents[1]))              # the project root: tests.browser
 from tests.browser import HAVE_CHROMIUM, chromium, submit_and_listen  # noqa: E402
@@ -83,7 +83,7 @@ def test_prometheus_probes_the_vip_over_https_against_the_lab_ca():
 
 @pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium-driver is not installed")
 def test_the_page_over_https_through_the_vip(tmp_path):
-    browser = chromium(tmp_path, trust_ca=LAB_CA)
+    browser = chromium(tmp_path, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD))
     try:
         duration, flac_duration = submit_and_listen(browser, VIP)
         assert browser.current_url.startswith(f"https://{VIP_HOST}/")

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, NODES, ROOT, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
+from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, LAB_PASSWORD, LAB_USER, NODES, ROOT, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
                  SHARED, VIP, RoleWatcher, VipWatch, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
                  prometheus_value, receiver, receiver_runs, redis_cli, script, start_job, wait, wait_job_done,
                  wait_pair_settled)
@@ -727,11 +727,13 @@ def test_13_ctl_lost_the_pair_keeps_serving_and_its_watchdog_goes_silent(case):
 # owner's requests from this machine are not the abuser's) sends at the pair: bad scripts, a cookieless
 # poller, and 32 slow readers of its own job's FLAC. Prints what it was answered, as JSON.
 ABUSER = r"""
-import json, ssl, sys, threading, time, urllib.error, urllib.request
+import base64, json, ssl, sys, threading, time, urllib.error, urllib.request
 VIP = sys.argv[1]
+# A user with a login (tts_access: basic), as any abuser of the service would have.
+LOGIN = {"Authorization": "Basic " + base64.b64encode(sys.argv[2].encode()).decode()}
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 def ask(method, path, body=None, cookie=None, ctype="application/json"):
-    req = urllib.request.Request(VIP + path, data=body, method=method)
+    req = urllib.request.Request(VIP + path, data=body, method=method, headers=LOGIN)
     if body is not None: req.add_header("Content-Type", ctype)
     if cookie: req.add_header("Cookie", cookie)
     try:
@@ -755,7 +757,7 @@ for _ in range(3000):
 time.sleep(12)   # nginx's request allowance for this address refills (20 a second, a burst of 200)
 stop = threading.Event()
 def reader():
-    req = urllib.request.Request(f"{VIP}/api/jobs/{job}/audio?format=flac", headers={"Cookie": cookie})
+    req = urllib.request.Request(f"{VIP}/api/jobs/{job}/audio?format=flac", headers={"Cookie": cookie, **LOGIN})
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=30) as res:
             out["readers"].append(res.status)
@@ -789,7 +791,7 @@ def test_18_abusers_cost_only_themselves_while_a_job_runs(case):
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
     try:
-        out = subprocess.run(["podman", "exec", "-i", PREFIX + "nas", "python3", "-", VIP],
+        out = subprocess.run(["podman", "exec", "-i", PREFIX + "nas", "python3", "-", VIP, f"{LAB_USER}:{LAB_PASSWORD}"],
                              input=ABUSER, capture_output=True, text=True, timeout=300)
     finally:
         stop.set()
