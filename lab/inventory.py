@@ -17,6 +17,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
+# The lab's shared settings (the lab and Molecule read the same group_vars).
+LAB_GROUP_VARS = ROOT / "inventory" / "lab" / "group_vars" / "all.yml"
 MOLECULE_INVENTORY = ROOT / "molecule" / "default" / "inventory" / "hosts.yml"
 
 
@@ -64,6 +66,11 @@ class Lab:
     def container(self, host: str) -> str:
         return self.prefix + host
 
+    @staticmethod
+    def settings() -> dict:
+        """The lab's group_vars as written (templates unrendered): ansible_user, tts_access_users, ..."""
+        return yaml.safe_load(LAB_GROUP_VARS.read_text())
+
     @property
     def secrets_file(self) -> Path:
         """The pair's Vault file (lab/secrets.sh): make lab's, or Molecule's for its mol- pair."""
@@ -83,7 +90,7 @@ class Lab:
         curl -n and requests read credentials: a netrc file for the VIP's address (0600, in .lab/), named
         by NETRC. Returns (name, password) for clients that do not read netrc (a browser). Other addresses
         (the nodes' own ports) get no login."""
-        users = yaml.safe_load((ROOT / "inventory" / "lab" / "group_vars" / "all.yml").read_text())["tts_access_users"]
+        users = self.settings()["tts_access_users"]
         name, password = users[0]["name"], self.secrets()["tts_access_password"]
         netrc = ROOT / ".lab" / f"{self.prefix}netrc"
         fd = os.open(netrc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

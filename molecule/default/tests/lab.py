@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import requests
-import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "lab"))
@@ -36,7 +35,7 @@ os.environ["REQUESTS_CA_BUNDLE"] = str(LAB_CA)
 LAB_USER, LAB_PASSWORD = LAB.log_in()
 RECEIVER = f"http://{LAB.ctl}:9095"
 # The account Ansible and the receiver log in as (the inventory's ansible_user; root through sudo).
-DEPLOY_USER = yaml.safe_load((ROOT / "inventory/lab/group_vars/all.yml").read_text())["ansible_user"]
+DEPLOY_USER = LAB.settings()["ansible_user"]
 PROMETHEUS = f"http://{LAB.ctl}:9090"
 ALERTMANAGER = f"http://{LAB.ctl}:9093"
 NODES = {node: LAB.node_url(node) for node in LAB.nodes}

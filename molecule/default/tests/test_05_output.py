@@ -4,15 +4,10 @@ print to .lab/molecule-ansible.log (ANSIBLE_LOG_PATH there; `make molecule` star
 of the Vault file, nothing derived from it and no private key the deploy handled may appear in it.
 Runs first in verify: later suites run playbooks of their own."""
 import hashlib
-import os
-import subprocess
-
-import yaml
 
 from lab import LAB, ROOT
 
 LOG = ROOT / ".lab" / "molecule-ansible.log"
-SECRETS = ROOT / ".lab" / "molecule-secrets.yml"
 
 
 def _secrets():
@@ -20,9 +15,7 @@ def _secrets():
     password, the nodes' dead-man tokens and the drills' password derived from the alert token
     (playbooks/group_vars/all.yml), the body lines of every private key under .lab (the lab's SSH key,
     the CA's, the certificates')."""
-    view = subprocess.run(["ansible-vault", "view", str(SECRETS)], capture_output=True, text=True, check=True,
-                          env={**os.environ, "ANSIBLE_VAULT_PASSWORD_FILE": str(ROOT / ".lab" / "vault-pass")})
-    found = {name: str(value) for name, value in yaml.safe_load(view.stdout).items()}
+    found = {name: str(value) for name, value in LAB.secrets().items()}
     for node in LAB.nodes:
         found[f"dead-man token of {node}"] = hashlib.sha256(
             f"{found['tts_alert_token']}:deadman:{node}".encode()).hexdigest()
