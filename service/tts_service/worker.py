@@ -207,10 +207,15 @@ class Worker:
         self._write_heartbeat()
 
     def _load_engine(self) -> None:
-        self.state = "loading engine"
+        self.state = "loading engine (and compiling it, where it is compiled: /ready waits for both)"
         try:
+            started = time.monotonic()
             self.rt.engine.load()
             self.engine_loaded = True
+            warmed = getattr(self.rt.engine, "warmed_up", {})
+            log.info("engine %s loaded in %.1f s%s", self.rt.engine.name, time.monotonic() - started,
+                     f"; compiled for cache sizes {warmed['buckets']} in {warmed['seconds']} s"
+                     if warmed.get("buckets") else "")
         except Exception as exc:  # a broken model must show up in /ready, not kill the node
             self.engine_error = f"{type(exc).__name__}: {exc}"
             log.exception("engine failed to load")

@@ -165,6 +165,30 @@ def test_the_compiled_stream_gives_the_eager_waveform(engine, model_dir):
     assert relative_gap(reference, whole(compiled.stream(part, seed=5))) <= TOLERANCE
 
 
+def test_a_compiled_engine_compiles_while_loading_not_during_a_job(engine, model_dir):
+    """load() compiles every cache size a part can meet (the node says ready only after it), so no job's
+    first chunk, the first after a failover included, waits for torch.compile: dynamo compiles nothing
+    during the jobs that follow (a short part and a long one, in different buckets), and the warm-up
+    leaves no trace in their audio. (On a GPU, bench/engine_gpu.py times the first chunk after a load.)"""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    # 150 audio tokens a line: one line fits the 1024-position caches, three need the 1200 ones
+    compiled = make_engine(model_dir, path="fast", context=1200, tokens=150)
+    assert compiled.warmed_up["buckets"] == [1024, 1200]
+    eager = make_engine(model_dir, context=1200, tokens=150)
+    short = eager.plan(SEGMENTS[:1])[0]
+    long_ = eager.plan(SEGMENTS)[1]      # two lines of 150 tokens after a ~770-token prompt
+    before = sum(counters["stats"].values()), dict(counters["frames"])
+    used = set()
+    for part, seed in ((short, 5), (long_, 6)):
+        heard = whole(compiled.stream(part, seed=seed))
+        used |= set(compiled.stream_gen._cache_pool)
+        assert relative_gap(whole(eager.stream(part, seed=seed)), heard) <= TOLERANCE
+    assert (sum(counters["stats"].values()), dict(counters["frames"])) == before, \
+        "torch.compile ran during a job: the warm-up missed a shape"
+    assert {size for key in used for size in key} >= {1024, 1200}, used   # both buckets met
+
+
 def test_the_fingerprint_names_what_a_resume_must_match(engine, model_dir):
     part = engine.plan(SEGMENTS)[0]
     base = engine.fingerprint(part, 1)

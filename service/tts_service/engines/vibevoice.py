@@ -24,6 +24,7 @@ import hashlib
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -90,6 +91,7 @@ class VibeVoiceEngine(Engine):
         self.stream_gen = None
         self.revision = ""
         self.platform: dict = {}
+        self.warmed_up: dict = {}   # what load() compiled before the engine counted as loaded
         self._clips: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -154,7 +156,10 @@ class VibeVoiceEngine(Engine):
         broken = self.stream_gen.self_check()
         if broken:
             raise EngineError(broken)
-        self.platform = _platform(torch, self.device, self.stream_gen)
+        self.platform = _platform(torch, self.device, self.stream_gen)   # part of every fingerprint
+        started = time.monotonic()
+        warmed = self.stream_gen.warm_up()
+        self.warmed_up = {"buckets": warmed, "seconds": round(time.monotonic() - started, 1)}
         for vid, path in self._voice_files().items():
             data, rate = sf.read(str(path), dtype="float32", always_2d=False)
             if data.ndim > 1:

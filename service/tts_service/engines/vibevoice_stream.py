@@ -28,6 +28,7 @@ order (tests/integration/test_vibevoice.py compares the two on the forced and on
   two from 1024 up to the model's context, 65,536 for VibeVoice-1.5B), reused while the bucket
   fits, so compiled steps see at most ~7 shapes; on CUDA the language-model steps and the diffusion
   head run under torch.compile(mode="reduce-overhead") (CUDA graphs); the boundary forwards run eager.
+  warm_up() compiles every bucket before the engine counts as loaded (no job pays for a compilation).
   cuDNN's attention backend is off (measured slower for this loop).
 """
 from __future__ import annotations
@@ -191,6 +192,45 @@ class DialogueStream:
             return (f"transformers {transformers.__version__} does not fill the key/value cache it is given "
                     f"({held} of 3 positions): the stream needs transformers >= 5.24")
         return None
+
+    # ---- warm-up ----
+
+    def bucket_sizes(self) -> list[int]:
+        """Every cache size bucket() can give a branch of this model: what the compiled steps meet."""
+        sizes, size = [], MIN_BUCKET
+        while size < self.context:
+            sizes.append(size)
+            size *= 2
+        return sizes + [self.context]
+
+    @torch.inference_mode()
+    def warm_up(self) -> list[int]:
+        """Compile (and on CUDA, capture) both language-model steps for every cache bucket, and the
+        diffusion head, before the node says it is ready: otherwise the first chunk of a size not met
+        yet, the first after a failover included, waits for torch.compile. Nothing to do when eager.
+        Leaves no state a run depends on (run() seeds, resets its caches and sets its masks) and puts
+        the CPU random state back. Returns the buckets warmed."""
+        if not self.compile:
+            return []
+        rng = torch.get_rng_state()
+        dev = self.device
+        x = self.embed(torch.full((1, 1), self.cfg.audio_bos_token_id, dtype=torch.long, device=dev))
+        position = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        hidden: dict[str, torch.Tensor] = {}
+        sizes = self.bucket_sizes()
+        for size in sizes:
+            caches = self._caches(size, size)
+            for name, step, cache in (("pos", self._pos_step, caches[0]), ("neg", self._neg_step, caches[1])):
+                mask = torch.zeros((1, size), dtype=torch.long, device=dev)
+                mask[:, 0] = 1
+                for _ in range(3):   # compile, record the CUDA graph, replay it
+                    torch.compiler.cudagraph_mark_step_begin()
+                    hidden[name] = step(x, position, mask, cache).clone()
+        self._steps = self.diffusion_steps
+        self._sample_latent(hidden["pos"], hidden["neg"])
+        self._cache_pool.clear()
+        torch.set_rng_state(rng)
+        return sizes
 
     # ---- state ----
 
