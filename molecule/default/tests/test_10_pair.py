@@ -26,14 +26,26 @@ def redis_cli(host, *args):
 
 def test_services_run_where_they_belong(host):
     services = {
-        "tts-a": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived"],
-        "tts-b": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived"],
-        "ctl": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "tts-operators-sink"],
+        "tts-a": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived", "chrony"],
+        "tts-b": ["redis-server", "tts-web", "tts-api", "tts-worker", "nginx", "keepalived", "chrony"],
+        "ctl": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "tts-operators-sink",
+                "chrony"],
         "nas": ["ssh"],
     }[name(host)]
     for service in services:
         assert host.service(service).is_running, f"{service} is not running on {name(host)}"
         assert host.service(service).is_enabled, f"{service} is not enabled on {name(host)}"
+
+
+def test_chrony_measures_the_clock_from_the_configured_sources(host):
+    """The time_sync role: chronyd runs with the inventory's sources; in the lab it may not set the
+    clock the containers share (-x, time_sync_set_clock: false), production's does."""
+    if name(host) == "nas":
+        pytest.skip("the NAS keeps its own time")
+    assert "pool 2.debian.pool.ntp.org iburst" in host.file("/etc/chrony/chrony.conf").content_string
+    tracking = host.run("chronyc -n tracking")
+    assert tracking.rc == 0 and "Leap status" in tracking.stdout, tracking.stdout + tracking.stderr
+    assert "-x" in host.run("ps -o args= -C chronyd").stdout
 
 
 def test_redis_primary_is_writable_and_the_standby_replicates(host):

@@ -199,10 +199,26 @@ tests:
       - eval_time: 15m
         alertname: TTSCertificateExpiring
         exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'tts_clock_synchronised{job="tts_app", node="tts-a", instance="a"}'
+        values: '1x40'
+      - series: 'tts_clock_synchronised{job="tts_app", node="tts-b", instance="b"}'
+        values: '1 1 1 1 1 0x35'
+    alert_rule_test:
+      - eval_time: 12m
+        alertname: TTSClockNotSynchronised
+        exp_alerts: []
+      - eval_time: 21m
+        alertname: TTSClockNotSynchronised
+        exp_alerts:
+          - exp_labels: {severity: warning, node: tts-b, job: tts_app, instance: b}
+            exp_annotations:
+              summary: "the kernel of tts-b says its clock is not synchronised: docs/operations.md, TTSClockNotSynchronised"
 """
 
 
-def test_the_storage_certificate_and_vip_alerts_fire_past_their_thresholds_and_only_then():
+def test_the_storage_certificate_vip_and_clock_alerts_fire_past_their_thresholds_and_only_then():
     on("ctl", f"cat > /tmp/storage-low-test.yml <<'EOF'\n{PROMTOOL_TEST}\nEOF")
     out = on("ctl", "cd /tmp && promtool test rules storage-low-test.yml")
     assert "SUCCESS" in out, out
