@@ -2,9 +2,16 @@
 every template a fresh pair gets, then the serving pair compared again), and Ansible writes what they
 print to .lab/molecule-ansible.log (ANSIBLE_LOG_PATH there; `make molecule` starts it empty). No value
 of the Vault file, nothing derived from it and no private key the deploy handled may appear in it.
-Runs first in verify: later suites run playbooks of their own."""
+Then `site.yml --check --diff` over the serving pair with every secret rotated: each file that holds
+one would change, and neither value shows. Runs first in verify: later suites run playbooks of their
+own."""
 import hashlib
+import os
+import secrets
+import subprocess
+from pathlib import Path
 
+import pytest
 from lab import LAB, ROOT
 
 LOG = ROOT / ".lab" / "molecule-ansible.log"
@@ -36,3 +43,38 @@ def test_the_deploy_printed_its_diffs_and_no_secret():
     assert {"tts_redis_password", "tts_alert_token"} <= set(secrets) and any(".key line" in n for n in secrets)
     leaked = sorted(name for name, value in secrets.items() if len(value) >= 16 and value in log)
     assert not leaked, f"the deploy's output ({LOG}) shows: {', '.join(leaked)}"
+
+
+# The tasks that write a secret: with every secret rotated, each of them would change something.
+SECRET_WRITERS = ("Write the receiver's secrets", "Give the dead-man's switch the Watchdog's token",
+                  "Write each node's dead-man token for Alertmanager's Watchdog",
+                  "Write the alert token for Alertmanager's webhook", "Write the users who may use the page",
+                  "Write the Redis configuration for this node's role", "Write the service environment")
+
+
+def test_a_check_diff_with_every_secret_rotated_shows_neither_value(tmp_path):
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.skip("runs site.yml with Molecule's inventory")
+    ephemeral = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY") or Path(inventory).parent)
+    old = {name: str(value) for name, value in LAB.secrets().items()}
+    new = {name: f"rotated-{secrets.token_urlsafe(18)}" for name in old}
+    rotated = tmp_path / "rotated.yml"
+    rotated.write_text("".join(f"{name}: {value}\n" for name, value in new.items()))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+           "TTS_LAB_KEY": str(ROOT / ".lab/ssh/id_ed25519"), "TTS_LAB_KNOWN_HOSTS": str(ROOT / ".lab/mol-known_hosts"),
+           "ANSIBLE_LOG_PATH": str(tmp_path / "ansible.log"), "ANSIBLE_FORCE_COLOR": "0"}
+    run = subprocess.run(["ansible-playbook", "-i", str(Path(inventory).parent), str(ROOT / "playbooks/site.yml"),
+                          "--check", "--diff", "-e", f"@{ROOT / '.lab/molecule-secrets.yml'}", "-e", f"@{rotated}"],
+                         capture_output=True, text=True, timeout=900, env=env)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    changed = set()
+    for block in out.split("\nTASK [")[1:]:          # "role : task name] ***...\nok: [...]\nchanged: [...]"
+        title = block.split("] *", 1)[0].split(" : ", 1)[-1]
+        if "\nchanged: " in block:
+            changed |= {task for task in SECRET_WRITERS if title.startswith(task)}
+    assert changed == set(SECRET_WRITERS), f"not reported as changing: {sorted(set(SECRET_WRITERS) - changed)}"
+    shown = sorted(f"{which} {name}" for which, values in (("old", old), ("new", new))
+                   for name, value in values.items() if value in out)
+    assert not shown, f"`site.yml --check --diff` printed: {', '.join(shown)}"
