@@ -3,8 +3,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch that this platform carries; an open range would pull a multi-GB CUDA build.
-TORCH ?= torch==2.13.0
+# The CPU wheel of torch that this platform carries, at service/constraints.txt's pin (GPU hosts get the
+# CUDA build of the same version); an open range would pull a multi-GB CUDA build.
+TORCH ?= $(shell grep -m1 '^torch==' service/constraints.txt)
 APT_PACKAGES := redis-server espeak-ng nginx-light chromium chromium-driver libnss3-tools podman runc debootstrap iptables openssh-client
 PYTEST_ARGS ?=
 WHEEL := dist/tts_service-0.1.0-py3-none-any.whl

@@ -22,15 +22,58 @@ def test_a_vibevoice_node_without_an_nvidia_driver_is_refused_before_any_change(
     assert code != 0 and "nvidia-smi did not run" in out and "Install the NVIDIA driver" in out, out[-3000:]
 
 
-def test_a_vibevoice_node_whose_driver_lists_a_gpu_passes(tmp_path, monkeypatch):
+def gpu_node(tmp_path, monkeypatch, driver="550.54.15", wheels=("torch-2.13.0+cu126-cp311-cp311-manylinux_2_28_x86_64.whl",),
+             pin="torch==2.13.0"):
+    """A node whose driver (a stand-in nvidia-smi) lists an H100, and a wheelhouse holding `wheels` (empty
+    files: only the names are read) and a constraints.txt pinning `pin`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB'\n")
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, {driver}, 81559 MiB'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    code, out = preflight(tmp_path, tts_engine="vibevoice")
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    (house / "constraints.txt").write_text(f"flask==3.1.3\n{pin}\nnumpy==2.4.6\n")
+    for wheel in wheels:
+        (house / wheel).write_bytes(b"")
+    return preflight(tmp_path, tts_engine="vibevoice", tts_wheelhouse=str(house))
+
+
+def test_a_vibevoice_node_whose_driver_runs_the_wheelhouses_torch_passes(tmp_path, monkeypatch):
+    code, out = gpu_node(tmp_path, monkeypatch)
     assert code == 0, out[-3000:]
     assert "NVIDIA H100" in out
+
+
+def test_a_driver_too_old_for_the_cuda_build_of_torch_is_refused(tmp_path, monkeypatch):
+    code, out = gpu_node(tmp_path, monkeypatch, driver="470.256.02")
+    assert code != 0 and "the NVIDIA driver 470.256.02 cannot run torch-2.13.0+cu126" in out, out[-3000:]
+    assert "CUDA 12 needs 525.60.13 or newer" in out
+
+
+def test_an_old_driver_runs_an_older_cuda_build(tmp_path, monkeypatch):
+    code, out = gpu_node(tmp_path, monkeypatch, driver="470.256.02",
+                         wheels=("torch-2.13.0%2Bcu118-cp311-cp311-manylinux_2_28_x86_64.whl",))
+    assert code == 0, out[-3000:]
+
+
+def test_a_wheelhouse_without_the_pinned_cuda_build_of_torch_is_refused(tmp_path, monkeypatch):
+    # only the CPU build, a CUDA build of another version, one for another Python: none is installable
+    code, out = gpu_node(tmp_path, monkeypatch, wheels=("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+                                                        "torch-2.12.1+cu126-cp311-cp311-manylinux_2_28_x86_64.whl",
+                                                        "torch-2.13.0+cu126-cp312-cp312-manylinux_2_28_x86_64.whl"))
+    assert code != 0 and "holds no CUDA build of torch 2.13.0 for cp311" in out, out[-3000:]
+
+
+def test_two_cuda_builds_of_the_pinned_torch_are_refused_as_ambiguous(tmp_path, monkeypatch):
+    code, out = gpu_node(tmp_path, monkeypatch, wheels=("torch-2.13.0+cu126-cp311-cp311-manylinux_2_28_x86_64.whl",
+                                                        "torch-2.13.0+cu118-cp311-cp311-manylinux_2_28_x86_64.whl"))
+    assert code != 0 and "(one expected)" in out, out[-3000:]
+
+
+def test_a_wheelhouse_whose_constraints_pin_no_torch_is_refused(tmp_path, monkeypatch):
+    code, out = gpu_node(tmp_path, monkeypatch, pin="")
+    assert code != 0 and "has no constraints.txt pinning torch" in out, out[-3000:]
 
 
 MODEL_PLAY = """
