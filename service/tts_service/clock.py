@@ -50,13 +50,40 @@ def judge(answer: int, status: int, maxerror_us: int) -> Clock:
     return Clock(True, error, f"synchronised (maximum error {error:g} s)")
 
 
+_LIBC = None
+
+
 def ask() -> tuple[int, _Timex]:
     """ntp_adjtime(2) with modes 0: (its answer, the kernel's struct timex)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     tx = _Timex()
-    return libc.ntp_adjtime(ctypes.byref(tx)), tx
+    return _LIBC.ntp_adjtime(ctypes.byref(tx)), tx
 
 
 def read() -> Clock:
+    """The kernel's answer, judged; OSError when it could not be asked (not the same as unsynchronised)."""
     answer, tx = ask()
+    if answer < 0:
+        raise OSError(ctypes.get_errno(), "ntp_adjtime failed")
     return judge(answer, tx.status, tx.maxerror)
+
+
+def metric_families(node: str | None = None):
+    """tts_clock_synchronised and tts_clock_max_error_seconds for /metrics (the pair's and ctl's
+    receiver's); nothing when the kernel could not be asked. `node`: the label, where the scrape's
+    own is not enough."""
+    from prometheus_client.core import GaugeMetricFamily
+    try:
+        now = read()
+    except OSError:
+        return
+    labels = ["node"] if node else []
+    for name, what, value in (("tts_clock_synchronised", "1 if the kernel says this host's clock is synchronised",
+                               1.0 if now.synchronised else 0.0),
+                              ("tts_clock_max_error_seconds", "The kernel's bound on this clock's error",
+                               now.max_error_s)):
+        g = GaugeMetricFamily(name, what, labels=labels)
+        g.add_metric([node] if node else [], value)
+        yield g

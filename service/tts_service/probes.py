@@ -288,18 +288,7 @@ class _Collector:
         g = GaugeMetricFamily("tts_worker_up", "1 if the worker heartbeat is fresh")
         g.add_metric([], 1.0 if hb else 0.0)
         yield g
-        try:   # TTSClockNotSynchronised
-            now = clock.read()
-            g = GaugeMetricFamily("tts_clock_synchronised", "1 if the kernel says this host's clock is synchronised",
-                                  labels=["node"])
-            g.add_metric([node], 1.0 if now.synchronised else 0.0)
-            yield g
-            g = GaugeMetricFamily("tts_clock_max_error_seconds", "The kernel's bound on this clock's error",
-                                  labels=["node"])
-            g.add_metric([node], now.max_error_s)
-            yield g
-        except OSError:
-            pass
+        yield from clock.metric_families(node)   # TTSClockNotSynchronised
         g = GaugeMetricFamily("tts_engine_pace", "Seconds of wall time per second of audio (0 = off)")
         g.add_metric([], rt.settings.engine_pace)
         yield g

@@ -25,6 +25,18 @@ def test_unsynchronised_when_the_kernel_says_so_either_way():
     assert not clock.judge(-1, 0, 0).synchronised
 
 
+def test_a_kernel_that_cannot_be_asked_is_not_called_unsynchronised(monkeypatch):
+    """read() raises (the gauge is left out, no alert claims "not synchronised") when ntp_adjtime fails."""
+    monkeypatch.setattr(clock, "ask", lambda: (-1, clock._Timex()))
+    try:
+        clock.read()
+    except OSError:
+        pass
+    else:
+        raise AssertionError("read() judged a failed ntp_adjtime")
+    assert list(clock.metric_families("tts-a")) == []
+
+
 def test_the_node_exports_what_the_kernel_says(api):
     metrics = api.get("/metrics").get_data(as_text=True)
     value = 1.0 if clock.read().synchronised else 0.0

@@ -251,6 +251,9 @@ def test_metrics_count_decisions_and_runs(receiver):
     text = c.get("/metrics").get_data(as_text=True)
     assert 'tts_receiver_decisions_total{action="none"} 1.0' in text
     assert "tts_receiver_notifications_total 1.0" in text
+    # ctl's own clock (the cluster lock's expiry is written there): TTSClockNotSynchronised covers it too
+    from tts_service import clock
+    assert f"tts_clock_synchronised {1.0 if clock.read().synchronised else 0.0}" in text
 
 
 def test_metrics_show_the_latest_drill_report_from_shared_storage(receiver, shared):

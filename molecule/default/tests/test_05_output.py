@@ -7,6 +7,7 @@ one would change, and neither value shows. Runs first in verify: later suites ru
 own."""
 import hashlib
 import os
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -17,16 +18,23 @@ from lab import LAB, ROOT
 LOG = ROOT / ".lab" / "molecule-ansible.log"
 
 
+def _with_derived(values):
+    """The Vault values and what playbooks/group_vars/all.yml derives from the webhook's token: each
+    node's dead-man token and the drills' password."""
+    found = dict(values)
+    for node in LAB.nodes:
+        found[f"dead-man token of {node}"] = hashlib.sha256(
+            f"{values['tts_alert_token']}:deadman:{node}".encode()).hexdigest()
+    found["the drills' password"] = hashlib.sha256(f"{values['tts_alert_token']}:drill".encode()).hexdigest()
+    return found
+
+
 def _secrets():
     """name -> value: the Vault file's values (decrypted with the lab's vault password) and that
     password, the nodes' dead-man tokens and the drills' password derived from the alert token
     (playbooks/group_vars/all.yml), the body lines of every private key under .lab (the lab's SSH key,
     the CA's, the certificates')."""
-    found = {name: str(value) for name, value in LAB.secrets().items()}
-    for node in LAB.nodes:
-        found[f"dead-man token of {node}"] = hashlib.sha256(
-            f"{found['tts_alert_token']}:deadman:{node}".encode()).hexdigest()
-    found["the drills' password"] = hashlib.sha256(f"{found['tts_alert_token']}:drill".encode()).hexdigest()
+    found = _with_derived({name: str(value) for name, value in LAB.secrets().items()})
     found["the vault password"] = (ROOT / ".lab" / "vault-pass").read_text().strip()
     for key in [*(ROOT / ".lab").rglob("*.key"), ROOT / ".lab" / "ssh" / "id_ed25519"]:
         for n, line in enumerate(key.read_text().splitlines()):
@@ -46,10 +54,13 @@ def test_the_deploy_printed_its_diffs_and_no_secret():
 
 
 # The tasks that write a secret: with every secret rotated, each of them would change something.
-SECRET_WRITERS = ("Write the receiver's secrets", "Give the dead-man's switch the Watchdog's token",
+# (A title ending in "(" stands for every task it begins: the Redis one names the node's role.)
+SECRET_WRITERS = ("Write the receiver's secrets (alert token; extra vars for its playbooks)",
+                  "Give the dead-man's switch the Watchdog's token",
                   "Write each node's dead-man token for Alertmanager's Watchdog",
-                  "Write the alert token for Alertmanager's webhook", "Write the users who may use the page",
-                  "Write the Redis configuration for this node's role", "Write the service environment")
+                  "Write the alert token for Alertmanager's webhook",
+                  "Write the users who may use the page and the API (and the drills' canary)",
+                  "Write the Redis configuration for this node's role (", "Write the service environment")
 
 
 def test_a_check_diff_with_every_secret_rotated_shows_neither_value(tmp_path):
@@ -70,11 +81,13 @@ def test_a_check_diff_with_every_secret_rotated_shows_neither_value(tmp_path):
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
     changed = set()
-    for block in out.split("\nTASK [")[1:]:          # "role : task name] ***...\nok: [...]\nchanged: [...]"
+    # "TASK [role : task name] ***...\nok: [...]\nchanged: [...]", handlers as "RUNNING HANDLER [...]"
+    for block in re.split(r"\n(?:TASK|RUNNING HANDLER) \[", out)[1:]:
         title = block.split("] *", 1)[0].split(" : ", 1)[-1]
         if "\nchanged: " in block:
-            changed |= {task for task in SECRET_WRITERS if title.startswith(task)}
+            changed |= {task for task in SECRET_WRITERS
+                        if title == task or (task.endswith("(") and title.startswith(task))}
     assert changed == set(SECRET_WRITERS), f"not reported as changing: {sorted(set(SECRET_WRITERS) - changed)}"
-    shown = sorted(f"{which} {name}" for which, values in (("old", old), ("new", new))
+    shown = sorted(f"{which} {name}" for which, values in (("old", _with_derived(old)), ("new", _with_derived(new)))
                    for name, value in values.items() if value in out)
     assert not shown, f"`site.yml --check --diff` printed: {', '.join(shown)}"

@@ -132,16 +132,26 @@ class DialogueStream:
         return out.last_hidden_state[:, -1, :]
 
     def _caches(self, pos_len: int, neg_len: int):
-        from transformers import StaticCache
         key = (bucket(pos_len, self.context), bucket(neg_len, self.context))
         if key not in self._cache_pool:
             self._cache_pool.clear()          # one bucket at a time: memory stays flat
-            self._cache_pool[key] = (StaticCache(config=self.text_config, max_cache_len=key[0]),
-                                     StaticCache(config=self.text_config, max_cache_len=key[1]))
+            self._cache_pool[key] = (self._static_cache(key[0]), self._static_cache(key[1]))
         pos_cache, neg_cache = self._cache_pool[key]
         pos_cache.reset()
         neg_cache.reset()
         return pos_cache, neg_cache, key
+
+    def _static_cache(self, size: int) -> Any:
+        """A StaticCache allocated now, outside any compiled code: only then does transformers mark its
+        tensors as static addresses (CUDA graphs skip a graph whose inputs it mutates otherwise). Its
+        first write may then come from a compiled step (the warm-up's, the negative branch's)."""
+        from transformers import StaticCache
+        tc = self.text_config
+        heads = getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        cache = StaticCache(config=tc, max_cache_len=size)
+        cache.early_initialization(1, heads, head_dim, self.dtype, self.device)
+        return cache
 
     def _sample_latent(self, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
         """The diffusion loop with CFG, as the reference's _sample_audio_latent (same randn call)."""

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..cluster import Cluster
-from .. import journal
+from .. import clock, journal
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
 from .decision import Limits
@@ -113,6 +113,7 @@ class _Collector:
         g = GaugeMetricFamily("tts_receiver_notifications_unprocessed", "Notifications stored, not yet decided on")
         g.add_metric([], self.store.count_unprocessed())
         yield g
+        yield from clock.metric_families()   # ctl's clock: the cluster lock's expiry is written here
         duration = self.store.last_failover_duration()
         if duration is not None:
             g = GaugeMetricFamily("tts_receiver_last_failover_seconds", "Duration of the last successful failover.yml")
