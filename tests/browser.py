@@ -2,11 +2,14 @@
 and the Molecule one through the VIP: start a browser (trusting the lab CA when asked), and the page's
 main flow (paste a 2-speaker script, submit, watch the bar reach the end, play the WAV, fetch the FLAC)."""
 import base64
+import io
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -80,3 +83,46 @@ def submit_and_listen(browser: webdriver.Chrome, base_url: str, turns: int = 3) 
         ".then(a => done(a.duration), e => done('error: ' + e));", flac)
     assert isinstance(flac_duration, float), flac_duration
     return duration, flac_duration
+
+
+# What the page's listener played (listen-worklet.js keeps it when the page was opened with ?record):
+# its samples back as 16-bit PCM (they came from 16-bit chunks, so this is exact), the pauses.
+HEARD = """
+const done = arguments[arguments.length - 1];
+if (!window.ttsListener) { done(null); return; }
+window.ttsListener.report().then((r) => {
+  if (!r) { done(null); return; }
+  const n = r.heard.reduce((a, b) => a + b.length, 0), pcm = new Int16Array(n);
+  let at = 0;
+  // Chromium decodes 16-bit PCM as x / 32767 above zero and x / 32768 below: this undoes it exactly.
+  for (const block of r.heard) { for (const x of block) pcm[at++] = Math.round(x > 0 ? x * 32767 : x * 32768); }
+  let text = ""; const bytes = new Uint8Array(pcm.buffer);
+  for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
+  done({ pcm: btoa(text), silences: r.silences, played: r.played, queued: r.queued, rate: window.ttsListener.rate });
+});
+"""
+FINAL = """
+const done = arguments[arguments.length - 1];
+fetch(arguments[0], { credentials: "same-origin" }).then((r) => r.arrayBuffer()).then((b) => {
+  let text = ""; const bytes = new Uint8Array(b);
+  for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
+  done(btoa(text));
+});
+"""
+
+
+def heard(browser):
+    """The listener's report (played, queued, pauses), or None before it has its first chunk."""
+    return browser.execute_async_script(HEARD)
+
+
+def heard_and_final(browser, job_id):
+    """(what the page played, the job's final file, its rate, the pauses in s): int16 arrays."""
+    got = heard(browser)
+    wav = base64.b64decode(browser.execute_async_script(FINAL, f"/api/jobs/{job_id}/audio"))
+    final, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    assert got["rate"] == rate, (got["rate"], rate)
+    played = np.frombuffer(base64.b64decode(got["pcm"]), dtype=np.int16)
+    return played, final, rate, [seconds for _, seconds in got["silences"]]
+
+

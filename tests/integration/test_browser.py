@@ -1,11 +1,15 @@
 """The web page in headless Chromium on one local node: paste a 2-speaker script, submit, watch the
-progress bar reach 100 %, find a playable audio element; a bad script shows its error."""
+progress bar reach 100 %, find a playable audio element; a bad script shows its error; listen while
+the job is generated, through an outage of the node, and hear exactly the final file."""
+import time
+
+import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import HAVE_CHROMIUM, chromium, submit_and_listen
-from tests.harness import Node, cluster_cli, node_env, wait_for
+from tests.browser import HAVE_CHROMIUM, chromium, heard, heard_and_final, submit_and_listen
+from tests.harness import Node, cluster_cli, dialogue, node_env, wait_for
 
 pytestmark = pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium-driver is not installed")
 
@@ -42,5 +46,63 @@ def test_a_bad_script_shows_the_error_on_the_page(browser, shared, tmp_path, red
         browser.find_element(By.ID, "submit").click()
         WebDriverWait(browser, 10).until(lambda d: "names Speaker 7" in d.find_element(By.ID, "message").text)
         assert "error" in browser.find_element(By.ID, "message").get_attribute("class")
+    finally:
+        node.stop()
+
+
+def differences(played, final):
+    if len(played) != len(final):
+        return ""
+    diff = np.abs(played.astype(np.int32) - final.astype(np.int32))
+    where = np.flatnonzero(diff)
+    return (f"; {len(where)} samples differ, by at most {diff.max()}; at {where[:8].tolist()}: heard "
+            f"{played[where[:8]].tolist()}, file {final[where[:8]].tolist()}")
+
+
+def test_listening_while_it_generates_goes_on_through_an_outage_and_hears_the_final_file(
+        browser, shared, tmp_path, redis_url):
+    """The page plays the committed chunks as one stream while the job runs. The node is killed
+    mid-job: the page says it is reconnecting, and when the node is back (as a failover's new primary
+    would be, at the same address) it carries on by itself, the job resumes from its last chunk, and the
+    listener goes on from the sample where it stopped. What it played equals the final file, sample for
+    sample; the longest pause is printed."""
+    browser.set_script_timeout(60)
+    assert cluster_cli(shared, "init", "tts-a").returncode == 0
+    env = node_env("tts-a", redis_url, shared, tmp_path / "run", TTS_ENGINE_PACE=0.5, TTS_LEASE_SECONDS=2)
+    node = Node("tts-a", env, tmp_path / "logs").start()
+    try:
+        wait_for(lambda: node.ready()[0] == 200, 20, what="ready")
+        browser.get(node.url + "/?record")
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "voice-2"))
+        script = browser.find_element(By.ID, "script")
+        script.clear()
+        script.send_keys(dialogue(10))
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li button.listen"))
+        job_id = browser.find_element(By.CSS_SELECTOR, "#jobs li").get_attribute("data-id")
+        browser.find_element(By.CSS_SELECTOR, "#jobs li button.listen").click()
+        WebDriverWait(browser, 30).until(lambda d: (heard(d) or {}).get("played", 0) > 0)
+
+        node.stop()                                     # the node is gone mid-job
+        banner = browser.find_element(By.ID, "connection")
+        WebDriverWait(browser, 15).until(lambda d: banner.is_displayed() and "Reconnecting" in banner.text)
+        typed = "Speaker 1: typed during the outage."
+        script.clear()
+        script.send_keys(typed)
+        time.sleep(2)
+        node.start()                                    # back at the same address
+        WebDriverWait(browser, 30).until(lambda d: not banner.is_displayed())
+        assert script.get_attribute("value") == typed   # nothing typed is lost: no reload
+
+        WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs li[data-id="{job_id}"] audio'))
+        WebDriverWait(browser, 120, poll_frequency=1).until(
+            lambda d: "finished" in d.find_element(By.ID, "listen-state").text)
+        played, final, rate, pauses = heard_and_final(browser, job_id)
+        longest = max(pauses, default=0.0)
+        print(f"\nheard {len(played) / rate:.2f} s of a {len(final) / rate:.2f} s file at {rate} Hz; "
+              f"{len(pauses)} pause(s), the longest {longest:.2f} s")
+        assert len(played) == len(final) and np.array_equal(played, final), \
+            f"heard {len(played)} samples, the file has {len(final)}; first difference at " \
+            f"{int(np.argmax(played[:len(final)] != final[:len(played)]))}" + differences(played, final)
     finally:
         node.stop()

@@ -4,13 +4,21 @@ lost (`podman kill`). Waits on real events only (receiver runs, job state, /read
 prints the measured RTO split into its stages. Runs against the lab too:
     TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_20_failover.py
 """
+import sys
 import time
 
+import numpy as np
 import pytest
 import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from lab import (APP_BACK, APP_KILLED, NODES, PREFIX, VIP, RoleWatcher, cluster_state, follow_rejoin,
-                 new_run, on, operator_playbook, podman, receiver, receiver_runs, redis_hget, start_job, wait)
+from lab import (APP_BACK, APP_KILLED, LAB_CA, LAB_PASSWORD, LAB_USER, NODES, PREFIX, VIP, RoleWatcher,
+                 cluster_state, follow_rejoin, new_run, on, operator_playbook, podman, receiver, receiver_runs,
+                 redis_hget, start_job, wait)
+
+sys.path.insert(0, str(LAB_CA.parents[1]))              # the project root: tests.browser
+from tests.browser import HAVE_CHROMIUM, chromium, heard, heard_and_final  # noqa: E402
 
 TURNS = 12
 
@@ -61,12 +69,40 @@ def report(case, stages):
         print(f"  {key:24s} {value:7.2f}" if key != "recomputed" else f"  {key:24s} {value:7d}")
 
 
-def test_app_killed_on_the_primary(watcher):
+def listen_in_the_page(session, job_id, profile):
+    """The page through the VIP (HTTPS, logged in, the job's own session), listening to the job."""
+    browser = chromium(profile, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD))
+    browser.set_script_timeout(60)
+    browser.get(f"{VIP}/health")
+    browser.add_cookie({"name": "tts_session", "value": session.cookies["tts_session"], "path": "/", "secure": True})
+    browser.get(f"{VIP}/?record")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'#jobs li[data-id="{job_id}"] button.listen'))
+    browser.find_element(By.CSS_SELECTOR, f'#jobs li[data-id="{job_id}"] button.listen').click()
+    WebDriverWait(browser, 30).until(lambda d: (heard(d) or {}).get("played", 0) > 0)
+    return browser
+
+
+def test_app_killed_on_the_primary(watcher, tmp_path):
     primary, standby, runs_before, session, job_id = job_in_flight()
+    browser = listen_in_the_page(session, job_id, tmp_path) if HAVE_CHROMIUM else None
     t_fault = time.time()
     on(primary, APP_KILLED)
-    stages = follow_failover(session, job_id, standby, t_fault, runs_before)
-    report(f"app killed on {primary}", stages)
+    try:
+        stages = follow_failover(session, job_id, standby, t_fault, runs_before)
+        report(f"app killed on {primary}", stages)
+        if browser is not None:
+            # The listener in the page carried on through the failover: what it played is the final file.
+            WebDriverWait(browser, 120, poll_frequency=1).until(
+                lambda d: "finished" in d.find_element(By.ID, "listen-state").text)
+            played, final, rate, pauses = heard_and_final(browser, job_id)
+            print(f"\nthe page heard {len(played) / rate:.2f} s of the {len(final) / rate:.2f} s file through "
+                  f"the failover; {len(pauses)} pause(s), the longest {max(pauses, default=0.0):.2f} s")
+            assert len(played) == len(final) and np.array_equal(played, final), (len(played), len(final))
+            assert not browser.find_element(By.ID, "connection").is_displayed()
+    finally:
+        if browser is not None:
+            browser.quit()
     state = cluster_state()
     assert state["primary"] == standby
     # failover.yml stopped the old primary's app for certain and recorded it in the state.

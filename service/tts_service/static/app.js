@@ -3,16 +3,34 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 let voices = [];
-let previewJob = null;
+
+// A failure that means the service is out of reach for now (no answer, or the front door's 502/503/504
+// while the pair fails over), as opposed to an answer that refuses the request.
+class Unreachable extends Error {}
 
 async function api(method, path, body, headers) {
   const opts = { method, credentials: "same-origin", headers: { ...(headers || {}) } };
   if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
-  const res = await fetch(path, opts);
+  let res;
+  try { res = await fetch(path, opts); } catch (e) { throw new Unreachable("the service does not answer"); }
   let data = {};
   try { data = await res.json(); } catch (e) { data = { error: `HTTP ${res.status}` }; }
+  if ([502, 503, 504].includes(res.status) && !data.error) throw new Unreachable(`HTTP ${res.status}`);
   if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  connection(true);
   return data;
+}
+
+// The banner that says the page cannot reach the service (a failover takes a few seconds); it goes
+// by itself when an answer comes. Nothing typed is lost: the page never reloads.
+let unreachableSince = null;
+function connection(ok) {
+  if (ok) { unreachableSince = null; $("connection").hidden = true; return; }
+  if (unreachableSince === null) unreachableSince = Date.now();
+  const s = Math.round((Date.now() - unreachableSince) / 1000);
+  $("connection").textContent = `Reconnecting to the service${s >= 2 ? ` (${s} s)` : ""}… ` +
+    "Your script and your jobs are safe; the page carries on by itself.";
+  $("connection").hidden = false;
 }
 
 function idempotencyKey() {
@@ -155,7 +173,7 @@ function jobItem(job) {
     if (job.segments_done > 0) {
       const listen = document.createElement("button");
       listen.className = "listen"; listen.textContent = "Listen so far";
-      listen.addEventListener("click", () => { previewJob = job.id; refreshPreview(true); });
+      listen.addEventListener("click", () => listenTo(job));
       li.appendChild(listen);
     }
   }
@@ -180,9 +198,11 @@ function jobItem(job) {
 }
 
 const rendered = new Map();  // id -> JSON of what is shown, so finished players are not rebuilt
+let jobsShown = [];
 async function refresh() {
   let data;
-  try { data = await api("GET", "/api/jobs"); } catch (e) { return; }
+  try { data = await api("GET", "/api/jobs"); } catch (e) { if (e instanceof Unreachable) connection(false); return; }
+  jobsShown = data.jobs;
   $("empty").hidden = data.jobs.length > 0;
   const list = $("jobs");
   const seen = new Set();
@@ -199,26 +219,117 @@ async function refresh() {
   for (const li of [...list.children]) { if (!seen.has(li.dataset.id)) li.remove(); }
 }
 
-async function refreshPreview(reset) {
-  // The chunks of the job being listened to: players are added, never rebuilt (playback goes on).
-  if (!previewJob) return;
-  const box = $("chunks");
-  if (reset) { box.textContent = ""; $("preview-title").textContent = `Listen so far: ${previewJob.slice(0, 8)}`; }
-  $("preview").hidden = false;
-  let data;
-  try { data = await api("GET", `/api/jobs/${previewJob}/chunks`); } catch (e) { return; }
-  for (const chunk of data.chunks) {
-    if (box.querySelector(`audio[data-index="${chunk.index}"]`)) continue;
-    const player = document.createElement("audio");
-    player.controls = true; player.preload = "none";
-    player.dataset.index = chunk.index;
-    player.src = chunk.url;
-    player.addEventListener("ended", () => {   // play on into the next chunk
-      const next = box.querySelector(`audio[data-index="${chunk.index + 1}"]`);
-      if (next) next.play();
-    });
-    box.appendChild(player);
+// ---- Listening while a job runs: its chunks as one continuous stream (listen-worklet.js) ----
+// Each committed chunk (a WAV on shared storage, served by whichever node is primary) is fetched in
+// order, decoded at its own sample rate and handed to the audio thread, which plays the chunks back to
+// back. Playback starts once PREBUFFER_S seconds wait; if generation falls behind (or the pair fails
+// over) it pauses, says so, and goes on from the same sample when the next chunks come.
+const PREBUFFER_S = 3;
+
+function wavRate(bytes) {
+  const view = new DataView(bytes);
+  return view.getUint32(24, true);   // the fmt chunk's sample rate (our WAVs: RIFF, fmt first)
+}
+
+class Listener {
+  constructor(job, record) {
+    this.job = job; this.record = record;
+    this.next = 0; this.ended = false; this.busy = false;
+    this.ctx = null; this.node = null; this.rate = 0; this.received = 0;
   }
+
+  async open(rate) {
+    this.rate = rate;
+    this.ctx = new AudioContext({ sampleRate: rate });
+    await this.ctx.audioWorklet.addModule(LISTEN_WORKLET);
+    this.node = new AudioWorkletNode(this.ctx, "chunk-stream", {
+      numberOfInputs: 0, outputChannelCount: [1], processorOptions: { prebuffer: PREBUFFER_S * rate } });
+    this.node.connect(this.ctx.destination);
+    if (this.record) this.node.port.postMessage({ record: true });
+    await this.ctx.resume();
+  }
+
+  report() {
+    if (!this.node) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const answer = (event) => {
+        if (!event.data.report) return;
+        this.node.port.removeEventListener("message", answer);
+        resolve(event.data);
+      };
+      this.node.port.addEventListener("message", answer);
+      this.node.port.start();
+      this.node.port.postMessage({ report: true });
+    });
+  }
+
+  async poll(job) {
+    if (this.busy || this.ended) return;
+    this.busy = true;
+    try {
+      const data = await api("GET", `/api/jobs/${this.job}/chunks`);
+      const have = new Set(data.chunks.map((c) => c.index));
+      while (have.has(this.next)) {
+        let res;
+        try { res = await fetch(`/api/jobs/${this.job}/chunks/${this.next}`, { credentials: "same-origin" }); }
+        catch (e) { throw new Unreachable("the service does not answer"); }
+        if (!res.ok) throw new Unreachable(`HTTP ${res.status}`);
+        const bytes = await res.arrayBuffer();
+        if (!this.ctx) await this.open(wavRate(bytes));
+        const samples = (await this.ctx.decodeAudioData(bytes)).getChannelData(0).slice();
+        this.node.port.postMessage({ samples }, [samples.buffer]);
+        this.received += samples.length;
+        this.next += 1;
+      }
+      // A finished job's chunks are all committed before its status says so: none left, the end.
+      if (job && ["done", "failed", "cancelled"].includes(job.status) && !have.has(this.next)) {
+        this.ended = true;
+        if (this.node) this.node.port.postMessage({ end: true });
+      }
+    } catch (e) {
+      if (e instanceof Unreachable) connection(false); else setMessage(e.message, true);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async show() {
+    const r = await this.report();
+    const clock = (samples) => {
+      const s = Math.floor(samples / (this.rate || 1));
+      return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+    };
+    let state = "waiting for the first chunk…";
+    if (r) {
+      state = r.waiting && !this.ended ? `buffering… (${clock(r.queued)} ready)` :
+        r.queued === 0 && this.ended ? "finished" : "playing";
+      state += ` · heard ${clock(r.played)} of ${clock(this.received)} generated so far`;
+    }
+    $("listen-state").textContent = state;
+  }
+
+  stop() {
+    this.ended = true;
+    if (this.ctx) this.ctx.close();
+  }
+}
+
+let listener = null;
+const LISTEN_WORKLET = document.currentScript.dataset.worklet;
+
+function listenTo(job) {
+  if (listener) listener.stop();
+  listener = new Listener(job.id, new URLSearchParams(location.search).has("record"));
+  window.ttsListener = listener;   // the browser tests read what it played
+  $("preview-title").textContent = `Listening: ${job.id.slice(0, 8)}`;
+  $("preview").hidden = false;
+  listener.poll(job);
+}
+
+async function refreshPreview() {
+  if (!listener) return;
+  await listener.poll(jobsShown.find((j) => j.id === listener.job));
+  await listener.show();
 }
 
 async function main() {
@@ -227,6 +338,8 @@ async function main() {
   $("submit").addEventListener("click", submit);
   $("clip-upload").addEventListener("click", uploadClip);
   await refresh();
-  setInterval(() => { refresh(); refreshPreview(false); }, 1000);
+  setInterval(async () => { await refresh(); refreshPreview(); }, 1000);
+  $("listen-stop").addEventListener("click", () => { if (listener) listener.stop(); listener = null;
+                                                      $("preview").hidden = true; });
 }
 main();
