@@ -28,7 +28,8 @@ from .journal import fields
 from .node import Fenced
 from .recovery import job_from_storage
 from .runtime import Runtime
-from .script import MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, segment_script, speakers_of
+from .script import (MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, parse_script, segment_script,
+                     speakers_of)
 from .storage import StorageFull, StorageUnavailable
 from .voices import MAX_CLIPS_PER_SESSION, VOICE_ID_RE, ClipError, decode_clip
 
@@ -189,6 +190,35 @@ def upload_voice():
     _start_session(token, sid)
     return jsonify({"id": info["id"], "name": info["name"], "engine": info["engine"],
                     "seconds": info["seconds"]}), 201
+
+
+@bp.post("/script/check")
+def check_script():
+    """What the page shows as you type: the script's speakers by name, its length against the limit,
+    the audio it makes (estimated), and the first problem a submit would refuse it for (or null).
+    Reads only: any node answers, nothing is stored, no session is made."""
+    settings = _rt().settings
+    if request.content_length is not None and request.content_length > settings.max_script_chars * 4 + 65536:
+        raise ApiError(413, f"the request is {request.content_length} bytes; scripts are limited to "
+                            f"{settings.max_script_chars} characters")
+    body = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(body, dict) or not isinstance(body.get("script"), str):
+        raise ApiError(400, "send {\"script\": \"...\"} as JSON")
+    script = body["script"]
+    answer = {"chars": len(script), "max_chars": settings.max_script_chars, "speakers": [], "estimate_s": 0.0,
+              "error": None}
+    if len(script) > settings.max_script_chars:
+        answer["error"] = f"the script is {len(script)} characters; the limit is {settings.max_script_chars}"
+        return jsonify(answer)
+    try:
+        turns, names = parse_script(script)
+    except ScriptError as exc:
+        answer["error"] = str(exc)
+        return jsonify(answer)
+    answer["speakers"] = [{"speaker": n, "name": name, "turns": sum(1 for s, _ in turns if s == n)}
+                          for n, name in names.items()]
+    answer["estimate_s"] = round(estimate_seconds(" ".join(text for _, text in turns)), 1)
+    return jsonify(answer)
 
 
 @bp.post("/jobs")

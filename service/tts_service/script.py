@@ -1,7 +1,11 @@
 """Parse a multi-speaker script into segments (one per speaker turn; long turns split at sentences).
 
-A script is lines of the form `Speaker N: text` with N in 1..4. A line without the prefix continues
-the previous turn. Blank lines are ignored. Anything else is a ScriptError naming the line.
+A script is lines of the form `Speaker N: text` with N in 1..4, or `Name: text` with the script's own
+names (a letter, then up to 31 letters, digits, spaces or .'- ; a colon followed by a space or the
+line's end, so "http://..." is text). Named speakers take the numbers no `Speaker N` line uses, in
+order of first appearance (names compared case-blind); at most 4 speakers in all. A line without a
+prefix continues the previous turn. Blank lines are ignored. Anything else is a ScriptError naming
+the line.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 MAX_SPEAKERS = 4
 _TURN_RE = re.compile(r"^\s*speaker\s*(\d+)\s*:\s*(.*)$", re.IGNORECASE)
+_NAMED_RE = re.compile(r"^\s*([^\W\d_][\w .'-]{0,31}?)\s*:(?:\s+(.*)|\s*)$")
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?…])\s+")
 
 
@@ -53,31 +58,60 @@ def clean_text(text: str) -> str:
 
 
 def parse_turns(script: str) -> list[tuple[int, str]]:
+    return parse_script(script)[0]
+
+
+def parse_script(script: str) -> tuple[list[tuple[int, str]], dict[int, str]]:
+    """The turns as (speaker number, text), and each speaker's name ("Speaker N" where numbered)."""
     if not isinstance(script, str) or not script.strip():
         raise ScriptError("the script is empty")
     script = clean_text(script)
-    turns: list[tuple[int, list[str]]] = []
-    for number, raw in enumerate(script.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
+    lines = [(number, raw.strip()) for number, raw in enumerate(script.splitlines(), start=1) if raw.strip()]
+    numbered = set()
+    for number, line in lines:
         match = _TURN_RE.match(line)
         if match:
             speaker = int(match.group(1))
             if not 1 <= speaker <= MAX_SPEAKERS:
                 raise ScriptError(f"line {number} names Speaker {speaker}; speakers are numbered 1 to {MAX_SPEAKERS}")
-            turns.append((speaker, [match.group(2).strip()] if match.group(2).strip() else []))
+            numbered.add(speaker)
+    free = [n for n in range(1, MAX_SPEAKERS + 1) if n not in numbered]
+    names: dict[int, str] = {n: f"Speaker {n}" for n in numbered}
+    by_name: dict[str, int] = {}
+    turns: list[tuple[int, list[str]]] = []
+    for number, line in lines:
+        match = _TURN_RE.match(line)
+        if match:
+            speaker, text = int(match.group(1)), match.group(2).strip()
+        elif (named := _NAMED_RE.match(line)) and not (turns and _looks_like_text(named.group(1))):
+            name, text = " ".join(named.group(1).split()), (named.group(2) or "").strip()
+            key = name.casefold()
+            if key not in by_name:
+                if not free:
+                    raise ScriptError(f"line {number} brings in a fifth speaker, {name}: a script has at most "
+                                      f"{MAX_SPEAKERS} ({', '.join(names[n] for n in sorted(names))})")
+                by_name[key] = free.pop(0)
+                names[by_name[key]] = name
+            speaker = by_name[key]
         elif turns:
             turns[-1][1].append(line)
+            continue
         else:
-            raise ScriptError(f"line {number} does not start with 'Speaker N:' (N from 1 to {MAX_SPEAKERS})")
+            raise ScriptError(f"line {number} does not start with a speaker ('Speaker 1:' or a name and a colon, "
+                              f"'Alice:')")
+        turns.append((speaker, [text] if text else []))
     result = [(speaker, " ".join(parts)) for speaker, parts in turns]
     empty = [i for i, (_, text) in enumerate(result) if not text]
     if empty:
-        raise ScriptError(f"turn {empty[0] + 1} (Speaker {result[empty[0]][0]}) has no text")
+        raise ScriptError(f"turn {empty[0] + 1} ({names[result[empty[0]][0]]}) has no text")
     if not result:
-        raise ScriptError("the script has no 'Speaker N:' lines")
-    return result
+        raise ScriptError("the script has no speaker lines ('Speaker 1:' or 'Alice:')")
+    return result, {n: names[n] for n in sorted({s for s, _ in result})}
+
+
+def _looks_like_text(prefix: str) -> bool:
+    """A prefix of more than three words is a sentence with a colon in it, not a speaker's name."""
+    return len(prefix.split()) > 3
 
 
 def split_long(text: str, max_chars: int) -> list[str]:

@@ -42,6 +42,28 @@ def test_voices_lists_espeak_voices(client):
     assert all(v["engine"] == "espeak" and v["id"] and v["name"] for v in voices)
 
 
+def test_the_script_check_names_the_speakers_and_the_first_problem_and_stores_nothing(client, shared):
+    ok = client.post("/api/script/check", json={"script": "Alice: Hello there, Bob.\nBob: Hi.\nAlice: Bye."})
+    assert ok.status_code == 200 and "Set-Cookie" not in ok.headers           # no session made
+    body = ok.get_json()
+    assert body["speakers"] == [{"speaker": 1, "name": "Alice", "turns": 2}, {"speaker": 2, "name": "Bob", "turns": 1}]
+    assert body["error"] is None and body["chars"] == len("Alice: Hello there, Bob.\nBob: Hi.\nAlice: Bye.") and body["estimate_s"] > 0
+    bad = client.post("/api/script/check", json={"script": "Speaker 7: who?"}).get_json()
+    assert bad["error"] == "line 1 names Speaker 7; speakers are numbered 1 to 4" and bad["speakers"] == []
+    long = client.post("/api/script/check", json={"script": "Speaker 1: " + "a" * bad["max_chars"]}).get_json()
+    assert long["error"].startswith(f"the script is {bad['max_chars'] + 11} characters; the limit is")
+    assert client.post("/api/script/check", data="Speaker 1: hi").status_code == 400
+    assert not (shared / "jobs").exists() or not any((shared / "jobs").iterdir())
+
+
+def test_a_script_with_names_is_submitted_with_a_voice_per_named_speaker(client):
+    voices = [v["id"] for v in client.get("/api/voices").get_json()["voices"]]
+    res = submit(client, "Alice: Hello.\nBob: Hi.", voices={"1": voices[0], "2": voices[1]})
+    assert res.status_code == 202, res.get_json()
+    job = client.get(f"/api/jobs/{res.get_json()['id']}").get_json()
+    assert job["segments_total"] == 2
+
+
 def test_submit_is_durable_before_202_and_visible_to_its_session(client, shared):
     res = submit(client, voices={"1": "espeak-us-m7"})
     assert res.status_code == 202
@@ -70,7 +92,7 @@ def test_another_session_cannot_see_the_job(client, shared, tmp_path, redis_url)
 
 @pytest.mark.parametrize("body, status, message", [
     ({"script": ""}, 400, "the script is empty"),
-    ({"script": "just words"}, 400, "does not start with 'Speaker N:'"),
+    ({"script": "just words"}, 400, "does not start with a speaker"),
     ({"script": "Speaker 1: a\nSpeaker 5: b"}, 400, "names Speaker 5"),
     ({"script": SCRIPT, "voices": {"1": "no-such-voice"}}, 400, "unknown voice 'no-such-voice'"),
     ({"script": SCRIPT, "voices": {"7": "espeak-us-m3"}}, 400, "speakers are numbered 1 to 4"),

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.browser import HAVE_CHROMIUM, chromium, heard, heard_and_final, submit_and_listen
 from tests.harness import Node, cluster_cli, dialogue, node_env, wait_for
@@ -46,6 +46,41 @@ def test_a_bad_script_shows_the_error_on_the_page(browser, shared, tmp_path, red
         browser.find_element(By.ID, "submit").click()
         WebDriverWait(browser, 10).until(lambda d: "names Speaker 7" in d.find_element(By.ID, "message").text)
         assert "error" in browser.find_element(By.ID, "message").get_attribute("class")
+    finally:
+        node.stop()
+
+
+def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, shared, tmp_path, redis_url):
+    """The script's own names get a voice picker each; the length, the audio it will make and the
+    first problem show while typing (no submit); an example fills the editor; a named script runs."""
+    assert cluster_cli(shared, "init", "tts-a").returncode == 0
+    node = Node("tts-a", node_env("tts-a", redis_url, shared, tmp_path / "run", TTS_ENGINE_PACE=0.1),
+                tmp_path / "logs").start()
+    try:
+        wait_for(lambda: node.ready()[0] == 200, 20, what="ready")
+        browser.get(node.url + "/")
+        script = browser.find_element(By.ID, "script")
+        script.clear()
+        script.send_keys("Alice: Hello Bob, how are you?\nBob: Fine, thanks.\nCarol: And me?")
+        labels = lambda d: [e.text.split("\n")[0] for e in d.find_elements(By.CSS_SELECTOR, "#voices label")]
+        WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Alice", "Voice for Bob", "Voice for Carol"])
+        info = browser.find_element(By.ID, "script-info").text
+        assert "characters" in info and "of audio" in info and "3 speakers" in info, info
+        script.send_keys("\nDave: Hi.\nErin: Too many.")
+        error = browser.find_element(By.ID, "script-error")
+        WebDriverWait(browser, 10).until(lambda d: "fifth speaker, Erin" in error.text)
+        assert script.get_attribute("aria-invalid") == "true"
+        Select(browser.find_element(By.ID, "examples")).select_by_visible_text("Three friends planning a trip")
+        WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Maya", "Voice for Tom", "Voice for Ines"])
+        assert error.text == "" and script.get_attribute("aria-invalid") == "false"
+        Select(browser.find_element(By.ID, "voice-3")).select_by_value("espeak-us-f4")
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li audio"))
+        job = browser.find_element(By.CSS_SELECTOR, "#jobs li").get_attribute("data-id")
+        finished = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/api/jobs/' + arguments[0]).then(r => r.json()).then(done);", job)
+        assert finished["status"] == "done" and finished["segments_total"] == 4, finished
     finally:
         node.stop()
 

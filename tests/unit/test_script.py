@@ -1,6 +1,6 @@
 import pytest
 
-from tts_service.script import ScriptError, segment_script, split_long
+from tts_service.script import ScriptError, parse_script, segment_script, split_long
 
 
 def test_one_segment_per_turn_with_continuation_lines():
@@ -16,7 +16,10 @@ def test_prefix_is_case_and_space_tolerant():
 @pytest.mark.parametrize("script, message", [
     ("", "empty"),
     ("   \n  ", "empty"),
-    ("Hello there", "line 1 does not start with 'Speaker N:'"),
+    ("Hello there", "line 1 does not start with a speaker ('Speaker 1:' or a name and a colon"),
+    ("A: a\nB: b\nC: c\nD: d\nE: e", "line 5 brings in a fifth speaker, E: a script has at most 4 (A, B, C, D)"),
+    ("Speaker 1: a\nSpeaker 2: b\nSpeaker 3: c\nAlice: d\nBob: e", "line 5 brings in a fifth speaker, Bob"),
+    ("Alice:\nBob: hi", "turn 1 (Alice) has no text"),
     ("Speaker 1: a\nSpeaker 5: b", "line 2 names Speaker 5"),
     ("Speaker 0: a", "names Speaker 0"),
     ("Speaker 1:\nSpeaker 2: b", "turn 1 (Speaker 1) has no text"),
@@ -24,6 +27,26 @@ def test_prefix_is_case_and_space_tolerant():
 def test_bad_scripts_name_the_problem(script, message):
     with pytest.raises(ScriptError, match=message.replace("(", r"\(").replace(")", r"\)")):
         segment_script(script)
+
+
+def test_the_scripts_own_names_are_speakers_numbered_in_order_of_appearance():
+    turns, names = parse_script("Alice: Hi there.\nBob: Hello.\nalice:  Again, with feeling.")
+    assert turns == [(1, "Hi there."), (2, "Hello."), (1, "Again, with feeling.")]
+    assert names == {1: "Alice", 2: "Bob"}                   # case-blind; the first spelling is kept
+
+
+def test_names_take_the_numbers_no_speaker_line_uses():
+    turns, names = parse_script("Speaker 2: Hi.\nDr. O'Neil-Smith: Hello.\nSpeaker 1: Yo.")
+    assert [s for s, _ in turns] == [2, 3, 1]
+    assert names == {1: "Speaker 1", 2: "Speaker 2", 3: "Dr. O'Neil-Smith"}
+
+
+def test_a_colon_inside_text_does_not_start_a_turn():
+    # a URL (no space after the colon), a long sentence before a colon, a number first: text
+    turns, _ = parse_script("Alice: Look.\nhttps://example.org: see there\n"
+                            "The thing I wanted to say is this: it works\n3 things: a, b, c")
+    assert turns == [(1, "Look. https://example.org: see there The thing I wanted to say is this: it works "
+                         "3 things: a, b, c")]
 
 
 def test_long_turn_is_split_at_sentence_boundaries():

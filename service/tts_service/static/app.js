@@ -40,13 +40,71 @@ function idempotencyKey() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function speakersInScript() {
-  const found = new Set();
-  for (const line of $("script").value.split("\n")) {
-    const m = /^\s*speaker\s*(\d+)\s*:/i.exec(line);
-    if (m) found.add(Number(m[1]));
+// ---- The script editor: what the service makes of the script, as you type (POST /api/script/check) ----
+let speakers = [{ speaker: 1, name: "Speaker 1" }, { speaker: 2, name: "Speaker 2" }];   // until checked
+let checkTimer = null, checkSeq = 0;
+
+function clockText(seconds) {
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s` : `${s} s`;
+}
+
+function scriptChanged() {
+  clearTimeout(checkTimer);
+  checkTimer = setTimeout(checkScript, 300);
+}
+
+async function checkScript() {
+  const seq = ++checkSeq;
+  let r;
+  try { r = await api("POST", "/api/script/check", { script: $("script").value }); }
+  catch (e) { if (e instanceof Unreachable) connection(false); return; }
+  if (seq !== checkSeq) return;                        // a newer check is on its way
+  $("script-info").textContent = `${r.chars.toLocaleString()} of ${r.max_chars.toLocaleString()} characters` +
+    (r.error ? "" : ` · about ${clockText(r.estimate_s)} of audio · ${r.speakers.length} ` +
+                    `speaker${r.speakers.length === 1 ? "" : "s"}`);
+  $("script-error").textContent = r.error || "";
+  $("script").setAttribute("aria-invalid", r.error ? "true" : "false");
+  const same = (a, b) => JSON.stringify(a.map((x) => [x.speaker, x.name])) === JSON.stringify(b.map((x) => [x.speaker, x.name]));
+  if (!r.error && !same(r.speakers, speakers)) {   // new pickers only when the speakers changed
+    const chosen = currentVoices();
+    speakers = r.speakers;
+    renderVoicePickers(chosen);
   }
-  return found;
+}
+
+function currentVoices() {
+  // speaker number -> chosen voice id, of the pickers shown now
+  const chosen = {};
+  for (const select of $("voices").querySelectorAll("select")) chosen[select.dataset.speaker] = select.value;
+  return chosen;
+}
+
+const EXAMPLES = {
+  "A short interview": "Host: Welcome back to the show. Today we talk about keeping services alive.\n" +
+    "Guest: Thanks for having me. It is mostly about rehearsing failure.\n" +
+    "Host: Rehearsing it how?\nGuest: On purpose, every week, with a stopwatch.",
+  "Three friends planning a trip": "Maya: So, the mountains or the sea this year?\n" +
+    "Tom: The sea. Last time it rained every single day in the mountains.\n" +
+    "Ines: It rained at the sea too, Tom. I was there.\nMaya: Then we go where the trains are cheapest.",
+  "Numbered speakers": "Speaker 1: Lines can also start with Speaker 1 to Speaker 4.\n" +
+    "Speaker 2: A line without a name continues the turn above,\nlike this one.",
+};
+
+function fillExamples() {
+  const select = $("examples");
+  for (const title of Object.keys(EXAMPLES)) {
+    const opt = document.createElement("option");
+    opt.value = title; opt.textContent = title;
+    select.appendChild(opt);
+  }
+  select.addEventListener("change", () => {
+    if (!select.value) return;
+    $("script").value = EXAMPLES[select.value];
+    select.value = "";
+    scriptChanged();
+    $("script").focus();
+  });
 }
 
 async function loadVoices() {
@@ -67,7 +125,7 @@ async function uploadClip() {
     const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     setMessage(`Voice "${data.name}" added (${data.seconds.toFixed(1)} s).`, false);
-    const chosen = [1, 2, 3, 4].map((s) => $(`voice-${s}`).value);
+    const chosen = currentVoices();
     await loadVoices();
     renderVoicePickers(chosen);
   } catch (e) {
@@ -78,22 +136,24 @@ async function uploadClip() {
 }
 
 function renderVoicePickers(chosen) {
+  // One picker per speaker the script has, labelled with the script's own name for them.
   const box = $("voices");
   box.textContent = "";
-  for (let s = 1; s <= 4; s++) {
+  speakers.forEach(({ speaker, name }, k) => {
     const label = document.createElement("label");
-    label.textContent = `Speaker ${s}`;
+    label.textContent = `Voice for ${name}`;
     const select = document.createElement("select");
-    select.id = `voice-${s}`;
+    select.id = `voice-${speaker}`;
+    select.dataset.speaker = String(speaker);
     voices.forEach((v, i) => {
       const opt = document.createElement("option");
       opt.value = v.id; opt.textContent = v.name;
-      if (chosen ? chosen[s - 1] === v.id : i === (s - 1) % voices.length) opt.selected = true;
+      if (chosen && chosen[speaker] ? chosen[speaker] === v.id : i === k % voices.length) opt.selected = true;
       select.appendChild(opt);
     });
     label.appendChild(select);
     box.appendChild(label);
-  }
+  });
 }
 
 function setMessage(text, isError) {
@@ -102,9 +162,7 @@ function setMessage(text, isError) {
 }
 
 async function submit() {
-  const used = speakersInScript();
-  const chosen = {};
-  for (const s of used) { if (s >= 1 && s <= 4) chosen[String(s)] = $(`voice-${s}`).value; }
+  const chosen = currentVoices();
   $("submit").disabled = true;
   try {
     // One Idempotency-Key per click: a retry (ours below, or nginx's on the other node) of the same
@@ -120,7 +178,7 @@ async function submit() {
     for (let attempt = 1; ; attempt++) {
       try { job = await api("POST", "/api/jobs", body, { "Idempotency-Key": key }); break; }
       catch (e) {
-        if (attempt >= 3 || !/unavailable|Failed to fetch|NetworkError|HTTP 50/.test(e.message)) throw e;
+        if (attempt >= 3 || !(e instanceof Unreachable || /unavailable|HTTP 50/.test(e.message))) throw e;
         await new Promise((r) => setTimeout(r, 2000));
       }
     }
@@ -335,6 +393,9 @@ async function refreshPreview() {
 async function main() {
   try { await loadVoices(); } catch (e) { setMessage(e.message, true); }
   renderVoicePickers();
+  fillExamples();
+  $("script").addEventListener("input", scriptChanged);
+  checkScript();
   $("submit").addEventListener("click", submit);
   $("clip-upload").addEventListener("click", uploadClip);
   await refresh();
