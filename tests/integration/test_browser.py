@@ -85,6 +85,55 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
         node.stop()
 
 
+UNNAMED = """
+// Every control a screen reader announces by its name: a <label>, aria-label or aria-labelledby (or, for a
+// button, its text). Returns the ids/tags of those without one.
+const named = (e) => (e.labels && e.labels.length > 0) || e.getAttribute("aria-label") ||
+  e.getAttribute("aria-labelledby") || (e.tagName === "BUTTON" && e.textContent.trim());
+return [...document.querySelectorAll("input, select, textarea, button, progress, audio")]
+  .filter((e) => !named(e)).map((e) => e.id || e.tagName);
+"""
+
+
+def test_the_page_works_from_the_keyboard_and_names_every_control(browser, shared, tmp_path, redis_url):
+    """Tab to the script, type it, tab on to Synthesise and press Enter: the job runs, with no mouse. Every
+    control (the ones the jobs add too) has a name a screen reader reads out; the live regions say so."""
+    from selenium.webdriver.common.keys import Keys
+    assert cluster_cli(shared, "init", "tts-a").returncode == 0
+    node = Node("tts-a", node_env("tts-a", redis_url, shared, tmp_path / "run", TTS_ENGINE_PACE=0.5),
+                tmp_path / "logs").start()
+    try:
+        wait_for(lambda: node.ready()[0] == 200, 20, what="ready")
+        browser.get(node.url + "/")
+        WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#voices select"))
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.TAB)                                   # the examples' picker, then the script
+        body = browser.switch_to.active_element
+        body.send_keys(Keys.TAB)
+        assert browser.switch_to.active_element.get_attribute("id") == "script"
+        editor = browser.switch_to.active_element
+        editor.send_keys(Keys.CONTROL, "a")
+        editor.send_keys(Keys.DELETE)
+        editor.send_keys("Ann: One line from the keyboard.\nBen: And a second one, a little longer.")
+        WebDriverWait(browser, 10).until(lambda d: "Voice for Ben" in d.find_element(By.ID, "voices").text)
+        for _ in range(12):                                        # on through the pickers to the button
+            browser.switch_to.active_element.send_keys(Keys.TAB)
+            if browser.switch_to.active_element.get_attribute("id") == "submit":
+                break
+        assert browser.switch_to.active_element.get_attribute("id") == "submit"
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li button.listen"))
+        assert browser.execute_script(UNNAMED) == []               # the running job's controls too
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li audio"))
+        assert browser.execute_script(UNNAMED) == []               # and the finished job's player
+        for region in ("message", "connection", "listen-state"):
+            element = browser.find_element(By.ID, region)
+            assert element.get_attribute("role") == "status" or element.get_attribute("aria-live"), region
+        assert browser.find_element(By.ID, "script-error").get_attribute("role") == "alert"
+    finally:
+        node.stop()
+
+
 def differences(played, final):
     if len(played) != len(final):
         return ""

@@ -209,6 +209,7 @@ function jobItem(job) {
   const bar = document.createElement("progress");
   bar.max = Math.max(job.segments_total, 1);
   bar.value = job.segments_done;
+  bar.setAttribute("aria-label", `Progress of job ${job.id.slice(0, 8)}: ${job.segments_done} of ${job.segments_total} chunks`);
   li.appendChild(bar);
   if (job.note) {
     const note = document.createElement("div");
@@ -223,6 +224,7 @@ function jobItem(job) {
   if (job.status === "queued" || job.status === "running") {
     const cancel = document.createElement("button");
     cancel.className = "cancel"; cancel.textContent = "Cancel";
+    cancel.setAttribute("aria-label", `Cancel job ${job.id.slice(0, 8)}`);
     cancel.addEventListener("click", async () => {
       try { await api("DELETE", `/api/jobs/${job.id}`); await refresh(); }
       catch (e) { setMessage(e.message, true); }
@@ -231,6 +233,7 @@ function jobItem(job) {
     if (job.segments_done > 0) {
       const listen = document.createElement("button");
       listen.className = "listen"; listen.textContent = "Listen so far";
+      listen.setAttribute("aria-label", `Listen so far to job ${job.id.slice(0, 8)}`);
       listen.addEventListener("click", () => listenTo(job));
       li.appendChild(listen);
     }
@@ -239,6 +242,7 @@ function jobItem(job) {
     const player = document.createElement("audio");
     player.controls = true; player.preload = "metadata";
     player.src = `/api/jobs/${job.id}/audio`;
+    player.setAttribute("aria-label", `Audio of job ${job.id.slice(0, 8)}`);
     const link = document.createElement("a");
     link.href = `/api/jobs/${job.id}/audio?download=1`;
     link.textContent = "Download WAV";
