@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 
+from . import heartbeat
 from .audio import DOWNLOADS
 from .engines import GENERATION_OPTIONS
 from .jobfiles import BadJobId, check_job_id, new_job_id
@@ -424,16 +425,54 @@ def _resolve_voices(raw: object, speakers: list[int], sid: str | None) -> dict[i
     return {s: chosen.get(s) or engine.default_voice(s) for s in speakers}
 
 
+NOT_QUEUED = {"queue_position": None, "estimated_start_s": None, "estimated_finish_s": None}
+
+
+def _queue_estimates(rt: Runtime) -> dict[str, dict]:
+    """Per unfinished job: its place in the queue (1 = next), and in how many seconds it starts and ends,
+    from the worker's measured pace (wall s per audio s over its recent chunks; null before it has one)
+    and the audio still to make ahead of it (the running job's rest, then the queue's estimates). One
+    worker runs one job at a time."""
+    hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, rt.settings.node))
+    pace = (hb or {}).get("pace")
+    order, jobs = rt.store.queue_view()
+    eta = (lambda s: round(s * pace, 1)) if pace else (lambda s: None)
+    out, ahead = {}, 0.0
+    for job_id, job in jobs.items():
+        if job["status"] == "running":
+            left = max(job["estimate_s"] - job["done_s"], 0.0)
+            ahead += left
+            out[job_id] = {**NOT_QUEUED, "estimated_finish_s": eta(left)}
+    position = 0
+    for job_id in order:
+        job = jobs.get(job_id)
+        if job is None or job["status"] != "queued":
+            continue
+        position += 1
+        out[job_id] = {"queue_position": position, "estimated_start_s": eta(ahead),
+                       "estimated_finish_s": eta(ahead + job["estimate_s"])}
+        ahead += job["estimate_s"]
+    return out
+
+
+def _with_queue(jobs: list[dict]) -> list[dict]:
+    try:
+        estimates = _queue_estimates(_rt()) if any(j.get("status") in ("queued", "running") for j in jobs) else {}
+    except redis.RedisError:
+        estimates = {}
+    return [{**public_job(j), **estimates.get(j.get("id"), NOT_QUEUED)} for j in jobs]
+
+
 @bp.get("/jobs")
 def list_jobs():
     sid = current_session()
     jobs = _rt().store.session_jobs(sid) if sid else []
-    return jsonify({"jobs": [public_job(j) for j in jobs]})
+    return jsonify({"jobs": _with_queue(jobs)})
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    return jsonify(public_job(_owned_job(job_id)))
+    return jsonify(_with_queue([_owned_job(job_id)])[0])
 
 
 @bp.get("/jobs/<job_id>/audio")

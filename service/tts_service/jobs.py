@@ -226,6 +226,20 @@ class JobStore:
     def active_ids(self) -> list[str]:
         return sorted(self.r.smembers(k("active")))
 
+    def queue_view(self) -> tuple[list[str], dict[str, dict]]:
+        """The queue from its head (the next job a worker pops) and every unfinished job's status, audio
+        estimate and audio done (seconds): what the queue's positions and estimates are made of."""
+        order = list(reversed(self.r.lrange(k("queue"), 0, -1)))
+        ids = self.active_ids()
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hmget(k("job", job_id), "status", "duration_estimate_s", "duration_s")
+        jobs = {}
+        for job_id, (status, estimate, done) in zip(ids, pipe.execute()):
+            jobs[job_id] = {"status": status or "queued", "estimate_s": float(estimate or 0),
+                            "done_s": float(done or 0)}
+        return order, jobs
+
     def queue_depth(self) -> int:
         return int(self.r.llen(k("queue")))
 

@@ -178,6 +178,7 @@ class Worker:
         self.progress: dict[str, int] = {}    # job id -> whole segments when last looked at
         self.failed_in_a_row: list[str] = []  # jobs whose attempts failed since the last success
         self.chunk_times: deque[float] = deque(maxlen=50)   # seconds of recent engine calls per chunk
+        self.paces: deque[tuple[float, float]] = deque(maxlen=50)   # (wall s, audio s) of recent chunks
         self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
         self.vip_error = ""   # why the VIP track file could not be written last time
@@ -258,6 +259,12 @@ class Worker:
         self.vip_error = ""
         return value
 
+    def pace(self) -> float | None:
+        """Wall seconds per second of audio over the recent chunks (None before the first): what the
+        queue's estimated start and finish times are made of (api.py)."""
+        audio = sum(seconds for _, seconds in self.paces)
+        return round(sum(wall for wall, _ in self.paces) / audio, 3) if audio > 0 else None
+
     def _write_heartbeat(self) -> None:
         with self._hb_lock:     # the heartbeat thread and a job's lease keeper (engine_hung) both write it
             self._write_heartbeat_locked()
@@ -269,7 +276,7 @@ class Worker:
                 "engine": self.rt.engine.name, "engine_loaded": self.engine_loaded,
                 "engine_error": self.engine_error, "state": self.state, "job": self.current_job,
                 "synthesis_seconds": self.histogram.to_dict(), "gpu_utilisation": heartbeat.gpu_utilisation(),
-                "stopping": self.stopping.is_set(),
+                "stopping": self.stopping.is_set(), "pace": self.pace(),
             })
         except OSError as exc:
             log.warning("cannot write heartbeat: %s", exc)
@@ -709,6 +716,7 @@ class Worker:
         seconds = len(chunk.samples) / rate
         run.sleep(self.settings.engine_pace * seconds - took)
         self.histogram.observe(took)
+        self.paces.append((max(took, self.settings.engine_pace * seconds), seconds))
         fingerprint = plan.fingerprints[p]
         there = scan.usable.get(n)
         same = bool(there and there.seg is not None

@@ -191,6 +191,20 @@ async function submit() {
   }
 }
 
+function queueText(job) {
+  // "2nd in the queue · starts in about 1 min 10 s · done in about 3 min": from the API's estimates
+  // (the worker's measured pace); nothing where there is no estimate yet.
+  const about = (s) => (s === null || s === undefined ? null : `about ${clockText(s)}`);
+  const parts = [];
+  if (job.queue_position) {
+    const n = job.queue_position;
+    parts.push(n === 1 ? "next in the queue" : `${n}${["th", "st", "nd", "rd"][(n % 100 > 10 && n % 100 < 14) || n % 10 > 3 ? 0 : n % 10]} in the queue`);
+    if (about(job.estimated_start_s)) parts.push(`starts in ${about(job.estimated_start_s)}`);
+  }
+  if (about(job.estimated_finish_s)) parts.push(`done in ${about(job.estimated_finish_s)}`);
+  return parts.join(" · ");
+}
+
 function jobItem(job) {
   const li = document.createElement("li");
   li.dataset.id = job.id;
@@ -206,6 +220,12 @@ function jobItem(job) {
   status.textContent = job.status;
   row.append(title, status);
   li.appendChild(row);
+  const when = queueText(job);
+  if (when) {
+    const line = document.createElement("div");
+    line.className = "queue"; line.textContent = when;
+    li.appendChild(line);
+  }
   const bar = document.createElement("progress");
   bar.max = Math.max(job.segments_total, 1);
   bar.value = job.segments_done;
