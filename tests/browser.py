@@ -58,6 +58,8 @@ def submit_and_listen(browser: webdriver.Chrome, base_url: str, turns: int = 3) 
     script = browser.find_element(By.ID, "script")
     script.clear()
     script.send_keys(SCRIPT)
+    # The pickers follow the script (one per speaker it names): wait for them to show its speakers.
+    WebDriverWait(browser, 10).until(lambda d: "Voice for Speaker 2" in d.find_element(By.ID, "voices").text)
     Select(browser.find_element(By.ID, "voice-2")).select_by_value("espeak-us-f4")
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li progress"))

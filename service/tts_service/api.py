@@ -21,8 +21,8 @@ import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 
 from . import heartbeat
-from .audio import DOWNLOADS
-from .engines import GENERATION_OPTIONS
+from .audio import DOWNLOADS, encode_wav
+from .engines import GENERATION_OPTIONS, EngineError
 from .jobfiles import BadJobId, check_job_id, new_job_id
 from .jobs import FINAL, public_job, session_id
 from .journal import fields
@@ -191,6 +191,58 @@ def upload_voice():
     _start_session(token, sid)
     return jsonify({"id": info["id"], "name": info["name"], "engine": info["engine"],
                     "seconds": info["seconds"]}), 201
+
+
+@bp.delete("/voices/<voice_id>")
+def delete_voice(voice_id: str):
+    """A clip the session uploaded, gone; refused while an unfinished job of the session speaks with it."""
+    rt = _rt()
+    sid = current_session()
+    if not sid or not VOICE_ID_RE.match(voice_id) or voice_id not in {v["id"] for v in rt.voices.list(sid)}:
+        raise ApiError(404, "no such voice among this session's uploads")
+    require_primary()
+    for job in rt.store.session_jobs(sid):
+        if job.get("status") in ("queued", "running") and voice_id in rt.files.request(job["id"]).get("voices", {}).values():
+            raise ApiError(400, f"job {job['id'][:8]} ({job.get('status')}) speaks with this voice: cancel it or "
+                                "wait until it ends")
+    rt.voices.delete(sid, voice_id)
+    return jsonify({"id": voice_id, "deleted": True})
+
+
+PREVIEW_TEXT = "Hello! This is how I sound. I can read your script, one turn at a time."
+
+
+@bp.get("/voices/<voice_id>/preview")
+def voice_preview(voice_id: str):
+    """A few seconds of a voice. The engine's voices: made once and kept on shared storage
+    (voices/previews/), espeak speaking PREVIEW_TEXT, VibeVoice's voices their reference clip (what the
+    model imitates); an upload of the session's own: the clip itself."""
+    rt = _rt()
+    if VOICE_ID_RE.match(voice_id):
+        sid = current_session()
+        try:
+            path = rt.voices.path(sid, voice_id) if sid else None
+        except FileNotFoundError:
+            path = None
+        if path is None:
+            raise ApiError(404, "no such voice among this session's uploads")
+        return _send(path, "audio/flac" if path.suffix == ".flac" else "audio/wav", f"{voice_id}{path.suffix}")
+    known = {v.id: v for v in rt.engine.voices()}
+    if voice_id not in known:
+        raise ApiError(404, f"no voice {voice_id!r}")
+    folder = rt.settings.shared_dir / "voices" / "previews"
+    path = folder / f"{rt.engine.name}-{voice_id}.wav"
+    if not rt.storage.exists(path):
+        try:
+            samples = rt.engine.preview(voice_id, PREVIEW_TEXT)
+        except EngineError as exc:
+            raise ApiError(503, f"no preview of {voice_id} now: {exc}", retry_after=30) from None
+        rt.storage.makedirs(folder)
+        try:
+            rt.storage.commit_new(path, encode_wav(samples, rt.engine.sample_rate))   # the first one made stays
+        except StorageFull:
+            raise ApiError(503, "shared storage is full; no preview now", retry_after=30) from None
+    return _send(path, "audio/wav", f"preview-{voice_id}.wav")
 
 
 @bp.post("/script/check")

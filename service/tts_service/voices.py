@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import secrets
 import time
@@ -124,6 +125,23 @@ class VoiceClips:
                     continue
         return sorted(found, key=lambda v: v.get("created_at", 0))
 
+    def path(self, sid: str, voice_id: str) -> Path:
+        """The stored clip (FLAC, or WAV for clips stored before); FileNotFoundError if there is none."""
+        if not VOICE_ID_RE.match(voice_id):
+            raise FileNotFoundError(voice_id)
+        folder = self._folder(sid)
+        for suffix in (".flac", ".wav"):
+            if self.storage.exists(folder / f"{voice_id}{suffix}"):
+                return folder / f"{voice_id}{suffix}"
+        raise FileNotFoundError(voice_id)
+
+    def delete(self, sid: str, voice_id: str) -> None:
+        """The clip's record first (unlisted at once), then its audio."""
+        folder = self._folder(sid)
+        audio = self.path(sid, voice_id)
+        self.storage.call(_remove, folder / f"{voice_id}.json")
+        self.storage.call(_remove, audio)
+
     def load(self, sid: str, voice_id: str) -> np.ndarray:
         """The clip's samples (24 kHz mono); FileNotFoundError if the session has no such clip."""
         if not VOICE_ID_RE.match(voice_id):
@@ -135,3 +153,10 @@ class VoiceClips:
             data = self.storage.read_bytes(folder / f"{voice_id}.wav")
         samples, _rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
         return samples
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -42,6 +42,22 @@ def test_voices_lists_espeak_voices(client):
     assert all(v["engine"] == "espeak" and v["id"] and v["name"] for v in voices)
 
 
+def test_a_voice_preview_is_spoken_once_and_kept_on_shared_storage(client, shared):
+    import io
+
+    import soundfile as sf
+    first = client.get("/api/voices/espeak-us-f4/preview")
+    assert first.status_code == 200 and first.mimetype == "audio/wav"
+    data, rate = sf.read(io.BytesIO(first.get_data()))
+    assert rate == 22050 and len(data) / rate > 2                        # espeak really spoke the sentence
+    kept = shared / "voices" / "previews" / "espeak-espeak-us-f4.wav"
+    made = kept.stat().st_mtime_ns
+    again = client.get("/api/voices/espeak-us-f4/preview")
+    assert again.get_data() == first.get_data() and kept.stat().st_mtime_ns == made   # not made again
+    assert client.get("/api/voices/espeak-xx-none/preview").status_code == 404
+    assert client.get("/api/voices/up-0123456789abcdef/preview").status_code == 404   # no such upload
+
+
 def test_the_script_check_names_the_speakers_and_the_first_problem_and_stores_nothing(client, shared):
     ok = client.post("/api/script/check", json={"script": "Alice: Hello there, Bob.\nBob: Hi.\nAlice: Bye."})
     assert ok.status_code == 200 and "Set-Cookie" not in ok.headers           # no session made

@@ -74,6 +74,9 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
         WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Maya", "Voice for Tom", "Voice for Ines"])
         assert error.text == "" and script.get_attribute("aria-invalid") == "false"
         Select(browser.find_element(By.ID, "voice-3")).select_by_value("espeak-us-f4")
+        browser.find_element(By.CSS_SELECTOR, "#voices label:nth-child(3) button.hear").click()   # Ines's voice
+        wait_for(lambda: (shared / "voices" / "previews" / "espeak-espeak-us-f4.wav").exists(), 10,
+                 what="the preview the page asked for")
         browser.find_element(By.ID, "submit").click()
         WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li audio"))
         job = browser.find_element(By.CSS_SELECTOR, "#jobs li").get_attribute("data-id")

@@ -326,14 +326,31 @@ def test_voice_uploads_are_checked_and_listed_with_the_session(model_dir, shared
         assert voice["id"] not in [v["id"] for v in stranger["voices"]]          # the session's own
         res = requests.post(f"{node.url}/api/jobs", json={"script": SCRIPT, "voices": {"1": voice["id"]}})
         assert res.status_code == 400 and "unknown voice" in res.json()["error"]
-        res = s.post(f"{node.url}/api/jobs", json={"script": "Speaker 1: Hello there.", "voices": {"1": voice["id"]}})
-        assert res.status_code == 202, res.text
-        job_id = res.json()["id"]
+        # The preview of an upload is the clip itself; of the engine's own voice, its reference clip.
+        heard, rate = sf.read(io.BytesIO(s.get(f"{node.url}/api/voices/{voice['id']}/preview").content))
+        assert rate == 24000 and abs(len(heard) / rate - 5) < 0.01
+        assert requests.get(f"{node.url}/api/voices/{voice['id']}/preview").status_code == 404   # another session
+        builtin, rate = sf.read(io.BytesIO(requests.get(f"{node.url}/api/voices/vv-speaker1/preview").content))
+        assert rate == 24000 and len(builtin) > 0
+        os.killpg(node.worker.pid, signal.SIGSTOP)              # the job stays queued meanwhile
+        try:
+            res = s.post(f"{node.url}/api/jobs", json={"script": "Speaker 1: Hello there.", "voices": {"1": voice["id"]}})
+            assert res.status_code == 202, res.text
+            job_id = res.json()["id"]
+            busy = s.delete(f"{node.url}/api/voices/{voice['id']}")   # while its job is unfinished: refused
+            assert busy.status_code == 400 and "speaks with this voice" in busy.json()["error"], busy.text
+        finally:
+            os.killpg(node.worker.pid, signal.SIGCONT)
         job = wait_for(lambda: (j := s.get(f"{node.url}/api/jobs/{job_id}").json())["status"] in ("done", "failed")
                        and j, 120, interval=0.2, what="job finished")
         assert job["status"] == "done", job
         data, rate = sf.read(io.BytesIO(s.get(f"{node.url}/api/jobs/{job_id}/audio").content))
         assert rate == 24000 and len(data) == TOKENS * SAMPLES_PER_TOKEN
+        # Deleted by its own session only; then unlisted and gone from storage.
+        assert requests.delete(f"{node.url}/api/voices/{voice['id']}").status_code == 404
+        assert s.delete(f"{node.url}/api/voices/{voice['id']}").status_code == 200
+        assert voice["id"] not in [v["id"] for v in s.get(f"{node.url}/api/voices").json()["voices"]]
+        assert not stored.exists() and not stored.with_suffix(".json").exists()
     finally:
         node.stop()
 

@@ -113,6 +113,11 @@ class Engine(ABC):
         """Speak `text` in `voice_id`; returns mono float32 samples in [-1, 1] at self.sample_rate."""
         raise NotImplementedError
 
+    def preview(self, voice_id: str, text: str) -> np.ndarray:
+        """A few seconds of the voice for the page's voice picker, made in the web process (it must be
+        cheap there: no model to load). Default: the engine speaking `text`."""
+        return self.synthesize(text, voice_id)
+
     # ---- the chunk/checkpoint interface the worker uses ----
 
     def plan(self, segments: list[dict], clips: dict[str, np.ndarray] | None = None) -> list[Part]:

@@ -362,6 +362,17 @@ class VibeVoiceEngine(Engine):
                   else None)
         return VibeVoiceResume(StreamResume(latents=latents, semantic=semantic, state=state, token_ids=tokens))
 
+    def preview(self, voice_id: str, text: str) -> np.ndarray:
+        """The voice's reference clip, what the model imitates (the web process loads no model)."""
+        import soundfile as sf
+
+        from ..audio import resample
+        path = self._voice_files().get(voice_id)
+        if path is None:
+            raise EngineError(f"{voice_id} has no reference clip to play")
+        data, rate = sf.read(str(path), dtype="float32", always_2d=False)
+        return resample(data.mean(axis=1) if data.ndim > 1 else data, rate, SAMPLE_RATE).astype(np.float32)
+
     def synthesize(self, text: str, voice_id: str, seed: int | None = 0) -> np.ndarray:
         """One line as a one-speaker dialogue (benchmarks, quick checks)."""
         part = Part(0, ({"index": 0, "speaker": 1, "text": text, "voice": voice_id},), ((1, voice_id),))

@@ -66,10 +66,20 @@ async function checkScript() {
   $("script-error").textContent = r.error || "";
   $("script").setAttribute("aria-invalid", r.error ? "true" : "false");
   const same = (a, b) => JSON.stringify(a.map((x) => [x.speaker, x.name])) === JSON.stringify(b.map((x) => [x.speaker, x.name]));
-  if (!r.error && !same(r.speakers, speakers)) {   // new pickers only when the speakers changed
-    const chosen = currentVoices();
-    speakers = r.speakers;
-    renderVoicePickers(chosen);
+  if (!r.error && !same(r.speakers, speakers)) {
+    const numbers = (list) => list.map((x) => x.speaker).join();
+    if (numbers(r.speakers) === numbers(speakers)) {   // the same speakers renamed: the pickers stay (and focus)
+      speakers = r.speakers;
+      for (const { speaker, name } of speakers) {
+        const select = $(`voice-${speaker}`);
+        select.parentElement.firstChild.textContent = `Voice for ${name}`;
+        select.parentElement.querySelector("button.hear").setAttribute("aria-label", `Hear the voice chosen for ${name}`);
+      }
+    } else {
+      const chosen = currentVoices();
+      speakers = r.speakers;
+      renderVoicePickers(chosen);
+    }
   }
 }
 
@@ -152,8 +162,70 @@ function renderVoicePickers(chosen) {
       select.appendChild(opt);
     });
     label.appendChild(select);
+    const hear = document.createElement("button");
+    hear.type = "button"; hear.className = "hear"; hear.textContent = "Hear";
+    hear.setAttribute("aria-label", `Hear the voice chosen for ${name}`);
+    hear.addEventListener("click", () => playPreview(select.value));
+    label.appendChild(hear);
     box.appendChild(label);
   });
+  renderMyVoices();
+}
+
+// A few seconds of a voice (GET /api/voices/<id>/preview: made once, kept on shared storage).
+const previewPlayer = new Audio();
+function playPreview(voiceId) {
+  previewPlayer.src = `/api/voices/${encodeURIComponent(voiceId)}/preview`;
+  previewPlayer.play().catch((e) => setMessage(`The preview did not play: ${e.message}`, true));
+}
+
+// The session's own uploads, each with a Delete button (refused while one of its jobs uses it).
+function renderMyVoices() {
+  const list = $("my-voices");
+  list.textContent = "";
+  for (const v of voices.filter((x) => x.uploaded)) {
+    const li = document.createElement("li");
+    li.textContent = `${v.name} (${(v.seconds || 0).toFixed(1)} s) `;
+    const del = document.createElement("button");
+    del.type = "button"; del.className = "delete"; del.textContent = "Delete";
+    del.setAttribute("aria-label", `Delete the voice ${v.name}`);
+    del.addEventListener("click", async () => {
+      try {
+        await api("DELETE", `/api/voices/${v.id}`);
+        setMessage(`Voice "${v.name}" deleted.`, false);
+        const chosen = currentVoices();
+        await loadVoices();
+        renderVoicePickers(chosen);
+      } catch (e) { setMessage(e.message, true); }
+    });
+    li.appendChild(del);
+    list.appendChild(li);
+  }
+}
+
+// What a recording is before it is uploaded: its length and level, read by the browser.
+async function describeClip() {
+  const file = $("clip").files[0];
+  $("clip-info").textContent = "";
+  if (!file) return;
+  try {
+    const ctx = new OfflineAudioContext(1, 1, 48000);
+    const audio = await ctx.decodeAudioData(await file.arrayBuffer());
+    const data = audio.getChannelData(0);
+    let peak = 0, sum = 0;
+    for (const x of data) { peak = Math.max(peak, Math.abs(x)); sum += x * x; }
+    const db = (v) => (v > 0 ? `${(20 * Math.log10(v)).toFixed(1)} dBFS` : "silent");
+    const rms = Math.sqrt(sum / Math.max(data.length, 1));
+    const problems = [];
+    if (audio.duration < 3) problems.push("shorter than 3 s");
+    if (audio.duration > 60) problems.push("longer than 60 s");
+    if (peak >= 0.999) problems.push("clipped");
+    if (rms > 0 && rms < 0.01) problems.push("very quiet");
+    $("clip-info").textContent = `${audio.duration.toFixed(1)} s · peak ${db(peak)} · level ${db(rms)} (RMS)` +
+      (problems.length ? ` · ${problems.join(", ")}` : "");
+  } catch (e) {
+    $("clip-info").textContent = "The browser cannot read this file as audio.";
+  }
 }
 
 function setMessage(text, isError) {
@@ -422,6 +494,7 @@ async function main() {
   checkScript();
   $("submit").addEventListener("click", submit);
   $("clip-upload").addEventListener("click", uploadClip);
+  $("clip").addEventListener("change", describeClip);
   await refresh();
   setInterval(async () => { await refresh(); refreshPreview(); }, 1000);
   $("listen-stop").addEventListener("click", () => { if (listener) listener.stop(); listener = null;
