@@ -28,6 +28,7 @@ from .jobs import FINAL, public_job, session_id
 from .journal import fields
 from .node import Fenced
 from .recovery import job_from_storage
+from .retention import delete_quietly, forget
 from .runtime import Runtime
 from .script import (MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, parse_script, segment_script,
                      speakers_of)
@@ -274,6 +275,21 @@ def check_script():
     return jsonify(answer)
 
 
+MAX_TITLE = 120
+
+
+def _title(given: object, segments) -> str:
+    """The job's title: the one given (1-120 printable characters), else its first words."""
+    if given is None or given == "":
+        words = segments[0].text.split() if segments else []
+        first = " ".join(words[:10])
+        return first if len(first) <= 60 else first[:59].rstrip() + "…"
+    if not isinstance(given, str) or len(given.strip()) == 0 or len(given) > MAX_TITLE or \
+            any(ord(ch) < 32 or ord(ch) == 127 for ch in given):
+        raise ApiError(400, f"'title' must be 1 to {MAX_TITLE} printable characters")
+    return given.strip()
+
+
 @bp.post("/jobs")
 def submit():
     rt = _rt()
@@ -300,6 +316,7 @@ def submit():
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 31):
         raise ApiError(400, "'seed' must be an integer from 0 to 2147483647")
     generation = _generation_options(body)
+    title = _title(body.get("title"), segments)
     key = _idempotency_key()
 
     epoch = require_primary()
@@ -333,6 +350,7 @@ def submit():
         "segments": segment_dicts, "seed": seed, "generation": generation, "duration_estimate_s": estimate_s,
         "segments_total": total, "segments_exact": not rt.engine.stateful,
         "script": script, "client": client,   # the queue caps count it again after Redis is rebuilt
+        "title": title,
     }
     require_primary()  # fresh read right before the durable write
     try:
@@ -347,7 +365,8 @@ def submit():
     _start_session(token, sid)
     # Durable now. Redis is a cache: if this fails, the worker's reconcile recreates the job.
     try:
-        rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s, client=client)
+        rt.store.add(job_id, sid, total, created_at, seed=seed, duration_estimate_s=estimate_s, client=client,
+                     title=title)
         rt.store.count_submitted()
     except redis.RedisError:
         current_app.logger.exception("job %s is on shared storage but not in Redis yet", job_id)
@@ -450,7 +469,7 @@ def _replay(job_id: str, sid: str, token: str | None) -> Response | None:
         rt.store.add(job_id, existing["session"], int(existing.get("segments_total") or len(existing["segments"])),
                      existing["created_at"], seed=int(existing.get("seed", 0) or 0),
                      duration_estimate_s=float(existing.get("duration_estimate_s", 0) or 0),
-                     client=str(existing.get("client", "")))
+                     client=str(existing.get("client", "")), title=str(existing.get("title", "")))
         job = rt.store.get(job_id)
     response = jsonify(public_job(job))
     response.status_code = 200
@@ -593,9 +612,33 @@ def get_chunk(job_id: str, index: int):
     return _send(rt.files.segment_path(job_id, seg), "audio/wav", f"tts-{job_id}-{index}.wav")
 
 
+def _purge(job_id: str, job: dict):
+    """A finished job out of the session's history: its folder renamed aside in one step (nobody sees it
+    from then on; Redis can never be rebuilt with it), its records gone from Redis, the files deleted
+    in the background (what is left, the retention run's trash emptying removes)."""
+    if job.get("status") not in FINAL:
+        raise ApiError(400, f"the job is {job.get('status')}: cancel it first, then delete it")
+    require_primary()
+    rt = _rt()
+    trash = forget(rt, job_id)
+    threading.Thread(target=delete_quietly, args=(rt, trash), name=f"purge-{job_id[:8]}", daemon=True).start()
+    log.info("job %s: deleted by its session", job_id, extra=fields(job=job_id, event="deleted"))
+    return jsonify({"id": job_id, "deleted": True})
+
+
+@bp.get("/jobs/<job_id>/request")
+def job_request(job_id: str):
+    """What was asked (title, script, voices, seed, generation settings): the page's "Run again"."""
+    _owned_job(job_id)
+    asked = _rt().files.request(job_id)
+    return jsonify({key: asked.get(key) for key in ("title", "script", "voices", "seed", "generation")})
+
+
 @bp.delete("/jobs/<job_id>")
 def cancel(job_id: str):
     job = _owned_job(job_id)
+    if request.args.get("purge") == "1":
+        return _purge(job_id, job)
     if job.get("status") in FINAL:
         raise ApiError(400, f"the job is already {job.get('status')}")
     require_primary()

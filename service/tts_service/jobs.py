@@ -129,6 +129,7 @@ def public_job(h: dict) -> dict:
         "duration_estimate_s": round(float(h.get("duration_estimate_s", 0) or 0), 1),
         "seed": int(h.get("seed", 0) or 0),
         "note": h.get("note") or None,
+        "title": h.get("title") or None,
     }
 
 
@@ -153,13 +154,13 @@ class JobStore:
         self.r.set(k("rebuilt"), str(time.time()))
 
     def add(self, job_id: str, sid: str, segments_total: int, created_at: float, enqueue: bool = True,
-            seed: int = 0, duration_estimate_s: float = 0.0, client: str = "") -> None:
+            seed: int = 0, duration_estimate_s: float = 0.0, client: str = "", title: str = "") -> None:
         pipe = self.r.pipeline()
         pipe.hset(k("job", job_id), mapping={
             "id": job_id, "session": sid, "status": "queued", "segments_done": 0,
             "segments_total": segments_total, "duration_s": 0, "error": "", "node": "",
             "created_at": created_at, "updated_at": time.time(), "seed": seed,
-            "duration_estimate_s": duration_estimate_s, "client": client,
+            "duration_estimate_s": duration_estimate_s, "client": client, "title": title,
         })
         pipe.zadd(k("sessjobs", sid), {job_id: created_at})
         pipe.sadd(k("active"), job_id)

@@ -60,7 +60,7 @@ def job_from_storage(files: JobFiles, job_id: str, sample_rate: int | None = Non
         "node": markers.get(status, {}).get("node", "") if status in markers else "",
         "created_at": request["created_at"], "seed": int(request.get("seed", 0) or 0),
         "duration_estimate_s": float(request.get("duration_estimate_s", 0) or 0),
-        "client": str(request.get("client", "")),
+        "client": str(request.get("client", "")), "title": str(request.get("title", "")),
     }
 
 
@@ -128,7 +128,7 @@ def _reconcile_one(store: JobStore, files: JobFiles, sessions: Sessions, job_id:
         sessions.ensure(truth["session"])
         store.add(job_id, truth["session"], truth["segments_total"], truth["created_at"],
                   enqueue=truth["status"] not in FINAL, seed=truth["seed"],
-                  duration_estimate_s=truth["duration_estimate_s"], client=truth["client"])
+                  duration_estimate_s=truth["duration_estimate_s"], client=truth["client"], title=truth["title"])
         store.update(job_id, segments_done=truth["segments_done"], duration_s=truth["duration_s"])
         if truth["status"] in FINAL:
             store.finish(job_id, truth["status"], error=truth["error"], duration_s=truth["duration_s"])

@@ -127,8 +127,12 @@ def _expire_voices(rt: Runtime, epoch: int, cutoff: float, active_sessions: set[
 
 
 def _remove(rt: Runtime, job_id: str) -> None:
+    _delete(rt, forget(rt, job_id))
+
+
+def forget(rt: Runtime, job_id: str) -> Path:
     """Storage first (renamed away in one step), then Redis (a cache: reconcile never recreates a job
-    whose folder is gone)."""
+    whose folder is gone). Returns the renamed folder, to delete."""
     trash = _move_aside(rt, rt.files.dir(job_id))
     session = rt.store.get(job_id) or {}
     pipe = rt.redis.pipeline()
@@ -139,7 +143,7 @@ def _remove(rt: Runtime, job_id: str) -> None:
     if session.get("session"):
         pipe.zrem(k("sessjobs", session["session"]), job_id)
     pipe.execute()
-    _delete(rt, trash)
+    return trash
 
 
 def _move_aside(rt: Runtime, folder: Path) -> Path:
@@ -147,6 +151,15 @@ def _move_aside(rt: Runtime, folder: Path) -> Path:
     trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{secrets.token_hex(4)}")
     rt.storage.call(os.rename, folder, trash)
     return trash
+
+
+def delete_quietly(rt: Runtime, folder: Path) -> None:
+    """_delete, for a background thread: a failure is logged (the retention run's trash emptying
+    finishes the job)."""
+    try:
+        _delete(rt, folder)
+    except (StorageUnavailable, OSError) as exc:
+        log.warning("%s not deleted yet: %s", folder.name, exc)
 
 
 def _delete(rt: Runtime, folder: Path) -> None:

@@ -7,6 +7,7 @@ from tts_service.app import create_app
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
 from tts_service.storage import Storage
+from tests.harness import wait_for
 
 
 def make_settings(shared, tmp_path, redis_url, node="tts-a", **kw):
@@ -29,8 +30,8 @@ def client(shared, tmp_path, redis_url, cluster):
 SCRIPT = "Speaker 1: Hello there.\nSpeaker 2: Hi! How are you?\nSpeaker 1: Fine."
 
 
-def submit(client, script=SCRIPT, voices=None, **kw):
-    body = {"script": script}
+def submit(client, script=SCRIPT, voices=None, json_extra=None, **kw):
+    body = {"script": script, **(json_extra or {})}
     if voices is not None:
         body["voices"] = voices
     return client.post("/api/jobs", json=body, **kw)
@@ -170,6 +171,41 @@ def test_cancel_is_durable_on_shared_storage(client, shared):
     assert client.get(f"/api/jobs/{job_id}").get_json()["status"] == "cancelled"
     again = client.delete(f"/api/jobs/{job_id}")
     assert again.status_code == 400 and "already cancelled" in again.get_json()["error"]
+
+
+def test_a_job_has_a_title_given_or_made_from_its_first_words(client):
+    named = submit(client, json_extra={"title": "Episode 12: keeping services alive"})
+    assert client.get(f"/api/jobs/{named.get_json()['id']}").get_json()["title"] == "Episode 12: keeping services alive"
+    plain = client.get(f"/api/jobs/{submit(client).get_json()['id']}").get_json()
+    assert plain["title"] == "Hello there."
+    for bad in ("", " ", "x" * 121, "two\nlines", 7):
+        res = client.post("/api/jobs", json={"script": SCRIPT, "title": bad})
+        assert (res.status_code == 400 and "'title' must be" in res.get_json()["error"]) or bad == "", (bad, res.get_json())
+
+
+def test_run_again_reads_what_was_asked_and_only_the_session_may(client, tmp_path, shared, redis_url):
+    voices = [v["id"] for v in client.get("/api/voices").get_json()["voices"]]
+    job_id = client.post("/api/jobs", json={"script": SCRIPT, "voices": {"1": voices[1]}, "seed": 42,
+                                            "title": "Take two"}).get_json()["id"]
+    asked = client.get(f"/api/jobs/{job_id}/request").get_json()
+    assert asked["script"] == SCRIPT and asked["seed"] == 42 and asked["title"] == "Take two"
+    assert asked["voices"]["1"] == voices[1]
+    stranger = create_app(make_settings(shared, tmp_path, redis_url)).test_client()
+    assert stranger.get(f"/api/jobs/{job_id}/request").status_code == 404
+
+
+def test_a_finished_job_is_deleted_from_the_history_and_from_storage(client, shared, redis_server):
+    job_id = submit(client).get_json()["id"]
+    early = client.delete(f"/api/jobs/{job_id}?purge=1")
+    assert early.status_code == 400 and "cancel it first" in early.get_json()["error"]
+    assert client.delete(f"/api/jobs/{job_id}").status_code == 202             # cancelled: final now
+    gone = client.delete(f"/api/jobs/{job_id}?purge=1")
+    assert gone.status_code == 200 and gone.get_json() == {"id": job_id, "deleted": True}
+    assert job_id not in [j["id"] for j in client.get("/api/jobs").get_json()["jobs"]]
+    assert client.get(f"/api/jobs/{job_id}").status_code == 404
+    assert not (shared / "jobs" / job_id).exists()                            # renamed aside at once
+    wait_for(lambda: not any(p.name.startswith(".trash") or job_id in p.name for p in (shared / "jobs").iterdir()),
+             10, what="the files deleted")
 
 
 def test_audio_of_an_unfinished_job_is_404_with_a_reason(client):

@@ -74,6 +74,7 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
         WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Maya", "Voice for Tom", "Voice for Ines"])
         assert error.text == "" and script.get_attribute("aria-invalid") == "false"
         Select(browser.find_element(By.ID, "voice-3")).select_by_value("espeak-us-f4")
+        browser.find_element(By.ID, "title").send_keys("Trip planning")
         browser.find_element(By.CSS_SELECTOR, "#voices label:nth-child(3) button.hear").click()   # Ines's voice
         wait_for(lambda: (shared / "voices" / "previews" / "espeak-espeak-us-f4.wav").exists(), 10,
                  what="the preview the page asked for")
@@ -84,6 +85,20 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
             "const done = arguments[arguments.length - 1];"
             "fetch('/api/jobs/' + arguments[0]).then(r => r.json()).then(done);", job)
         assert finished["status"] == "done" and finished["segments_total"] == 4, finished
+        assert browser.find_element(By.CSS_SELECTOR, "#jobs li .title").text == "Trip planning"
+        # Run again: the editor holds what was asked; Delete (confirmed): gone from the history.
+        script.clear()
+        script.send_keys("Someone: else entirely.")
+        browser.find_element(By.ID, "title").clear()
+        browser.find_element(By.CSS_SELECTOR, "#jobs li button.again").click()
+        WebDriverWait(browser, 10).until(lambda d: script.get_attribute("value").startswith("Maya: So, the mountains"))
+        WebDriverWait(browser, 10).until(lambda d: Select(d.find_element(By.ID, "voice-3")).first_selected_option
+                                         .get_attribute("value") == "espeak-us-f4")
+        assert browser.find_element(By.ID, "title").get_attribute("value") == "Trip planning"
+        browser.find_element(By.CSS_SELECTOR, "#jobs li button.delete").click()
+        browser.switch_to.alert.accept()
+        WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, f'#jobs li[data-id="{job}"]'))
+        assert not (shared / "jobs" / job).exists()
     finally:
         node.stop()
 

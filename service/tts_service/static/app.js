@@ -241,6 +241,7 @@ async function submit() {
     // click returns the same job instead of creating a second one.
     const key = idempotencyKey();
     const body = { script: $("script").value, voices: chosen };
+    if ($("title").value.trim()) body.title = $("title").value.trim();
     if ($("seed").value !== "") body.seed = Number($("seed").value);
     for (const name of ["cfg_scale", "diffusion_steps"]) {   // only on engines that have them
       const field = $(name);
@@ -285,8 +286,11 @@ function jobItem(job) {
   row.className = "row";
   const title = document.createElement("span");
   const estimate = job.duration_estimate_s ? ` of ~${job.duration_estimate_s.toFixed(0)} s` : "";
-  title.textContent = `${job.id.slice(0, 8)} · ${job.duration_s.toFixed(1)} s${estimate} of audio · ` +
-    `${job.segments_done}/${job.segments_total} chunks` + (job.node ? ` · ${job.node}` : "");
+  const name = document.createElement("b");
+  name.className = "title";
+  name.textContent = job.title || job.id.slice(0, 8);
+  title.append(name, ` · ${clockText(job.duration_s)}${estimate ? ` of ~${clockText(job.duration_estimate_s)}` : ""} of audio · ` +
+    `${job.segments_done}/${job.segments_total} chunks` + (job.node ? ` · ${job.node}` : ""));
   const status = document.createElement("span");
   status.className = `status ${job.status}`;
   status.textContent = job.status;
@@ -348,7 +352,43 @@ function jobItem(job) {
       li.append(" · ", other);
     }
   }
+  if (["done", "failed", "cancelled"].includes(job.status)) {
+    const again = document.createElement("button");
+    again.type = "button"; again.className = "again"; again.textContent = "Run again";
+    again.setAttribute("aria-label", `Run ${job.title || job.id.slice(0, 8)} again: fill the editor with it`);
+    again.addEventListener("click", () => runAgain(job));
+    const del = document.createElement("button");
+    del.type = "button"; del.className = "delete"; del.textContent = "Delete";
+    del.setAttribute("aria-label", `Delete ${job.title || job.id.slice(0, 8)} and its audio`);
+    del.addEventListener("click", async () => {
+      if (!window.confirm(`Delete "${job.title || job.id.slice(0, 8)}" and its audio? This cannot be undone.`)) return;
+      try { await api("DELETE", `/api/jobs/${job.id}?purge=1`); setMessage("Deleted.", false); await refresh(); }
+      catch (e) { setMessage(e.message, true); }
+    });
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.append(again, del);
+    li.appendChild(actions);
+  }
   return li;
+}
+
+// "Run again": what the job asked for, back in the editor (script, title, seed, voices) to change or
+// submit as it is.
+async function runAgain(job) {
+  try {
+    const asked = await api("GET", `/api/jobs/${job.id}/request`);
+    $("script").value = asked.script;
+    $("title").value = asked.title || "";
+    $("seed").value = asked.seed ?? "";
+    await checkScript();
+    for (const [speaker, voice] of Object.entries(asked.voices || {})) {
+      const select = $(`voice-${speaker}`);
+      if (select && [...select.options].some((o) => o.value === voice)) select.value = voice;
+    }
+    setMessage(`The editor holds "${asked.title || job.id.slice(0, 8)}" again: change it or press Synthesise.`, false);
+    $("script").focus();
+  } catch (e) { setMessage(e.message, true); }
 }
 
 const rendered = new Map();  // id -> JSON of what is shown, so finished players are not rebuilt
