@@ -24,7 +24,7 @@ export TTS_LAB_PROVIDED := $(CURDIR)/.lab/provided
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 
-.PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels
+.PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels screenshots
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
 MODE ?= switchover
 RUNS ?= 5
@@ -35,6 +35,7 @@ help:
 	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
 	@echo "make lab-down      remove the lab containers and network"
 	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
+	@echo "make screenshots   the page's screenshots in docs/img/ (docs/usage.md), from a local node in Chromium"
 	@echo "make serve         run the app at http://127.0.0.1:8000 with a local redis (state in .run/)"
 	@echo "make drill         one failover drill on the lab (MODE=switchover|kill|redis-down|host-lost), prints the report"
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
@@ -113,6 +114,10 @@ molecule: deps wheel .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image
 
 serve: deps
 	scripts/serve-local.sh
+
+# docs/img/*.png: the real page on one local node in headless Chromium (docs/usage.md shows them).
+screenshots: deps
+	$(PY) scripts/screenshots.py
 
 # A drill exactly as ctl's timer runs it (as the receiver's user, its key, its copy of the project);
 # host-lost drills ask this machine to kill the container (lab/host_requests.py serves that meanwhile).

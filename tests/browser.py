@@ -94,10 +94,11 @@ const done = arguments[arguments.length - 1];
 if (!window.ttsListener) { done(null); return; }
 window.ttsListener.report().then((r) => {
   if (!r) { done(null); return; }
-  const n = r.heard.reduce((a, b) => a + b.length, 0), pcm = new Int16Array(n);
+  const blocks = r.heard || [];   // (kept only when the page was opened with ?record)
+  const n = blocks.reduce((a, b) => a + b.length, 0), pcm = new Int16Array(n);
   let at = 0;
   // Chromium decodes 16-bit PCM as x / 32767 above zero and x / 32768 below: this undoes it exactly.
-  for (const block of r.heard) { for (const x of block) pcm[at++] = Math.round(x > 0 ? x * 32767 : x * 32768); }
+  for (const block of blocks) { for (const x of block) pcm[at++] = Math.round(x > 0 ? x * 32767 : x * 32768); }
   let text = ""; const bytes = new Uint8Array(pcm.buffer);
   for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
   done({ pcm: btoa(text), silences: r.silences, played: r.played, queued: r.queued, rate: window.ttsListener.rate });

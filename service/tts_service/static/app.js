@@ -471,8 +471,8 @@ class Listener {
         const bytes = await res.arrayBuffer();
         if (!this.ctx) await this.open(wavRate(bytes));
         const samples = (await this.ctx.decodeAudioData(bytes)).getChannelData(0).slice();
+        this.received += samples.length;                  // (before the transfer empties it)
         this.node.port.postMessage({ samples }, [samples.buffer]);
-        this.received += samples.length;
         this.next += 1;
       }
       // A finished job's chunks are all committed before its status says so: none left, the end.
@@ -515,7 +515,7 @@ function listenTo(job) {
   if (listener) listener.stop();
   listener = new Listener(job.id, new URLSearchParams(location.search).has("record"));
   window.ttsListener = listener;   // the browser tests read what it played
-  $("preview-title").textContent = `Listening: ${job.id.slice(0, 8)}`;
+  $("preview-title").textContent = `Listening: ${job.title || job.id.slice(0, 8)}`;
   $("preview").hidden = false;
   listener.poll(job);
 }
