@@ -14,6 +14,7 @@ import math
 import re
 import secrets
 import threading
+import unicodedata
 import time
 from urllib.parse import urlsplit
 
@@ -143,7 +144,8 @@ def voices():
     if rt.engine.takes_reference_clips:
         listed += [{"id": v["id"], "name": v["name"], "engine": v["engine"], "uploaded": True,
                     "seconds": v.get("seconds")} for v in rt.voices.list(current_session())]
-    return jsonify({"voices": listed, "uploads": rt.engine.takes_reference_clips})
+    return jsonify({"voices": listed, "uploads": rt.engine.takes_reference_clips,
+                    "sample_rate": rt.engine.sample_rate})
 
 
 MAX_CLIP_BYTES = 32 * 1024 * 1024
@@ -234,6 +236,7 @@ def voice_preview(voice_id: str):
     folder = rt.settings.shared_dir / "voices" / "previews"
     path = folder / f"{rt.engine.name}-{voice_id}.wav"
     if not rt.storage.exists(path):
+        require_primary()   # only the primary writes to shared storage
         try:
             samples = rt.engine.preview(voice_id, PREVIEW_TEXT)
         except EngineError as exc:
@@ -284,8 +287,9 @@ def _title(given: object, segments) -> str:
         words = segments[0].text.split() if segments else []
         first = " ".join(words[:10])
         return first if len(first) <= 60 else first[:59].rstrip() + "…"
+    # Printable: no control, format (bidi overrides), surrogate, private-use or unassigned character.
     if not isinstance(given, str) or len(given.strip()) == 0 or len(given) > MAX_TITLE or \
-            any(ord(ch) < 32 or ord(ch) == 127 for ch in given):
+            any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in given):
         raise ApiError(400, f"'title' must be 1 to {MAX_TITLE} printable characters")
     return given.strip()
 
@@ -513,11 +517,12 @@ def _queue_estimates(rt: Runtime) -> dict[str, dict]:
         if job["status"] == "running":
             left = max(job["estimate_s"] - job["done_s"], 0.0)
             ahead += left
-            out[job_id] = {**NOT_QUEUED, "estimated_finish_s": eta(left)}
+            # past its estimate (the text said less than it takes): no time to promise
+            out[job_id] = {**NOT_QUEUED, "estimated_finish_s": eta(left) if left > 0 else None}
     position = 0
     for job_id in order:
-        job = jobs.get(job_id)
-        if job is None or job["status"] != "queued":
+        job = jobs[job_id]
+        if job["status"] != "queued":
             continue
         position += 1
         out[job_id] = {"queue_position": position, "estimated_start_s": eta(ahead),
@@ -599,7 +604,9 @@ def list_chunks(job_id: str):
     """The chunks committed so far, playable while the job runs."""
     _owned_job(job_id)
     segs = _rt().files.segments(job_id)
-    return jsonify({"chunks": [{"index": i, "url": f"/api/jobs/{job_id}/chunks/{i}"} for i in sorted(segs)]})
+    # `name`: the file (its epoch in it): a chunk generated again after a failover has another name
+    return jsonify({"chunks": [{"index": i, "url": f"/api/jobs/{job_id}/chunks/{i}", "name": segs[i].name}
+                               for i in sorted(segs)]})
 
 
 @bp.get("/jobs/<job_id>/chunks/<int:index>")
@@ -620,7 +627,12 @@ def _purge(job_id: str, job: dict):
         raise ApiError(400, f"the job is {job.get('status')}: cancel it first, then delete it")
     require_primary()
     rt = _rt()
-    trash = forget(rt, job_id)
+    if rt.store.lease_holder(job_id):   # cancelled, but its worker has not stopped yet (next chunk boundary)
+        raise ApiError(409, "the job is still stopping; delete it in a few seconds", retry_after=5)
+    try:
+        trash = forget(rt, job_id)
+    except FileNotFoundError:           # deleted meanwhile (a second click, another tab)
+        raise ApiError(404, "the job is deleted already") from None
     threading.Thread(target=delete_quietly, args=(rt, trash), name=f"purge-{job_id[:8]}", daemon=True).start()
     log.info("job %s: deleted by its session", job_id, extra=fields(job=job_id, event="deleted"))
     return jsonify({"id": job_id, "deleted": True})

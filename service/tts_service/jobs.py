@@ -228,18 +228,23 @@ class JobStore:
         return sorted(self.r.smembers(k("active")))
 
     def queue_view(self) -> tuple[list[str], dict[str, dict]]:
-        """The queue from its head (the next job a worker pops) and every unfinished job's status, audio
-        estimate and audio done (seconds): what the queue's positions and estimates are made of."""
-        order = list(reversed(self.r.lrange(k("queue"), 0, -1)))
+        """Every unfinished job in the order a worker claims them (claimable(): interrupted jobs first,
+        then the oldest; the `queue` list only wakes workers), with its status, audio estimate and
+        audio done (seconds): what the queue's positions and estimates are made of. One round trip."""
         ids = self.active_ids()
         pipe = self.r.pipeline()
         for job_id in ids:
-            pipe.hmget(k("job", job_id), "status", "duration_estimate_s", "duration_s")
-        jobs = {}
-        for job_id, (status, estimate, done) in zip(ids, pipe.execute()):
+            pipe.hmget(k("job", job_id), "status", "duration_estimate_s", "duration_s", "created_at",
+                       "segments_done", "claimed_at")
+        jobs, order = {}, []
+        for job_id, (status, estimate, done, created, segments, claimed) in zip(ids, pipe.execute()):
+            if status in FINAL:
+                continue
             jobs[job_id] = {"status": status or "queued", "estimate_s": float(estimate or 0),
                             "done_s": float(done or 0)}
-        return order, jobs
+            interrupted = status == "running" or int(segments or 0) > 0 or bool(claimed)
+            order.append((0 if interrupted else 1, float(created or 0), job_id))
+        return [job_id for *_, job_id in sorted(order)], jobs
 
     def queue_depth(self) -> int:
         return int(self.r.llen(k("queue")))

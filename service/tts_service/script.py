@@ -1,11 +1,12 @@
 """Parse a multi-speaker script into segments (one per speaker turn; long turns split at sentences).
 
 A script is lines of the form `Speaker N: text` with N in 1..4, or `Name: text` with the script's own
-names (a letter, then up to 31 letters, digits, spaces or .'- ; a colon followed by a space or the
-line's end, so "http://..." is text). Named speakers take the numbers no `Speaker N` line uses, in
-order of first appearance (names compared case-blind); at most 4 speakers in all. A line without a
-prefix continues the previous turn. Blank lines are ignored. Anything else is a ScriptError naming
-the line.
+names (a letter, then up to 31 letters, marks, digits, spaces or .'- , at most three words; a colon,
+ASCII or full-width, followed by a space or the line's end, so "http://..." is text). Named speakers
+are numbered in order of first appearance (names compared case-blind); at most 4. A script that has
+any `Speaker N:` line is read the way such scripts always were: a `Word:` line there continues the
+turn above ("Note: bring snacks" is text, not a fifth speaker). A line without a prefix continues the
+previous turn. Blank lines are ignored. Anything else is a ScriptError naming the line.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 MAX_SPEAKERS = 4
 _TURN_RE = re.compile(r"^\s*speaker\s*(\d+)\s*:\s*(.*)$", re.IGNORECASE)
-_NAMED_RE = re.compile(r"^\s*([^\W\d_][\w .'-]{0,31}?)\s*:(?:\s+(.*)|\s*)$")
+# (After an ASCII colon a space or the end; a full-width colon, as CJK text writes it, needs none.)
+_NAMED_RE = re.compile(r"^\s*([^:：\s][^:：]{0,31}?)\s*(?::(?:\s+(.*)|\s*)|：\s*(.*))$")
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?…])\s+")
 
 
@@ -75,6 +77,7 @@ def parse_script(script: str) -> tuple[list[tuple[int, str]], dict[int, str]]:
             if not 1 <= speaker <= MAX_SPEAKERS:
                 raise ScriptError(f"line {number} names Speaker {speaker}; speakers are numbered 1 to {MAX_SPEAKERS}")
             numbered.add(speaker)
+    named_turns = not numbered       # a `Speaker N:` script reads `Word:` lines as text, as it always did
     free = [n for n in range(1, MAX_SPEAKERS + 1) if n not in numbered]
     names: dict[int, str] = {n: f"Speaker {n}" for n in numbered}
     by_name: dict[str, int] = {}
@@ -83,8 +86,8 @@ def parse_script(script: str) -> tuple[list[tuple[int, str]], dict[int, str]]:
         match = _TURN_RE.match(line)
         if match:
             speaker, text = int(match.group(1)), match.group(2).strip()
-        elif (named := _NAMED_RE.match(line)) and not (turns and _looks_like_text(named.group(1))):
-            name, text = " ".join(named.group(1).split()), (named.group(2) or "").strip()
+        elif named_turns and (named := _NAMED_RE.match(line)) and _is_name(named.group(1)):
+            name, text = " ".join(named.group(1).split()), (named.group(2) or named.group(3) or "").strip()
             key = name.casefold()
             if key not in by_name:
                 if not free:
@@ -109,9 +112,13 @@ def parse_script(script: str) -> tuple[list[tuple[int, str]], dict[int, str]]:
     return result, {n: names[n] for n in sorted({s for s, _ in result})}
 
 
-def _looks_like_text(prefix: str) -> bool:
-    """A prefix of more than three words is a sentence with a colon in it, not a speaker's name."""
-    return len(prefix.split()) > 3
+def _is_name(prefix: str) -> bool:
+    """A speaker's name: a letter first, then letters, marks (Devanagari's vowel signs), digits, spaces
+    or .'- ; at most three words (more is a sentence with a colon in it)."""
+    prefix = prefix.strip()
+    if not prefix or not unicodedata.category(prefix[0]).startswith("L") or len(prefix.split()) > 3:
+        return False
+    return all(unicodedata.category(ch)[0] in "LMN" or ch in " .'-" for ch in prefix)
 
 
 def split_long(text: str, max_chars: int) -> list[str]:

@@ -6,6 +6,7 @@ import pytest
 from tts_service.app import create_app
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
+from tts_service.jobs import JobStore
 from tts_service.storage import Storage
 from tests.harness import wait_for
 
@@ -178,7 +179,7 @@ def test_a_job_has_a_title_given_or_made_from_its_first_words(client):
     assert client.get(f"/api/jobs/{named.get_json()['id']}").get_json()["title"] == "Episode 12: keeping services alive"
     plain = client.get(f"/api/jobs/{submit(client).get_json()['id']}").get_json()
     assert plain["title"] == "Hello there."
-    for bad in ("", " ", "x" * 121, "two\nlines", 7):
+    for bad in ("", " ", "x" * 121, "two\nlines", 7, "half \ud800 a pair", "evil \u202e reversed"):
         res = client.post("/api/jobs", json={"script": SCRIPT, "title": bad})
         assert (res.status_code == 400 and "'title' must be" in res.get_json()["error"]) or bad == "", (bad, res.get_json())
 
@@ -199,11 +200,18 @@ def test_a_finished_job_is_deleted_from_the_history_and_from_storage(client, sha
     early = client.delete(f"/api/jobs/{job_id}?purge=1")
     assert early.status_code == 400 and "cancel it first" in early.get_json()["error"]
     assert client.delete(f"/api/jobs/{job_id}").status_code == 202             # cancelled: final now
+    # ... but a worker still holds its lease (it stops at its next chunk boundary): not yet
+    store = JobStore(redis_server.client)
+    token = store.acquire_lease(job_id, "tts-a", 1, 30)
+    held = client.delete(f"/api/jobs/{job_id}?purge=1")
+    assert held.status_code == 409 and "still stopping" in held.get_json()["error"]
+    assert store.release_lease(job_id, token)
     gone = client.delete(f"/api/jobs/{job_id}?purge=1")
     assert gone.status_code == 200 and gone.get_json() == {"id": job_id, "deleted": True}
     assert job_id not in [j["id"] for j in client.get("/api/jobs").get_json()["jobs"]]
     assert client.get(f"/api/jobs/{job_id}").status_code == 404
     assert not (shared / "jobs" / job_id).exists()                            # renamed aside at once
+    assert client.delete(f"/api/jobs/{job_id}?purge=1").status_code == 404    # a second click
     wait_for(lambda: not any(p.name.startswith(".trash") or job_id in p.name for p in (shared / "jobs").iterdir()),
              10, what="the files deleted")
 

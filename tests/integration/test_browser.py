@@ -71,11 +71,14 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
         WebDriverWait(browser, 10).until(lambda d: "fifth speaker, Erin" in error.text)
         assert script.get_attribute("aria-invalid") == "true"
         Select(browser.find_element(By.ID, "examples")).select_by_visible_text("Three friends planning a trip")
+        assert "Erin" in script.get_attribute("value")              # choosing alone replaces nothing
+        browser.find_element(By.ID, "example-load").click()
+        browser.switch_to.alert.accept()                             # "replace what you typed?"
         WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Maya", "Voice for Tom", "Voice for Ines"])
         assert error.text == "" and script.get_attribute("aria-invalid") == "false"
         Select(browser.find_element(By.ID, "voice-3")).select_by_value("espeak-us-f4")
         browser.find_element(By.ID, "title").send_keys("Trip planning")
-        browser.find_element(By.CSS_SELECTOR, "#voices label:nth-child(3) button.hear").click()   # Ines's voice
+        browser.find_element(By.CSS_SELECTOR, "#voices .voice:nth-child(3) button.hear").click()   # Ines's voice
         wait_for(lambda: (shared / "voices" / "previews" / "espeak-espeak-us-f4.wav").exists(), 10,
                  what="the preview the page asked for")
         browser.find_element(By.ID, "submit").click()
@@ -124,10 +127,11 @@ def test_the_page_works_from_the_keyboard_and_names_every_control(browser, share
         wait_for(lambda: node.ready()[0] == 200, 20, what="ready")
         browser.get(node.url + "/")
         WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#voices select"))
-        body = browser.find_element(By.TAG_NAME, "body")
-        body.send_keys(Keys.TAB)                                   # the examples' picker, then the script
-        body = browser.switch_to.active_element
-        body.send_keys(Keys.TAB)
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)   # the examples, Load, then the script
+        for _ in range(3):
+            if browser.switch_to.active_element.get_attribute("id") == "script":
+                break
+            browser.switch_to.active_element.send_keys(Keys.TAB)
         assert browser.switch_to.active_element.get_attribute("id") == "script"
         editor = browser.switch_to.active_element
         editor.send_keys(Keys.CONTROL, "a")
@@ -144,10 +148,12 @@ def test_the_page_works_from_the_keyboard_and_names_every_control(browser, share
         assert browser.execute_script(UNNAMED) == []               # the running job's controls too
         WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs li audio"))
         assert browser.execute_script(UNNAMED) == []               # and the finished job's player
-        for region in ("message", "connection", "listen-state"):
+        for region in ("message", "connection-text", "listen-state", "script-error", "script-info"):
             element = browser.find_element(By.ID, region)
             assert element.get_attribute("role") == "status" or element.get_attribute("aria-live"), region
-        assert browser.find_element(By.ID, "script-error").get_attribute("role") == "alert"
+        for counter in ("connection-time", "listen-progress"):     # ticking counts: not read out each second
+            element = browser.find_element(By.ID, counter)
+            assert not element.get_attribute("role") and not element.get_attribute("aria-live"), counter
     finally:
         node.stop()
 

@@ -15,7 +15,9 @@ async function api(method, path, body, headers) {
   try { res = await fetch(path, opts); } catch (e) { throw new Unreachable("the service does not answer"); }
   let data = {};
   try { data = await res.json(); } catch (e) { data = { error: `HTTP ${res.status}` }; }
-  if ([502, 503, 504].includes(res.status) && !data.error) throw new Unreachable(`HTTP ${res.status}`);
+  // 502/504: the front door found no node; 503: a node that cannot serve it now (not the primary during
+  // a failover, Redis or storage away, nginx's "no TTS node is ready"): all of them pass by themselves.
+  if ([502, 503, 504].includes(res.status)) throw new Unreachable(data.error || `HTTP ${res.status}`);
   if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
   connection(true);
   return data;
@@ -23,13 +25,18 @@ async function api(method, path, body, headers) {
 
 // The banner that says the page cannot reach the service (a failover takes a few seconds); it goes
 // by itself when an answer comes. Nothing typed is lost: the page never reloads.
+// The sentence is a live region: it changes when the reason does; the seconds beside it are not read out.
 let unreachableSince = null;
-function connection(ok) {
-  if (ok) { unreachableSince = null; $("connection").hidden = true; return; }
+function connection(ok, why) {
+  if (ok) {
+    if (unreachableSince !== null) { unreachableSince = null; $("connection").hidden = true; }
+    return;
+  }
   if (unreachableSince === null) unreachableSince = Date.now();
-  const s = Math.round((Date.now() - unreachableSince) / 1000);
-  $("connection").textContent = `Reconnecting to the service${s >= 2 ? ` (${s} s)` : ""}… ` +
-    "Your script and your jobs are safe; the page carries on by itself.";
+  const text = `Reconnecting to the service… (${why || "no answer"}) Your script and your jobs are safe; ` +
+    "the page carries on by itself.";
+  if ($("connection-text").textContent !== text) $("connection-text").textContent = text;
+  $("connection-time").textContent = ` ${Math.round((Date.now() - unreachableSince) / 1000)} s`;
   $("connection").hidden = false;
 }
 
@@ -58,12 +65,12 @@ async function checkScript() {
   const seq = ++checkSeq;
   let r;
   try { r = await api("POST", "/api/script/check", { script: $("script").value }); }
-  catch (e) { if (e instanceof Unreachable) connection(false); return; }
+  catch (e) { if (e instanceof Unreachable) connection(false, e.message); return; }
   if (seq !== checkSeq) return;                        // a newer check is on its way
   $("script-info").textContent = `${r.chars.toLocaleString()} of ${r.max_chars.toLocaleString()} characters` +
     (r.error ? "" : ` · about ${clockText(r.estimate_s)} of audio · ${r.speakers.length} ` +
                     `speaker${r.speakers.length === 1 ? "" : "s"}`);
-  $("script-error").textContent = r.error || "";
+  if ($("script-error").textContent !== (r.error || "")) $("script-error").textContent = r.error || "";
   $("script").setAttribute("aria-invalid", r.error ? "true" : "false");
   const same = (a, b) => JSON.stringify(a.map((x) => [x.speaker, x.name])) === JSON.stringify(b.map((x) => [x.speaker, x.name]));
   if (!r.error && !same(r.speakers, speakers)) {
@@ -73,7 +80,7 @@ async function checkScript() {
       for (const { speaker, name } of speakers) {
         const select = $(`voice-${speaker}`);
         select.parentElement.firstChild.textContent = `Voice for ${name}`;
-        select.parentElement.querySelector("button.hear").setAttribute("aria-label", `Hear the voice chosen for ${name}`);
+        select.closest(".voice").querySelector("button.hear").setAttribute("aria-label", `Hear the voice chosen for ${name}`);
       }
     } else {
       const chosen = currentVoices();
@@ -108,10 +115,12 @@ function fillExamples() {
     opt.value = title; opt.textContent = title;
     select.appendChild(opt);
   }
-  select.addEventListener("change", () => {
-    if (!select.value) return;
+  // Loaded with the button only: arrowing through the list must not replace what was typed.
+  $("example-load").addEventListener("click", () => {
+    const typed = $("script").value.trim();
+    if (typed && !Object.values(EXAMPLES).includes(typed) &&
+        !window.confirm("Replace the script in the editor with the example?")) return;
     $("script").value = EXAMPLES[select.value];
-    select.value = "";
     scriptChanged();
     $("script").focus();
   });
@@ -120,6 +129,7 @@ function fillExamples() {
 async function loadVoices() {
   const data = await api("GET", "/api/voices");
   voices = data.voices;
+  engineRate = data.sample_rate;
   $("upload").hidden = !data.uploads;   // only engines that take reference clips
 }
 
@@ -150,6 +160,8 @@ function renderVoicePickers(chosen) {
   const box = $("voices");
   box.textContent = "";
   speakers.forEach(({ speaker, name }, k) => {
+    const cell = document.createElement("div");
+    cell.className = "voice";
     const label = document.createElement("label");
     label.textContent = `Voice for ${name}`;
     const select = document.createElement("select");
@@ -162,12 +174,13 @@ function renderVoicePickers(chosen) {
       select.appendChild(opt);
     });
     label.appendChild(select);
+    cell.appendChild(label);
     const hear = document.createElement("button");
     hear.type = "button"; hear.className = "hear"; hear.textContent = "Hear";
     hear.setAttribute("aria-label", `Hear the voice chosen for ${name}`);
     hear.addEventListener("click", () => playPreview(select.value));
-    label.appendChild(hear);
-    box.appendChild(label);
+    cell.appendChild(hear);
+    box.appendChild(cell);
   });
   renderMyVoices();
 }
@@ -395,7 +408,7 @@ const rendered = new Map();  // id -> JSON of what is shown, so finished players
 let jobsShown = [];
 async function refresh() {
   let data;
-  try { data = await api("GET", "/api/jobs"); } catch (e) { if (e instanceof Unreachable) connection(false); return; }
+  try { data = await api("GET", "/api/jobs"); } catch (e) { if (e instanceof Unreachable) connection(false, e.message); return; }
   jobsShown = data.jobs;
   $("empty").hidden = data.jobs.length > 0;
   const list = $("jobs");
@@ -406,7 +419,10 @@ async function refresh() {
     let li = list.querySelector(`li[data-id="${job.id}"]`);
     if (!li || rendered.get(job.id) !== key) {
       const fresh = jobItem(job);
+      // A row is rebuilt when its job changes: the keyboard's place in it (a button) comes along.
+      const focused = li && li.contains(document.activeElement) ? document.activeElement.className : null;
       if (li) list.replaceChild(fresh, li); else list.insertBefore(fresh, list.children[i] || null);
+      if (focused) { const again = fresh.getElementsByClassName(focused)[0]; if (again) again.focus(); }
       rendered.set(job.id, key);
     }
   });
@@ -425,26 +441,33 @@ function wavRate(bytes) {
   return view.getUint32(24, true);   // the fmt chunk's sample rate (our WAVs: RIFF, fmt first)
 }
 
+// How far ahead of playback the page fetches: beyond it, it waits (memory stays bounded however fast
+// the generation runs).
+const AHEAD_S = 30;
+
 class Listener {
-  constructor(job, record) {
-    this.job = job; this.record = record;
-    this.next = 0; this.ended = false; this.busy = false;
-    this.ctx = null; this.node = null; this.rate = 0; this.received = 0;
+  constructor(job, record, rate) {
+    this.job = job; this.record = record; this.rate = rate;
+    this.next = 0; this.ended = false; this.stopped = false; this.busy = false; this.received = 0;
+    this.names = new Map();    // index -> the chunk file it played (a failover may generate one again)
+    this.regenerated = [];
+    // Made in the click's turn (Safari starts audio only from a user's gesture), at the audio's rate.
+    this.ctx = new AudioContext({ sampleRate: rate });
+    this.ctx.resume();
+    this.ready = this.open();
   }
 
-  async open(rate) {
-    this.rate = rate;
-    this.ctx = new AudioContext({ sampleRate: rate });
+  async open() {
     await this.ctx.audioWorklet.addModule(LISTEN_WORKLET);
+    if (this.stopped) return;
     this.node = new AudioWorkletNode(this.ctx, "chunk-stream", {
-      numberOfInputs: 0, outputChannelCount: [1], processorOptions: { prebuffer: PREBUFFER_S * rate } });
+      numberOfInputs: 0, outputChannelCount: [1], processorOptions: { prebuffer: PREBUFFER_S * this.rate } });
     this.node.connect(this.ctx.destination);
     if (this.record) this.node.port.postMessage({ record: true });
-    await this.ctx.resume();
   }
 
   report() {
-    if (!this.node) return Promise.resolve(null);
+    if (!this.node || this.stopped) return Promise.resolve(null);
     return new Promise((resolve) => {
       const answer = (event) => {
         if (!event.data.report) return;
@@ -458,30 +481,43 @@ class Listener {
   }
 
   async poll(job) {
-    if (this.busy || this.ended) return;
+    if (this.busy || this.ended || this.stopped) return;
     this.busy = true;
     try {
+      await this.ready;
+      const r = await this.report();
+      if (this.stopped || (r && r.queued > AHEAD_S * this.rate)) return;
       const data = await api("GET", `/api/jobs/${this.job}/chunks`);
-      const have = new Set(data.chunks.map((c) => c.index));
-      while (have.has(this.next)) {
+      if (this.stopped) return;
+      const byIndex = new Map(data.chunks.map((c) => [c.index, c]));
+      for (const [index, name] of this.names) {
+        const now = byIndex.get(index);
+        if (now && now.name !== name && !this.regenerated.includes(index)) this.regenerated.push(index);
+      }
+      for (let fetched = 0; byIndex.has(this.next) && fetched < 8; fetched++) {
+        const chunk = byIndex.get(this.next);
         let res;
-        try { res = await fetch(`/api/jobs/${this.job}/chunks/${this.next}`, { credentials: "same-origin" }); }
+        try { res = await fetch(chunk.url, { credentials: "same-origin" }); }
         catch (e) { throw new Unreachable("the service does not answer"); }
         if (!res.ok) throw new Unreachable(`HTTP ${res.status}`);
         const bytes = await res.arrayBuffer();
-        if (!this.ctx) await this.open(wavRate(bytes));
+        if (this.stopped) return;
+        if (wavRate(bytes) !== this.rate) throw new Error(`chunk ${chunk.index} is at ${wavRate(bytes)} Hz, not ${this.rate}`);
         const samples = (await this.ctx.decodeAudioData(bytes)).getChannelData(0).slice();
+        if (this.stopped) return;
         this.received += samples.length;                  // (before the transfer empties it)
         this.node.port.postMessage({ samples }, [samples.buffer]);
+        this.names.set(chunk.index, chunk.name);
         this.next += 1;
       }
       // A finished job's chunks are all committed before its status says so: none left, the end.
-      if (job && ["done", "failed", "cancelled"].includes(job.status) && !have.has(this.next)) {
+      if (job && ["done", "failed", "cancelled"].includes(job.status) && !byIndex.has(this.next)) {
         this.ended = true;
-        if (this.node) this.node.port.postMessage({ end: true });
+        this.node.port.postMessage({ end: true });
       }
     } catch (e) {
-      if (e instanceof Unreachable) connection(false); else setMessage(e.message, true);
+      if (this.stopped) return;
+      if (e instanceof Unreachable) connection(false, e.message); else setMessage(e.message, true);
     } finally {
       this.busy = false;
     }
@@ -489,33 +525,39 @@ class Listener {
 
   async show() {
     const r = await this.report();
+    if (this.stopped) return;
     const clock = (samples) => {
       const s = Math.floor(samples / (this.rate || 1));
       return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
     };
+    // The state is a live region: it changes when the state does; the running counts are not read out.
     let state = "waiting for the first chunk…";
-    if (r) {
-      state = r.waiting && !this.ended ? `buffering… (${clock(r.queued)} ready)` :
-        r.queued === 0 && this.ended ? "finished" : "playing";
-      state += ` · heard ${clock(r.played)} of ${clock(this.received)} generated so far`;
+    if (r) state = r.waiting && !this.ended ? "buffering…" : r.queued === 0 && this.ended ? "finished" : "playing";
+    if (this.regenerated.length) {
+      state += ` (chunk ${this.regenerated.map((i) => i + 1).join(", ")} was generated again after you heard ` +
+        "it: the final file differs there)";
     }
-    $("listen-state").textContent = state;
+    if ($("listen-state").textContent !== state) $("listen-state").textContent = state;
+    $("listen-progress").textContent = r ? `heard ${clock(r.played)} of ${clock(this.received)} generated so far` +
+      (r.waiting && !this.ended ? ` · ${clock(r.queued)} ready` : "") : "";
   }
 
   stop() {
-    this.ended = true;
-    if (this.ctx) this.ctx.close();
+    this.stopped = this.ended = true;
+    this.ctx.close();
   }
 }
 
 let listener = null;
+let engineRate = 0;   // the engine's sample rate (GET /api/voices): the listener's AudioContext runs at it
 const LISTEN_WORKLET = document.currentScript.dataset.worklet;
 
 function listenTo(job) {
   if (listener) listener.stop();
-  listener = new Listener(job.id, new URLSearchParams(location.search).has("record"));
+  listener = new Listener(job.id, new URLSearchParams(location.search).has("record"), engineRate);
   window.ttsListener = listener;   // the browser tests read what it played
   $("preview-title").textContent = `Listening: ${job.title || job.id.slice(0, 8)}`;
+  $("listen-state").textContent = "";
   $("preview").hidden = false;
   listener.poll(job);
 }
