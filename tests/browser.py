@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import soundfile as sf
@@ -21,11 +22,15 @@ SCRIPT = ("Speaker 1: Good morning, and welcome.\nSpeaker 2: Thank you. Glad to 
           "Speaker 1: Let us begin.")
 
 
-def chromium(profile: Path, trust_ca: Path | None = None, login: tuple[str, str] | None = None) -> webdriver.Chrome:
+def chromium(profile: Path, trust_ca: Path | None = None,
+             login: tuple[str, str, str] | None = None) -> webdriver.Chrome:
     """A headless Chromium with its own profile; trust_ca: a CA certificate it trusts (put into an NSS
     database under a HOME of its own, where Chromium on Linux reads its trusted roots); login: (user,
-    password) it sends with every request as basic auth (a VIP with tts_access: basic), page, API calls
-    and audio alike, as a browser does once its user has logged in."""
+    password, base URL) of a VIP with tts_access: basic: the browser logs in there as a user does, once
+    (the credentials answer the first 401 and Chromium keeps them for the realm), so that every request
+    of the origin carries them: page, API calls, audio and the AudioWorklet's module alike. (An
+    Authorization header set through DevTools missed the worklet's fetch, which then waited for a login
+    prompt headless Chromium never shows.)"""
     env = None
     if trust_ca is not None:
         nssdb = profile / "home" / ".pki" / "nssdb"
@@ -44,9 +49,9 @@ def chromium(profile: Path, trust_ca: Path | None = None, login: tuple[str, str]
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver", env=env), options=opts)
     driver.set_window_size(1300, 900)
     if login is not None:
-        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+        user, password, base = login
+        parts = urlsplit(base)
+        driver.get(f"{parts.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}/")
     return driver
 
 

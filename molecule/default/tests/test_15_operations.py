@@ -83,7 +83,7 @@ def test_prometheus_probes_the_vip_over_https_against_the_lab_ca():
 
 @pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium-driver is not installed")
 def test_the_page_over_https_through_the_vip(tmp_path):
-    browser = chromium(tmp_path, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD))
+    browser = chromium(tmp_path, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD, VIP))
     try:
         duration, flac_duration = submit_and_listen(browser, VIP)
         assert browser.current_url.startswith(f"https://{VIP_HOST}/")

@@ -71,7 +71,7 @@ def report(case, stages):
 
 def listen_in_the_page(session, job_id, profile):
     """The page through the VIP (HTTPS, logged in, the job's own session), listening to the job."""
-    browser = chromium(profile, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD))
+    browser = chromium(profile, trust_ca=LAB_CA, login=(LAB_USER, LAB_PASSWORD, VIP))
     browser.set_script_timeout(60)
     browser.get(f"{VIP}/health")
     browser.add_cookie({"name": "tts_session", "value": session.cookies["tts_session"], "path": "/", "secure": True})
