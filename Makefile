@@ -24,7 +24,7 @@ export TTS_LAB_PROVIDED := $(CURDIR)/.lab/provided
 LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
 LAB_URL := https://$(LAB_SUBNET).100/
 
-.PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume soak clean gpu-wheels screenshots
+.PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume bench-throughput soak clean gpu-wheels screenshots
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
 MODE ?= switchover
 RUNS ?= 5
@@ -40,6 +40,7 @@ help:
 	@echo "make drill         one failover drill on the lab (MODE=switchover|kill|redis-down|host-lost), prints the report"
 	@echo "make bench         RTO benchmark: RUNS drills of each mode on the lab (prints numbers)"
 	@echo "make bench-resume  failover-resume benchmark of two local nodes (prints numbers)"
+	@echo "make bench-throughput  the worker pool: throughput at 1, 2, 3 workers, queue waits (local processes; prints numbers)"
 	@echo "make soak          chaos soak on the lab: RUNS rounds of a random fault (ONLY=cut,paused: those kinds; prints a table)"
 	@echo "make gpu-wheels    the wheels a GPU machine needs besides torch, into .gpu-wheels/ (GPU_PYTHON=3.11)"
 
@@ -129,6 +130,11 @@ bench: deps
 
 bench-resume: deps
 	$(PY) bench/resume_failover.py
+
+# The worker pool: audio seconds per wall second at 1, 2 and 3 workers for a burst of 20 jobs from 4
+# sessions, queue waits, the time a killed worker's job takes to run again (processes on this machine).
+bench-throughput: deps
+	$(PY) bench/throughput.py
 
 # Chaos soak on the lab: RUNS rounds of a random fault at a random moment (prints a table).
 soak: deps

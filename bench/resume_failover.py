@@ -53,7 +53,7 @@ def one_run(workdir: Path, redis: RedisServer, lease: float, pace: float, kill_a
         promoted = time.time()
         claimed = float(wait_for(lambda: redis.client.hget(f"tts:job:{job_id}", "node") == "tts-b"
                                  and redis.client.hget(f"tts:job:{job_id}", "claimed_at"), 60, 0.01))
-        wait_for(lambda: any(n.endswith(".2.wav") for n in names()), 60, 0.01, what="B segment")
+        wait_for(lambda: any(n.endswith(".wav") and n.split(".")[1] == "2" for n in names()), 60, 0.01, what="B segment")
         first_segment = time.time()
         wait_for(lambda: s.get(f"{b.url}/api/jobs/{job_id}").json()["status"] == "done", 180, 0.1)
         attempts = int(redis.client.hget(f"tts:job:{job_id}", "attempts"))

@@ -53,6 +53,11 @@ class Lab:
         return self.groups["tts_nodes"]
 
     @property
+    def workers(self) -> list[str]:
+        """Every host that runs a worker: the pair, then the tts_workers group's."""
+        return self.nodes + self.groups.get("tts_workers", [])
+
+    @property
     def ctl(self) -> str:
         return self.address[self.groups["control"][0]]
 

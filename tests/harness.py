@@ -142,6 +142,13 @@ def start_pair(shared: Path, tmp_path: Path, redis_url: str, **settings: object)
     return nodes
 
 
+def chunk_key(name: str) -> tuple[int, int, int]:
+    """(index, epoch, lease generation) of a chunk's file name, 00003.2.5.wav (the generation is 0 in a
+    name written before leases had one, 00003.2.wav)."""
+    index, epoch, *rest = name.split(".")[:-1]
+    return int(index), int(epoch), int(rest[0]) if rest else 0
+
+
 def dialogue(turns: int, speakers: int = 2,
              line: str = "This is turn number {n} of the conversation. It has two short sentences.") -> str:
     """The tests' scripts (Molecule's too): `turns` lines, the speakers in turn; {n} is the line's number."""

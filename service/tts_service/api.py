@@ -500,35 +500,56 @@ def _resolve_voices(raw: object, speakers: list[int], sid: str | None) -> dict[i
     return {s: chosen.get(s) or engine.default_voice(s) for s in speakers}
 
 
+# A worker whose last word in Redis is older than this is not counted as taking jobs (it writes every second).
+WORKER_SILENT_S = 10.0
 NOT_QUEUED = {"queue_position": None, "estimated_start_s": None, "estimated_finish_s": None}
 
 
 def _queue_estimates(rt: Runtime) -> dict[str, dict]:
-    """Per unfinished job: its place in the queue (1 = next), and in how many seconds it starts and ends,
-    from the worker's measured pace (wall s per audio s over its recent chunks; null before it has one)
-    and the audio still to make ahead of it (the running job's rest, then the queue's estimates). One
-    worker runs one job at a time."""
-    hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, rt.settings.node))
-    pace = (hb or {}).get("pace")
+    """Per unfinished job: its place in the queue (1 = next), and in how many seconds it starts and ends.
+    Each worker that takes jobs is a lane with its measured pace (wall s per audio s over its recent
+    chunks; null before one has a pace); a running job holds its worker's lane for the rest of its audio,
+    and each queued job, in claim order, goes to the lane that is free first. One job per worker."""
     order, jobs = rt.store.queue_view()
-    eta = (lambda s: round(s * pace, 1)) if pace else (lambda s: None)
-    out, ahead = {}, 0.0
+    lanes = _lanes(rt)
+    known = [pace for pace in lanes.values() if pace]
+    default = sum(known) / len(known) if known else None
+    free = {worker: 0.0 for worker in lanes} or {"": 0.0}
+    pace_of = {worker: lanes.get(worker) or default for worker in free}
+    out = {}
     for job_id, job in jobs.items():
-        if job["status"] == "running":
-            left = max(job["estimate_s"] - job["done_s"], 0.0)
-            ahead += left
-            # past its estimate (the text said less than it takes): no time to promise
-            out[job_id] = {**NOT_QUEUED, "estimated_finish_s": eta(left) if left > 0 else None}
+        if job["status"] != "running":
+            continue
+        left = max(job["estimate_s"] - job["done_s"], 0.0)
+        worker = job.get("node") if job.get("node") in free else min(free, key=free.get)
+        pace = pace_of[worker]
+        free[worker] += left * pace if pace else 0.0
+        # past its estimate (the text said less than it takes): no time to promise
+        out[job_id] = {**NOT_QUEUED, "estimated_finish_s": round(left * pace, 1) if pace and left > 0 else None}
     position = 0
     for job_id in order:
         job = jobs[job_id]
         if job["status"] != "queued":
             continue
         position += 1
-        out[job_id] = {"queue_position": position, "estimated_start_s": eta(ahead),
-                       "estimated_finish_s": eta(ahead + job["estimate_s"])}
-        ahead += job["estimate_s"]
+        worker = min(free, key=free.get)
+        pace = pace_of[worker]
+        start = free[worker]
+        free[worker] = start + job["estimate_s"] * (pace or 0.0)
+        out[job_id] = {"queue_position": position, "estimated_start_s": round(start, 1) if pace else None,
+                       "estimated_finish_s": round(free[worker], 1) if pace else None}
     return out
+
+
+def _lanes(rt: Runtime) -> dict[str, float | None]:
+    """The workers taking jobs now (their last word in Redis is recent) and each one's pace; before any
+    worker has spoken, this node's own worker (its heartbeat file)."""
+    lanes = {worker: info.get("pace") for worker, info in rt.store.workers(rt.settings.worker_forget_s).items()
+             if info.get("takes_jobs") and info["age_s"] < WORKER_SILENT_S}
+    if lanes:
+        return lanes
+    hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, rt.settings.node))
+    return {rt.settings.node: (hb or {}).get("pace")}
 
 
 def _with_queue(jobs: list[dict]) -> list[dict]:

@@ -38,14 +38,15 @@ def storage_timeout_from_env() -> float:
     return _float("TTS_STORAGE_TIMEOUT", STORAGE_TIMEOUT_S)
 
 
-def parse_node_urls(raw: str, variable: str) -> dict[str, str]:
-    """"tts-a=http://10.89.60.11:8000,tts-b=http://..." -> {node: base URL}; bad entries are errors."""
+def parse_node_urls(raw: str, variable: str, schemes: tuple[str, ...] = ("http://", "https://")) -> dict[str, str]:
+    """"tts-a=http://10.89.60.11:8000,tts-b=http://..." -> {node: base URL}; bad entries are errors
+    (which never show the entry: a Redis URL holds a password)."""
     from .cluster import NODE_RE
     urls = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, _, url = item.partition("=")
-        if not NODE_RE.match(name) or not url.startswith(("http://", "https://")):
-            raise ValueError(f"{variable} entry {item!r} is not NODE=http://ADDRESS:PORT")
+        if not NODE_RE.match(name) or not url.startswith(schemes):
+            raise ValueError(f"{variable} entry {len(urls) + 1} is not NODE={schemes[0]}ADDRESS:PORT")
         urls[name] = url.rstrip("/")
     return urls
 
@@ -113,6 +114,19 @@ class Settings:
     # "pair": each node has its own Redis, the standby's a replica of the primary's (the deploy);
     # "shared": both nodes talk to one Redis (make serve, the tests).
     redis_topology: str = field(default_factory=lambda: _env("TTS_REDIS_TOPOLOGY", "shared"))
+    # 1: this host's worker runs jobs whatever the host's role (the standby, a host of the tts_workers
+    # group), each job fenced by its own lease generation on shared storage (jobfiles.py); the API,
+    # Redis's primary and the cluster state stay active/standby. 0: only the primary's worker runs jobs.
+    worker_pool: bool = field(default_factory=lambda: _int("TTS_WORKER_POOL", 0) == 1)
+    # Each pair node's Redis, "tts-a=redis://:PASSWORD@10.89.60.11:6379/0,tts-b=...": a pool worker
+    # talks to the one of the cluster state's primary (it follows a failover). Empty: redis_url.
+    redis_urls: str = field(default_factory=lambda: _env("TTS_REDIS_URLS", ""))
+    # A pool worker beside the primary leaves a new job this long to the primary's worker (an idle pair
+    # runs a lone job where the drills and the operators expect it; the others take what it cannot).
+    pool_defer_s: float = field(default_factory=lambda: _float("TTS_POOL_DEFER", 2.0))
+    # A worker is shown (and alerted on: TTSWorkerDown) while its last word in Redis is younger than
+    # this; a worker host retired without a drain is forgotten after it.
+    worker_forget_s: float = field(default_factory=lambda: _float("TTS_WORKER_FORGET", 24 * 3600.0))
     # The pair's apps, "tts-a=http://10.89.60.11:8000,tts-b=...": the only targets of /peer/<node>/ready.
     peers: str = field(default_factory=lambda: _env("TTS_PEERS", ""))
     # Seconds between the belief reads a web process makes by itself (0: only when asked). The users'
@@ -149,6 +163,11 @@ class Settings:
 
     def peer_urls(self) -> dict[str, str]:
         return parse_node_urls(self.peers, "TTS_PEERS")
+
+    def redis_url_of(self, node: str | None) -> str:
+        """The Redis a pool worker talks to while `node` is the primary (redis_url if none is listed)."""
+        return parse_node_urls(self.redis_urls, "TTS_REDIS_URLS", ("redis://", "rediss://")).get(node or "",
+                                                                                                  self.redis_url)
 
     @property
     def jobs_dir(self) -> Path:

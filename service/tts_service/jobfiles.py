@@ -1,16 +1,22 @@
 """A job's files on shared storage: the truth for what was asked and how far it got.
 
     jobs/<id>/request.json                 what was accepted (script already split into segments)
-    jobs/<id>/segments/<index>.<epoch>.wav one per chunk (espeak: a turn; VibeVoice: TTS_CHUNK_SECONDS
-                                           of the dialogue stream), committed without overwriting;
-                                           the writer's epoch is in the name, so a stale writer can
-                                           never replace a newer segment (the newest epoch wins).
+    jobs/<id>/leases/<generation>.json     one per grant of the job's lease (JSON: worker, epoch, when),
+                                           created exclusively: the generation is the job's fencing
+                                           token. A worker writes the job's files only while no newer
+                                           grant exists (checked right before each write)
+    jobs/<id>/segments/<index>.<epoch>.<generation>.wav  one per chunk (espeak: a turn; VibeVoice:
+                                           TTS_CHUNK_SECONDS of the dialogue stream), committed without
+                                           overwriting; the writer's epoch and lease generation are in
+                                           the name, so a stale writer can never replace a newer chunk
+                                           (the newest (epoch, generation) wins; a name without a
+                                           generation, written before leases had one, counts as 0).
                                            The commit point of a chunk: its .ckpt/.state exist first
-    jobs/<id>/segments/<index>.<epoch>.ckpt  stateful engines: the chunk's checkpoint (npz: `meta` =
+    jobs/<id>/segments/<index>.<epoch>.<generation>.ckpt  stateful engines: the chunk's checkpoint (npz: `meta` =
                                            JSON {part, index in part, final, fingerprint, ...}, plus
                                            the chunk's latents and semantic features), kept until
                                            the job is done
-    jobs/<id>/segments/<index>.<epoch>.state the state after the chunk (random state, streaming
+    jobs/<id>/segments/<index>.<epoch>.<generation>.state  the state after the chunk (random state, streaming
                                            caches, meta: part, index, fingerprint); the two newest
                                            chunks' are kept
     jobs/<id>/state/{cancelled,done,failed} durable markers (JSON inside: when, who, why)
@@ -47,12 +53,17 @@ from .statuses import FINAL as MARKERS
 from .storage import Storage, link_new
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-_SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)\.wav$")
-_STATE_RE = re.compile(r"^(\d{5})\.(\d+)\.(ckpt|state)$")
+_SEGMENT_RE = re.compile(r"^(\d{5})\.(\d+)(?:\.(\d+))?\.wav$")
+_STATE_RE = re.compile(r"^(\d{5})\.(\d+)(?:\.(\d+))?\.(ckpt|state)$")
+_GRANT_RE = re.compile(r"^(\d{6,})\.json$")
 
 
 class BadJobId(ValueError):
     pass
+
+
+class Superseded(RuntimeError):
+    """The job's lease was granted again since this worker's grant: it must not write the job's files."""
 
 
 def check_job_id(job_id: object) -> str:
@@ -65,8 +76,13 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
-def segment_name(index: int, epoch: int) -> str:
-    return f"{index:05d}.{epoch}.wav"
+def chunk_stem(index: int, epoch: int, gen: int = 0) -> str:
+    """A chunk's files' name without the suffix: index, the writer's epoch and lease generation."""
+    return f"{index:05d}.{epoch}.{gen}" if gen else f"{index:05d}.{epoch}"
+
+
+def segment_name(index: int, epoch: int, gen: int = 0) -> str:
+    return f"{chunk_stem(index, epoch, gen)}.wav"
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,16 @@ class SegmentFile:
     index: int
     epoch: int
     name: str
+    gen: int = 0
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """What decides between two files of one chunk: the newest (epoch, generation) wins."""
+        return self.epoch, self.gen
+
+    @property
+    def stem(self) -> str:
+        return chunk_stem(self.index, self.epoch, self.gen)
 
 
 class JobFiles:
@@ -109,50 +135,81 @@ class JobFiles:
             match = _SEGMENT_RE.match(name)
             if not match:
                 continue
-            seg = SegmentFile(int(match.group(1)), int(match.group(2)), name)
-            if seg.index not in best or seg.epoch > best[seg.index].epoch:
+            seg = SegmentFile(int(match.group(1)), int(match.group(2)), name, int(match.group(3) or 0))
+            if seg.index not in best or seg.rank > best[seg.index].rank:
                 best[seg.index] = seg
         return best
 
-    def commit_segment(self, job_id: str, index: int, epoch: int, wav: bytes) -> bool:
-        """Commit a segment under the writer's epoch; False if this (index, epoch) exists already."""
-        return self.storage.commit_new(self.dir(job_id) / "segments" / segment_name(index, epoch), wav)
+    def commit_segment(self, job_id: str, index: int, epoch: int, wav: bytes, gen: int = 0) -> bool:
+        """Commit a segment under the writer's (epoch, generation); False if it exists already."""
+        return self.storage.commit_new(self.dir(job_id) / "segments" / segment_name(index, epoch, gen), wav)
+
+    # ---- the job's lease generations (its fencing token) ----
+
+    def grants(self, job_id: str) -> list[int]:
+        return sorted(int(m.group(1)) for m in map(_GRANT_RE.match, self.storage.listdir(self.dir(job_id) / "leases"))
+                      if m)
+
+    def grant(self, job_id: str, worker: str, epoch: int) -> int | None:
+        """The next generation of the job's lease, granted to `worker` (created exclusively: two grants
+        racing get two generations); None if the newest grant was made in a newer epoch than the
+        caller's (its belief is stale: a newer generation would then carry an older epoch)."""
+        folder = self.dir(job_id) / "leases"
+        self.storage.makedirs(folder)
+        while True:
+            held = self.grants(job_id)
+            newest = held[-1] if held else 0
+            if newest:
+                try:
+                    if int(self.storage.read_json(folder / f"{newest:06d}.json").get("epoch", 0)) > epoch:
+                        return None
+                except (ValueError, FileNotFoundError):
+                    pass   # an unreadable grant still counts: the next generation goes above it
+            body = json.dumps({"worker": worker, "epoch": epoch, "at": time.time()}).encode()
+            if self.storage.commit_new(folder / f"{newest + 1:06d}.json", body):
+                return newest + 1
+
+    def check_holder(self, job_id: str, gen: int) -> None:
+        """Raise Superseded unless `gen` is still the job's newest grant (a fresh read of storage)."""
+        held = self.grants(job_id)
+        if held and held[-1] > gen:
+            raise Superseded(f"the job's lease was granted again (generation {held[-1]}, this worker holds {gen})")
 
     # ---- chunk checkpoints (stateful engines) ----
 
     def commit_chunk(self, job_id: str, index: int, epoch: int, wav: bytes, checkpoint: bytes | None = None,
-                     state: bytes | None = None) -> bool:
+                     state: bytes | None = None, gen: int = 0) -> bool:
         """State, then checkpoint, then the audio (the commit point). A state or checkpoint of the same
-        name without its audio is a dead attempt's of this epoch (the lease held it): replaced."""
+        name without its audio is a dead attempt's of this generation (the lease held it): replaced."""
         base = self.dir(job_id) / "segments"
-        stem = f"{index:05d}.{epoch}"
+        stem = chunk_stem(index, epoch, gen)
         for suffix, body in (("state", state), ("ckpt", checkpoint)):
             if body is not None and not self.storage.commit_new(base / f"{stem}.{suffix}", body):
                 if self.storage.exists(base / f"{stem}.wav"):
                     return False
                 self.storage.write_replace(base / f"{stem}.{suffix}", body)
-        return self.commit_segment(job_id, index, epoch, wav)
+        return self.commit_segment(job_id, index, epoch, wav, gen)
 
     def chunk_file(self, job_id: str, seg: SegmentFile, kind: str) -> Path:
-        return self.dir(job_id) / "segments" / f"{seg.index:05d}.{seg.epoch}.{kind}"
+        return self.dir(job_id) / "segments" / f"{seg.stem}.{kind}"
 
     def read_checkpoint(self, job_id: str, seg: SegmentFile) -> tuple[dict, dict]:
         """(meta, arrays) of the chunk's checkpoint, read whole (a damaged array shows here);
         ValueError if it is missing or unreadable."""
         return self.storage.call(_read_npz, self.chunk_file(job_id, seg, "ckpt"))
 
-    def commit_state(self, job_id: str, index: int, epoch: int, state: bytes) -> None:
+    def commit_state(self, job_id: str, index: int, epoch: int, state: bytes, gen: int = 0) -> None:
         """The state after chunk `index`, alone (its chunk is on storage already)."""
-        path = self.dir(job_id) / "segments" / f"{index:05d}.{epoch}.state"
+        path = self.dir(job_id) / "segments" / f"{chunk_stem(index, epoch, gen)}.state"
         if not self.storage.commit_new(path, state):
             self.storage.write_replace(path, state)
 
     def chunk_state(self, job_id: str, index: int, expect: tuple[int, int, str]) -> dict | None:
         """The state after chunk `index` that belongs to (part, index in part, fingerprint) `expect`,
-        newest epoch first; None if there is none, or none readable and matching."""
+        newest (epoch, generation) first; None if there is none, or none readable and matching."""
         names = [m for m in map(_STATE_RE.match, self.storage.listdir(self.dir(job_id) / "segments"))
-                 if m and m.group(3) == "state" and int(m.group(1)) == index]
-        for match in sorted(names, key=lambda m: -int(m.group(2))):
+                 if m and m.group(4) == "state" and int(m.group(1)) == index]
+        for match in sorted(names, key=lambda m: (-int(m.group(2)), -int(m.group(3) or 0))):
             try:
                 meta, arrays = self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0))
             except ValueError:
@@ -165,7 +222,7 @@ class JobFiles:
         """Remove checkpoint files of the given kinds for chunks < below (all if None); best effort."""
         folder = self.dir(job_id) / "segments"
         doomed = [folder / m.group(0) for m in map(_STATE_RE.match, self.storage.listdir(folder))
-                  if m and m.group(3) in kinds and (below is None or int(m.group(1)) < below)]
+                  if m and m.group(4) in kinds and (below is None or int(m.group(1)) < below)]
         return self.storage.call(lambda: sum(_unlink(p) for p in doomed))
 
     def quarantine_chunk(self, job_id: str, seg: SegmentFile) -> None:

@@ -7,6 +7,8 @@ Keys (prefix tts:):
     queue                list of job ids waiting for a worker
     active               set of job ids not finished (queued or running): the worker's scan list
     lease:<id>           the running worker's lease: JSON {node, epoch, token}, expires by itself
+                         (the fencing token is the lease's generation on shared storage: jobfiles.py)
+    workers              hash: worker (host) -> JSON {ts, state, job, pace}, each worker's last word
     stats                hash of monotonic counters (submitted, done, failed, cancelled, ...)
     rebuilt              set by each rebuild from shared storage: gone means Redis lost its data
 Nothing here is the only copy of anything: shared storage (jobfiles.py) is the truth.
@@ -45,6 +47,15 @@ if current then
 end
 redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
+"""
+# Renew and re-tag: the holder, carrying its job on through a failover, records the new epoch (a lease
+# of an older epoch is taken by the first worker that asks, as a dead primary's would be).
+_RETAG = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
 """
 _UPDATE = """
 if redis.call('exists', KEYS[1]) == 1 then
@@ -133,6 +144,26 @@ def public_job(h: dict) -> dict:
     }
 
 
+def claim_order(jobs: dict[str, dict]) -> list[str]:
+    """The order workers claim unfinished jobs in: interrupted jobs first (claimed before, or with work
+    done: a failure must not send them to the back), oldest first; then queued jobs, sessions in turn:
+    a session's k-th waiting job goes after every other session's (k-1)-th, counting the jobs it has
+    running, so one session's burst does not hold every worker. Ties go to the oldest."""
+    running = {}
+    for job in jobs.values():
+        if job["interrupted"]:
+            running[job["session"]] = running.get(job["session"], 0) + 1
+    first, waiting, seen = [], [], {}
+    for job_id, job in sorted(jobs.items(), key=lambda item: (item[1]["created_at"], item[0])):
+        if job["interrupted"]:
+            first.append((job["created_at"], job_id))
+            continue
+        rank = running.get(job["session"], 0) + seen.get(job["session"], 0)
+        seen[job["session"]] = seen.get(job["session"], 0) + 1
+        waiting.append((rank, job["created_at"], job_id))
+    return [job_id for *_, job_id in sorted(first)] + [job_id for *_, job_id in sorted(waiting)]
+
+
 class JobStore:
     def __init__(self, r: redis.Redis):
         self.r = r
@@ -141,6 +172,7 @@ class JobStore:
         self._acquire = r.register_script(_ACQUIRE)
         self._update = r.register_script(_UPDATE)
         self._count = r.register_script(_COUNT)
+        self._retag = r.register_script(_RETAG)
 
     # ---- records ----
 
@@ -205,20 +237,8 @@ class JobStore:
         self._count(keys=[k("job", job_id)], args=["attempts", 1])
 
     def claimable(self) -> list[str]:
-        """Active jobs not finished, in the order a worker tries to lease them: interrupted jobs first
-        (claimed before, or with work done), oldest first; then queued jobs, oldest first."""
-        ids = self.active_ids()
-        pipe = self.r.pipeline()
-        for job_id in ids:
-            pipe.hmget(k("job", job_id), "created_at", "status", "segments_done", "claimed_at")
-        rows = pipe.execute()
-        order = []
-        for job_id, (created, status, done, claimed) in zip(ids, rows):
-            if status in FINAL:
-                continue
-            interrupted = status == "running" or int(done or 0) > 0 or bool(claimed)
-            order.append((0 if interrupted else 1, float(created or 0), job_id))
-        return [job_id for *_, job_id in sorted(order)]
+        """Active jobs not finished, in the order a worker tries to lease them (claim_order)."""
+        return self.queue_view()[0]
 
     def activate(self, job_id: str) -> None:
         """Put a job (back) on the worker's scan list."""
@@ -235,16 +255,16 @@ class JobStore:
         pipe = self.r.pipeline()
         for job_id in ids:
             pipe.hmget(k("job", job_id), "status", "duration_estimate_s", "duration_s", "created_at",
-                       "segments_done", "claimed_at")
-        jobs, order = {}, []
-        for job_id, (status, estimate, done, created, segments, claimed) in zip(ids, pipe.execute()):
+                       "segments_done", "claimed_at", "session", "node")
+        jobs = {}
+        for job_id, (status, estimate, done, created, segments, claimed, sid, node) in zip(ids, pipe.execute()):
             if status in FINAL:
                 continue
             jobs[job_id] = {"status": status or "queued", "estimate_s": float(estimate or 0),
-                            "done_s": float(done or 0)}
-            interrupted = status == "running" or int(segments or 0) > 0 or bool(claimed)
-            order.append((0 if interrupted else 1, float(created or 0), job_id))
-        return [job_id for *_, job_id in sorted(order)], jobs
+                            "done_s": float(done or 0), "created_at": float(created or 0), "session": sid or "",
+                            "node": node or "",
+                            "interrupted": status == "running" or int(segments or 0) > 0 or bool(claimed)}
+        return claim_order(jobs), jobs
 
     def queue_depth(self) -> int:
         return int(self.r.llen(k("queue")))
@@ -288,6 +308,27 @@ class JobStore:
                     counts[status] += 1
         return counts
 
+    # ---- the workers ----
+
+    def register_worker(self, worker: str, info: dict) -> None:
+        self.r.hset(k("workers"), worker, json.dumps({**info, "ts": time.time()}))
+
+    def forget_worker(self, worker: str) -> None:
+        self.r.hdel(k("workers"), worker)
+
+    def workers(self, forget_s: float = 24 * 3600) -> dict[str, dict]:
+        """Each worker's last word (younger than forget_s) with its age in seconds, `age_s`."""
+        now, out = time.time(), {}
+        for worker, raw in self.r.hgetall(k("workers")).items():
+            try:
+                info = json.loads(raw)
+                age = now - float(info["ts"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if age < forget_s:
+                out[worker] = {**info, "age_s": max(0.0, age)}
+        return out
+
     # ---- leases ----
 
     def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float) -> str | None:
@@ -299,6 +340,13 @@ class JobStore:
 
     def renew_lease(self, job_id: str, token: str, ttl_s: float) -> bool:
         return bool(self._renew(keys=[k("lease", job_id)], args=[token, int(ttl_s * 1000)]))
+
+    def retag_lease(self, job_id: str, token: str, epoch: int, ttl_s: float) -> str | None:
+        """The lease renewed under a new epoch (its holder carries the job on through a failover); None
+        if it is not the holder's any more."""
+        held = json.loads(token)
+        new = json.dumps({**held, "epoch": epoch})
+        return new if self._retag(keys=[k("lease", job_id)], args=[token, new, int(ttl_s * 1000)]) else None
 
     def release_lease(self, job_id: str, token: str) -> bool:
         return bool(self._release(keys=[k("lease", job_id)], args=[token]))

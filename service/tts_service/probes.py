@@ -250,6 +250,21 @@ class _Collector:
             g = GaugeMetricFamily("tts_queue_depth", "Job ids waiting in the queue")
             g.add_metric([], depth)
             yield g
+        if rt.settings.worker_pool:   # TTSWorkerDown: each pool worker's last word in the jobs' Redis
+            try:
+                workers = rt.store.workers(rt.settings.worker_forget_s)
+            except redis.RedisError:
+                workers = None
+            if workers is not None:
+                g = GaugeMetricFamily("tts_worker_last_seen_seconds", "Seconds since each pool worker last "
+                                      "spoke in Redis (a drained worker is gone from it)", labels=["worker"])
+                for worker, info in sorted(workers.items()):
+                    g.add_metric([worker], round(info["age_s"], 1))
+                yield g
+                g = GaugeMetricFamily("tts_workers_taking_jobs", "Pool workers that spoke in the last 10 s "
+                                      "and take jobs")
+                g.add_metric([], sum(1 for info in workers.values() if info.get("takes_jobs") and info["age_s"] < 10))
+                yield g
         try:
             info = rt.redis.info("replication")
         except redis.RedisError:

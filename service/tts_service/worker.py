@@ -43,9 +43,9 @@ import redis
 from . import audio, heartbeat, journal, vip
 from .config import Settings
 from .engines import EngineError, EngineInputError
-from .jobfiles import STORAGE_FORMAT, encode_npz
+from .jobfiles import STORAGE_FORMAT, Superseded, encode_npz
 from .jobplan import ChunkInfo, JobPlan, Scan
-from .jobs import FINAL
+from .jobs import FINAL, JobStore, connect
 from .journal import fields
 from .node import Fenced
 from .recovery import reconcile
@@ -90,11 +90,13 @@ class _Rescan(Exception):
 class JobRun:
     """One claimed job: the lease, its keeper thread and the abort flag."""
 
-    def __init__(self, worker: "Worker", job_id: str, token: str, epoch: int):
+    def __init__(self, worker: "Worker", job_id: str, token: str, epoch: int, gen: int = 0):
         self.worker = worker
         self.job_id = job_id
         self.token = token
-        self.epoch = epoch
+        self.epoch = epoch            # the epoch of the grant: in the names of the chunks this run writes
+        self.gen = gen                # the grant's generation (the fencing token), beside the epoch
+        self.lease_epoch = epoch      # the epoch the lease in Redis is tagged with (a pool worker re-tags it)
         self.abort_reason: str | None = None
         self.generated = 0        # chunks generated (committed or found identical) in this run
         self.waiting_since: float | None = None   # monotonic start of the engine call in progress
@@ -111,7 +113,7 @@ class JobRun:
         self._stop.set()
         self._keeper.join(timeout=5)
         try:
-            self.worker.rt.store.release_lease(self.job_id, self.token)
+            self.worker.store.release_lease(self.job_id, self.token)
         except redis.RedisError:
             pass  # it expires by itself
 
@@ -121,14 +123,44 @@ class JobRun:
         while not self._stop.wait(interval):
             if self._overdue():
                 continue          # the lease lapses: the job goes to another attempt
+            belief = rt.node.belief(fresh=True)
+            if rt.settings.worker_pool:
+                self._keep_in_pool(belief)
+                continue
             try:
-                if not rt.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
+                if not self.worker.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
                     self.abort_reason = "lost the job's lease"
             except redis.RedisError as exc:
                 self.abort_reason = f"cannot renew the lease: {exc}"
-            belief = rt.node.belief(fresh=True)
             if belief.fenced or belief.epoch != self.epoch:
                 self.abort_reason = f"fenced: {belief.why_fenced()}"
+
+    def _keep_in_pool(self, belief) -> None:
+        """A pool worker keeps its job through a failover of the control plane: it follows the primary's
+        Redis and re-tags its lease with the new epoch. It stops only when it cannot read the cluster
+        state (it could not write anyway) or loses the lease; its writes are fenced by the generation."""
+        rt = self.worker.rt
+        if not belief.fresh:
+            self.abort_reason = f"cannot read the cluster state ({belief.error or 'too old'})"
+            return
+        store = self.worker.route(belief)
+        ttl = rt.settings.lease_s
+        try:
+            if belief.epoch > self.lease_epoch:
+                token = store.retag_lease(self.job_id, self.token, belief.epoch, ttl)
+            else:
+                token = self.token if store.renew_lease(self.job_id, self.token, ttl) else None
+            if not token:   # gone from Redis (expired while Redis was away, lost in its failover): take it back if free
+                token = store.acquire_lease(self.job_id, rt.settings.node, belief.epoch, ttl)
+            if token:
+                self.token, self.lease_epoch = token, belief.epoch
+            else:
+                self.abort_reason = "lost the job's lease: another worker holds it"
+        except redis.RedisError as exc:
+            # The primary's Redis is away (its host died; the control plane fails over): the job goes on,
+            # fenced on shared storage; the worker's next write to Redis, after its chunk is committed,
+            # hands the job back, and the worker claims it again from the new primary's Redis.
+            log.debug("job %s: lease not renewed: %s", self.job_id, exc)
 
     def _overdue(self) -> bool:
         """Whether the engine call in progress passed its deadline. The worker hears of a hang when the
@@ -182,6 +214,8 @@ class Worker:
         self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
         self.vip_error = ""   # why the VIP track file could not be written last time
+        self.store: JobStore = rt.store      # the jobs' Redis: this node's, or a pool worker's primary's
+        self._stores: dict[str, JobStore] = {}
         self._hb_lock = threading.Lock()
 
     # ---- lifecycle ----
@@ -206,6 +240,7 @@ class Worker:
                 log.info("%s", sentence)
                 self.last_sentence = sentence
         self._write_heartbeat()
+        self._register(leaving=True)
 
     def _load_engine(self) -> None:
         self.state = "loading engine (and compiling it, where it is compiled: /ready waits for both)"
@@ -224,7 +259,25 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         while not self.stopping.is_set():
             self._write_heartbeat()
+            self._register()
             self.stopping.wait(1.0)
+
+    def _register(self, leaving: bool = False) -> None:
+        """A pool worker's word in the jobs' Redis (every second): what it does, whether it takes jobs,
+        its pace (the queue's estimates count it as a lane; TTSWorkerDown watches its age). A drained
+        worker (SIGTERM) takes its word back: it is gone on purpose."""
+        if not self.settings.worker_pool:
+            return
+        try:
+            if leaving:
+                self.store.forget_worker(self.settings.node)
+                return
+            belief = self.rt.node.belief()
+            self.store.register_worker(self.settings.node, {
+                "state": self.state, "job": self.current_job, "pace": self.pace(),
+                "engine": self.rt.engine.name, "takes_jobs": self.takes_jobs(belief)})
+        except redis.RedisError as exc:
+            log.debug("worker not registered: %s", exc)
 
     def _vip_loop(self) -> None:
         """Keep keepalived's track file saying whether the cluster state names this node primary
@@ -283,6 +336,22 @@ class Worker:
 
     # ---- one cycle ----
 
+    def route(self, belief) -> JobStore:
+        """The Redis the jobs live in, for a pool worker the one of the primary the belief names (each
+        connection made once); the node's own otherwise."""
+        if not (self.settings.worker_pool and self.settings.redis_urls and belief.state is not None):
+            return self.store
+        url = self.settings.redis_url_of(belief.state.primary)
+        if url not in self._stores:
+            self._stores[url] = JobStore(connect(url))
+        self.store = self._stores[url]
+        return self.store
+
+    def takes_jobs(self, belief) -> bool:
+        """Whether this worker claims jobs now: its engine is loaded and it is the unfenced primary, or a
+        pool worker that reads the cluster state."""
+        return self.engine_loaded and (not belief.fenced or (self.settings.worker_pool and belief.fresh))
+
     def cycle(self) -> str:
         """Do one step of work; returns a sentence saying what was done and why."""
         belief = self.rt.node.belief(fresh=True)
@@ -290,18 +359,26 @@ class Worker:
             self.state = "idle: the engine is not loaded"
             self.stopping.wait(1.0)
             return self.state
-        if belief.fenced:
+        if belief.fenced and not (self.settings.worker_pool and belief.fresh):
             self.state = f"idle: fenced because {belief.why_fenced()}"
             self.stopping.wait(0.5)
             return self.state
-        emptied = self.rt.store.lost_its_data()
+        self.route(belief)
+        if belief.fenced:   # a pool worker beside the primary: it claims jobs, the primary keeps Redis whole
+            if self.store.lost_its_data():
+                self.state = "idle: waiting for the primary to rebuild Redis from shared storage"
+                self.stopping.wait(1.0)
+                return self.state
+            return self._claim_and_run(belief, "idle: pool worker with no claimable job",
+                                       defer_s=self.settings.pool_defer_s)
+        emptied = self.store.lost_its_data()
         if (emptied or self.reconciled_epoch != belief.epoch
                 or time.monotonic() - self.last_reconcile > self.settings.reconcile_interval_s):
             if emptied:    # what this worker knew was finished is no longer in Redis either
                 self.confirmed_final.clear()
-            report = reconcile(self.rt.store, self.rt.files, self.rt.sessions, self.rt.engine.sample_rate,
+            report = reconcile(self.store, self.rt.files, self.rt.sessions, self.rt.engine.sample_rate,
                                self.confirmed_final, voices=self.rt.voices if emptied else None)
-            self.rt.store.mark_rebuilt()
+            self.store.mark_rebuilt()
             if emptied:
                 log.warning("Redis had lost its data: rebuilt from shared storage (%s)", report.sentence())
             if self.reconciled_epoch != belief.epoch:
@@ -310,13 +387,16 @@ class Worker:
             self.last_reconcile = time.monotonic()
             if report.recreated or report.finalised or report.requeued:
                 log.info("%s", report.sentence())
-        claimed = self.claim(belief.epoch)
+        return self._claim_and_run(belief, "idle: primary with no claimable job")
+
+    def _claim_and_run(self, belief, idle: str, defer_s: float = 0.0) -> str:
+        claimed = self.claim(belief.epoch, defer_s)
         if claimed is None:
-            self.state = "idle: primary with no claimable job"
-            self.rt.store.pop_queue(1.0)  # wakes up as soon as a job is submitted
+            self.state = idle
+            self.store.pop_queue(1.0)  # wakes up as soon as a job is submitted
             return self.state
-        job_id, token = claimed
-        return self.run_job(job_id, token, belief.epoch)
+        job_id, token, gen = claimed
+        return self.run_job(job_id, token, belief.epoch, gen)
 
     def _record_format(self, epoch: int) -> None:
         """As the new epoch's primary: record the storage format this code writes (an older node will
@@ -328,29 +408,43 @@ class Worker:
         except (Fenced, StorageUnavailable, OSError) as exc:
             log.warning("storage format not recorded: %s", exc)
 
-    def claim(self, epoch: int) -> tuple[str, str] | None:
-        """The first claimable job (interrupted ones first, then the oldest queued) whose lease this
-        worker can take; a lease of an older epoch is void. Jobs that just failed wait their backoff."""
-        store = self.rt.store
+    def claim(self, epoch: int, defer_s: float = 0.0) -> tuple[str, str, int] | None:
+        """The first claimable job (jobs.claim_order) whose lease this worker can take (a lease of an
+        older epoch is void), with the lease's next generation granted on shared storage: (job, lease
+        token, generation). Jobs that just failed wait their backoff; a new job younger than defer_s is
+        left to the primary's worker."""
+        store = self.store
         now = time.monotonic()
         self.backoff = {j: t for j, t in self.backoff.items() if t > now}
-        for job_id in store.claimable():
+        order, jobs = store.queue_view()
+        for job_id in order:
             if job_id in self.backoff:
                 continue
+            if defer_s and not jobs[job_id]["interrupted"] and time.time() - jobs[job_id]["created_at"] < defer_s:
+                continue
             token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s)
-            if token:
-                return job_id, token
+            if not token:
+                continue
+            try:
+                gen = self.rt.files.grant(job_id, self.settings.node, epoch)
+            except BaseException:
+                store.release_lease(job_id, token)
+                raise
+            if gen is None:   # granted in a newer epoch than this worker read: its belief is behind
+                store.release_lease(job_id, token)
+                continue
+            return job_id, token, gen
         return None
 
     # ---- running a job ----
 
-    def run_job(self, job_id: str, token: str, epoch: int) -> str:
+    def run_job(self, job_id: str, token: str, epoch: int, gen: int = 0) -> str:
         self.current_job = job_id
         self.state = f"running {job_id}"
         try:
-            with JobRun(self, job_id, token, epoch) as run:
+            with JobRun(self, job_id, token, epoch, gen) as run:
                 return self._run(run)
-        except Abandon as exc:
+        except (Abandon, Superseded) as exc:
             log.warning("job %s abandoned: %s", job_id, exc, extra=fields(job=job_id, epoch=epoch, event="abandoned"))
             return f"abandoned {job_id} because {exc}"
         except Fenced as exc:
@@ -365,7 +459,7 @@ class Worker:
             if self._storage_full():   # a NAS reached over sftp reports a full disk as a failed write
                 self._note_error(job_id, "shared storage is full; the job continues when space returns")
             elif self.rt.storage.answers():   # the mount works: this job's files are bad, not the NAS
-                return self._charge(job_id, epoch, Attempt(f"its files on shared storage failed: {exc}"))
+                return self._charge(job_id, epoch, Attempt(f"its files on shared storage failed: {exc}"), gen)
             else:
                 self._note_error(job_id, "shared storage is unreachable; the job continues when it returns")
             self.stopping.wait(2.0)
@@ -374,7 +468,7 @@ class Worker:
             raise   # the node's Redis, not the job: run_forever waits for it
         except Exception as exc:  # anything else is charged to this job, never to the worker
             log.exception("job %s: attempt failed", job_id)
-            return self._charge(job_id, epoch, exc)
+            return self._charge(job_id, epoch, exc, gen)
         finally:
             self.current_job = None
 
@@ -400,7 +494,23 @@ class Worker:
                                  f"one chunk of job {job_id}, deadline {deadline:.0f} s): this node is unfit to run jobs")
             self._write_heartbeat()
 
-    def _charge(self, job_id: str, epoch: int, exc: Exception) -> str:
+    def _fence_job(self, job_id: str, epoch: int, gen: int) -> None:
+        """Right before a write to the job's files: the job's lease generation is still this worker's
+        newest on storage (Superseded if not), and, unless workers are pooled, this node is the unfenced
+        primary of the epoch (Fenced if not). Fresh reads, both."""
+        if not self.settings.worker_pool:
+            self.rt.node.assert_primary(epoch)
+        self.rt.files.check_holder(job_id, gen)
+
+    def _fence(self, run: JobRun) -> None:
+        run.check()
+        try:
+            self._fence_job(run.job_id, run.epoch, run.gen)
+        except Superseded as exc:
+            run.abort_reason = str(exc)
+            raise Abandon(str(exc)) from None
+
+    def _charge(self, job_id: str, epoch: int, exc: Exception, gen: int = 0) -> str:
         """A failed attempt at the job: durable count on storage (only by the primary of this epoch);
         `failed` after max_attempts without progress. Engine faults (EngineFault) on several jobs in a
         row are the node's if the engine also fails its self-check (a plain sentence): then it is
@@ -426,8 +536,8 @@ class Worker:
                                      f"the engine fails its self-check ({broken}): this node is unfit to run jobs")
                 log.error("%s", self.engine_error)
         try:
-            self.rt.node.assert_primary(epoch)
-        except Fenced as fenced:
+            self._fence_job(job_id, epoch, gen)
+        except (Fenced, Superseded) as fenced:
             return f"attempt at {job_id} failed ({what}); not recorded: fenced: {fenced}"
         try:
             failures = self.rt.files.record_failure(job_id, self.settings.node, epoch, what,
@@ -438,12 +548,12 @@ class Worker:
         limit = self.settings.job_max_attempts
         if failures >= limit:
             try:
-                return self._fail(job_id, epoch, f"gave up after {failures} failed attempts; the last: {what}")
-            except Fenced as fenced:
+                return self._fail(job_id, epoch, f"gave up after {failures} failed attempts; the last: {what}", gen)
+            except (Fenced, Superseded) as fenced:
                 return f"attempt at {job_id} failed ({what}); not marking it failed: fenced: {fenced}"
         self._note_error(job_id, f"attempt {failures} of {limit} failed ({what}); trying again")
         try:
-            self.rt.store.update(job_id, status="queued")
+            self.store.update(job_id, status="queued")
         except redis.RedisError:
             pass
         return f"attempt {failures} of {limit} at {job_id} failed ({what}); it goes back to the queue"
@@ -456,7 +566,7 @@ class Worker:
 
     def _note_error(self, job_id: str, message: str) -> None:
         try:
-            self.rt.store.update(job_id, error=message)
+            self.store.update(job_id, error=message)
         except redis.RedisError:
             pass
 
@@ -466,12 +576,12 @@ class Worker:
         markers = rt.files.markers(job_id)
         final = next((m for m in FINAL if m in markers), None)
         if final:
-            rt.store.finish(job_id, final)
+            self.store.finish(job_id, final)
             return f"job {job_id} was already {final} on shared storage; nothing to run"
         try:
             plan = self._plan(request)
         except EngineInputError as exc:
-            return self._fail(job_id, epoch, str(exc))
+            return self._fail(job_id, epoch, str(exc), run.gen)
         engine_failures = 0
         # Scan, generate what is missing, scan again (a chunk damaged on storage meanwhile is moved
         # aside and generated again) until every chunk is whole; then assemble.
@@ -479,12 +589,12 @@ class Worker:
             scan = self._scan(run, plan)
             self.progress[job_id] = scan.done
             claim = {"status": "running", "node": self.settings.node, "error": "", "claimed_at": time.time(),
-                     "epoch": epoch} if _round == 0 else {}   # when it started running here, once
-            rt.store.update(job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
+                     "epoch": epoch, "generation": run.gen} if _round == 0 else {}   # when it started here, once
+            self.store.update(job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
                             duration_s=round(scan.seconds, 3), **claim)
             if claim:
-                log.info("job %s: claimed at epoch %d; %d chunks already on shared storage", job_id, epoch,
-                         scan.done, extra=fields(job=job_id, epoch=epoch, event="claimed"))
+                log.info("job %s: claimed at epoch %d, lease generation %d; %d chunks already on shared storage",
+                         job_id, epoch, run.gen, scan.done, extra=fields(job=job_id, epoch=epoch, event="claimed"))
             if scan.complete:
                 try:
                     final_duration = self._assemble(run, scan)
@@ -502,7 +612,7 @@ class Worker:
             try:
                 self._generate(run, plan, scan)
             except EngineInputError as exc:
-                return self._fail(job_id, epoch, str(exc))
+                return self._fail(job_id, epoch, str(exc), run.gen)
             except EngineError as exc:
                 # Transient (out of GPU memory, a crashed subprocess): free what it left, go on from the
                 # last committed chunk; two failures without a chunk in between hand the job back.
@@ -526,9 +636,10 @@ class Worker:
                 rt.files.encode_download(job_id, fmt)
             except (StorageUnavailable, OSError, RuntimeError) as exc:
                 log.warning("job %s: %s download not prepared (the first request makes it): %s", job_id, fmt, exc)
-        rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, duration_s=final_duration,
-                      segments=scan.total)
-        rt.store.finish(job_id, "done", node=self.settings.node, segments_done=scan.total,
+        self._fence(run)
+        rt.files.mark(job_id, "done", node=self.settings.node, epoch=epoch, generation=run.gen,
+                      duration_s=final_duration, segments=scan.total)
+        self.store.finish(job_id, "done", node=self.settings.node, segments_done=scan.total,
                         segments_total=scan.total, duration_s=round(final_duration, 3))
         self.failed_in_a_row.clear()
         self.progress.pop(job_id, None)
@@ -544,8 +655,7 @@ class Worker:
 
     def _assemble(self, run: JobRun, scan: Scan) -> float:
         """audio.wav from every chunk (fresh primary check first); its duration in seconds."""
-        run.check()
-        self.rt.node.assert_primary(run.epoch)
+        self._fence(run)
         return self.rt.files.assemble(run.job_id, scan.total, self.rt.engine.sample_rate)
 
     # ---- planning and scanning ----
@@ -636,7 +746,7 @@ class Worker:
         if not bad:
             return
         for seg, why in bad.items():
-            self.rt.node.assert_primary(run.epoch)   # a write: fresh primary check before each one
+            self._fence(run)   # a write: fresh check of the job's lease before each one
             log.warning("job %s: chunk %s is unusable (%s); moved aside, generating it again",
                         run.job_id, seg.name, why)
             self.rt.files.quarantine_chunk(run.job_id, seg)
@@ -660,7 +770,7 @@ class Worker:
                 first = rt.engine.stateful     # a stream's first chunk carries its prompt's prefill (and replay)
                 while (chunk := self._next_chunk(run, stream, p, first)) is not None:
                     first = False
-                    rt.store.count_attempt(run.job_id)
+                    self.store.count_attempt(run.job_id)
                     self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
                     run.generated += 1
                     n += 1
@@ -702,7 +812,7 @@ class Worker:
         if self.stopping.is_set():  # SIGTERM: the chunk in hand was committed; start no new one
             raise Abandon(f"the worker is shutting down; chunk {n} and later are left to resume")
         if "cancelled" in self.rt.files.markers(run.job_id):
-            self.rt.store.finish(run.job_id, "cancelled", node=self.settings.node)
+            self.store.finish(run.job_id, "cancelled", node=self.settings.node)
             log.info("job %s: cancelled; stopped before chunk %d", run.job_id, n,
                      extra=fields(job=run.job_id, epoch=run.epoch, event="cancelled"))
             raise _Ended(f"job {run.job_id} was cancelled; stopped before chunk {n}")
@@ -729,9 +839,8 @@ class Worker:
             # A whole chunk of this same run is there (a part regenerated after damage): keep it, but
             # leave this run's state beside it so that a failover now resumes here, not at the start.
             if state is not None:
-                run.check()
-                rt.node.assert_primary(epoch)
-                rt.files.commit_state(job_id, n, epoch, state)
+                self._fence(run)
+                rt.files.commit_state(job_id, n, epoch, state, run.gen)
         else:
             wav = audio.encode_wav(chunk.samples, rate)
             checkpoint = None
@@ -739,10 +848,10 @@ class Worker:
                 meta = {"part": p, "index": index, "final": chunk.final, "fingerprint": fingerprint,
                         "seconds": seconds, "why": chunk.why, "node": self.settings.node, **chunk.meta}
                 checkpoint = encode_npz(meta, chunk.checkpoint)
-            run.check()
-            rt.node.assert_primary(epoch)            # fresh read of the state right before commit
-            if not rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state):
-                raise _Rescan(f"chunk {n} of epoch {epoch} is on storage already, not as this run made it")
+            self._fence(run)            # fresh read of the job's lease (and the cluster state) right before commit
+            if not rt.files.commit_chunk(job_id, n, epoch, wav, checkpoint, state, run.gen):
+                raise _Rescan(f"chunk {n} of epoch {epoch}, generation {run.gen} is on storage already, not as "
+                              f"this run made it")
             log.info("job %s: chunk %d committed (%.1f s of audio, epoch %d)", job_id, n, seconds, epoch,
                      extra=fields(job=job_id, epoch=epoch, event="chunk"))
         if stateful and n > 1:
@@ -760,7 +869,7 @@ class Worker:
         self.progress[job_id] = scan.done
         self.failed_in_a_row.clear()
         last = chunk.final and p == len(plan.parts) - 1
-        rt.store.update(job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
+        self.store.update(job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
                         segments_total=scan.done if last and stateful else scan.total_shown(plan, scan.done))
 
     def _log(self, run: JobRun, sentence: str, event: str) -> None:
@@ -768,17 +877,17 @@ class Worker:
         to shared storage: only by the unfenced primary, like any other."""
         log.info("job %s: %s", run.job_id, sentence, extra=fields(job=run.job_id, epoch=run.epoch, event=event))
         try:
-            self.rt.node.assert_primary(run.epoch)
+            self._fence_job(run.job_id, run.epoch, run.gen)
             self.rt.files.append_log(run.job_id, self.settings.node, sentence)
-            self.rt.store.update(run.job_id, note=sentence)
-        except (Fenced, StorageUnavailable, OSError, redis.RedisError) as exc:
+            self.store.update(run.job_id, note=sentence)
+        except (Fenced, Superseded, StorageUnavailable, OSError, redis.RedisError) as exc:
             log.warning("job %s: log not written: %s", run.job_id, exc)
 
-    def _fail(self, job_id: str, epoch: int, error: str) -> str:
+    def _fail(self, job_id: str, epoch: int, error: str, gen: int = 0) -> str:
         """The durable `failed` marker, written only after a fresh primary check (as a segment is)."""
-        self.rt.node.assert_primary(epoch)
+        self._fence_job(job_id, epoch, gen)
         self.rt.files.mark(job_id, "failed", node=self.settings.node, error=error)
-        self.rt.store.finish(job_id, "failed", error=error, node=self.settings.node)
+        self.store.finish(job_id, "failed", error=error, node=self.settings.node)
         self.progress.pop(job_id, None)   # a finished job's entry, as after `done`
         log.warning("job %s failed: %s", job_id, error, extra=fields(job=job_id, epoch=epoch, event="failed"))
         return f"job {job_id} failed: {error}"

@@ -37,7 +37,8 @@ def test_ten_turn_dialogue_end_to_end(node, shared):
     data, rate = sf.read(io.BytesIO(audio.content))
     assert rate == 22050 and abs(len(data) / rate - job["duration_s"]) < 0.01
     segments = sorted((shared / "jobs" / job_id / "segments").iterdir())
-    assert [p.name for p in segments] == [f"{i:05d}.1.wav" for i in range(10)]
+    # index, epoch 1, the first grant of the job's lease (generation 1)
+    assert [p.name for p in segments] == [f"{i:05d}.1.1.wav" for i in range(10)]
     assert sum(sf.info(str(p)).frames for p in segments) == len(data)
     # Speakers really sound different: espeak's m3 and f3 differ in pitch, so the turns differ.
     assert sf.read(str(segments[0]))[0].std() > 0.01

@@ -15,7 +15,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.harness import Node, cluster_cli, dialogue, node_env, wait_for
+from tests.harness import Node, chunk_key, cluster_cli, dialogue, node_env, wait_for
 
 TURNS = 12
 SETTINGS = dict(TTS_ENGINE_PACE=0.2, TTS_LEASE_SECONDS=2, TTS_STATE_MAX_AGE=3, TTS_RECONCILE_INTERVAL=2)
@@ -29,7 +29,7 @@ def segment_files(shared, job_id) -> dict[str, str]:
 
 
 def by_epoch(files: dict, epoch: int) -> dict:
-    return {name: digest for name, digest in files.items() if name.endswith(f".{epoch}.wav")}
+    return {name: digest for name, digest in files.items() if name.endswith(".wav") and chunk_key(name)[1] == epoch}
 
 
 def submit(node, session) -> str:
@@ -58,9 +58,11 @@ def check_final_audio(node, session, shared, job_id):
     folder = shared / "jobs" / job_id / "segments"
     winners = {}
     for p in folder.iterdir():
-        index, epoch, _ = p.name.split(".")
-        if int(index) not in winners or int(epoch) > winners[int(index)][0]:
-            winners[int(index)] = (int(epoch), p)
+        if not p.name.endswith(".wav"):
+            continue
+        index, *rank = chunk_key(p.name)
+        if index not in winners or rank > winners[index][0]:
+            winners[index] = (rank, p)
     assert sorted(winners) == list(range(TURNS))
     assert len(data) == sum(sf.info(str(p)).frames for _, p in winners.values())
     return len(data) / rate

@@ -262,7 +262,8 @@ def test_a_damaged_segment_mid_run_neither_stops_the_worker_nor_the_pair(pair, s
     victim = sorted(p for p in seg_dir.iterdir() if p.name.endswith(".wav"))[1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 3])         # truncated, as a NAS that lost data would leave it
-    (seg_dir / "00000.1.wav").write_bytes(b"RIFF\x00garbage")   # and one not a WAV at all
+    first = sorted(p for p in seg_dir.iterdir() if p.name.endswith(".wav"))[0]
+    first.write_bytes(b"RIFF\x00garbage")                      # and one not a WAV at all
 
     ready_seen = []
     deadline = time.monotonic() + 120

@@ -14,11 +14,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAY = """
+PLAY = f"""
 - hosts: tts_nodes:control
   connection: local
   gather_facts: false
   any_errors_fatal: true
+  vars:   # the worker hosts as site.yml has them (playbooks/group_vars/all.yml)
+    tts_worker_hosts: "{yaml.safe_load((ROOT / "playbooks/group_vars/all.yml").read_text())["tts_worker_hosts"]}"
   roles:
     - role: preflight
 """
@@ -100,4 +102,4 @@ def test_site_yml_runs_the_preflight_first_on_every_host_it_changes():
     plays = yaml.safe_load((ROOT / "playbooks/site.yml").read_text())
     first = plays[0]
     assert first["roles"] == [{"role": "preflight"}] and first["any_errors_fatal"] is True
-    assert set(first["hosts"].split(":")) == {"tts_nodes", "control"}
+    assert set(first["hosts"].split(":")) == {"tts_nodes", "tts_workers", "control"}

@@ -114,3 +114,55 @@ def test_a_lookout_hands_back_the_error_of_its_call(tmp_path):
         raise StorageUnavailable("shared storage failed: Transport endpoint is not connected")
     answer = Lookout(failing, every_s=0).ask(wait_s=1)
     assert answer.answered and isinstance(answer.error, StorageUnavailable) and answer.value is None
+
+
+def test_the_newest_epoch_then_generation_wins_and_old_names_count_as_generation_0(tmp_path):
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    assert files.commit_segment(job, 0, 2, b"before leases had generations")        # 00000.2.wav
+    assert files.commit_segment(job, 0, 2, b"first grant", gen=1)
+    assert files.commit_segment(job, 0, 2, b"third grant", gen=3)
+    assert files.commit_segment(job, 0, 2, b"second grant, late", gen=2)             # loses to generation 3
+    assert files.commit_segment(job, 0, 1, b"older epoch", gen=9)                    # loses to epoch 2
+    assert not files.commit_segment(job, 0, 2, b"again", gen=3)                      # never overwritten
+    seg = files.segments(job)[0]
+    assert (seg.name, seg.rank) == ("00000.2.3.wav", (2, 3))
+    assert files.segment_path(job, seg).read_bytes() == b"third grant"
+
+
+def test_each_grant_is_a_new_generation_and_fences_the_ones_before(tmp_path):
+    from tts_service.jobfiles import Superseded
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    first = files.grant(job, "tts-a", 1)
+    second = files.grant(job, "tts-b", 1)
+    assert (first, second) == (1, 2)
+    files.check_holder(job, second)
+    with pytest.raises(Superseded, match="generation 2"):
+        files.check_holder(job, first)
+    # A worker whose belief is behind (epoch 1) gets no grant once one was made in epoch 2: a newer
+    # generation must never carry an older epoch, or it would lose to the chunks it supersedes.
+    assert files.grant(job, "tts-b", 2) == 3
+    assert files.grant(job, "tts-a", 1) is None
+    assert files.grants(job) == [1, 2, 3]
+
+
+def test_grants_racing_from_many_threads_get_distinct_generations(tmp_path):
+    import threading
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    got, barrier = [], threading.Barrier(8)
+
+    def take(i):
+        barrier.wait()
+        got.append(files.grant(job, f"w{i}", 1))
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 9))

@@ -17,7 +17,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "lab"))
 sys.path.insert(0, str(ROOT / "tests"))
-from harness import dialogue, wait_for  # noqa: E402  (the one wait loop and script generator of the tests)
+from harness import chunk_key, dialogue, wait_for  # noqa: E402  (the one wait loop and script generator of the tests)
 from inventory import Lab  # noqa: E402
 
 LAB = Lab.from_env()
@@ -265,9 +265,9 @@ def start_job(session, turns, before_fault=3, url=VIP):
 
 
 def job_segments(job_id):
-    """Segment files of a job on shared storage: [(index, epoch)]."""
+    """Segment files of a job on shared storage: [(index, epoch, lease generation)]."""
     names = on("nas", f"ls {SHARED}/jobs/{job_id}/segments").split()
-    return [(int(n.split(".")[0]), int(n.split(".")[1])) for n in names if n.endswith(".wav")]
+    return [chunk_key(n) for n in names if n.endswith(".wav")]
 
 
 def wait_job_done(session, job_id, turns, timeout=240, url=VIP):
@@ -275,7 +275,7 @@ def wait_job_done(session, job_id, turns, timeout=240, url=VIP):
     job = wait(lambda: (j := session.get(f"{url}/api/jobs/{job_id}", timeout=3).json())["status"] in
                ("done", "failed", "cancelled") and j, timeout, f"job {job_id} to finish", interval=0.5)
     assert job["status"] == "done" and job["segments_done"] == turns, job
-    indexes = sorted(i for i, _ in job_segments(job_id))
+    indexes = sorted(i for i, *_ in job_segments(job_id))
     assert indexes == list(range(turns)), indexes
     return job
 

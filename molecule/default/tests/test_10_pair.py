@@ -31,10 +31,14 @@ def test_services_run_where_they_belong(host):
         "ctl": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter", "tts-operators-sink",
                 "chrony"],
         "nas": ["ssh"],
+        "tts-c": ["tts-worker", "chrony"],          # a worker host (tts_workers): the worker only
     }[name(host)]
     for service in services:
         assert host.service(service).is_running, f"{service} is not running on {name(host)}"
         assert host.service(service).is_enabled, f"{service} is not enabled on {name(host)}"
+    if name(host) == "tts-c":   # nothing of the pair's here, and nothing listening for others but SSH
+        for service in ("redis-server", "tts-web", "tts-api", "nginx", "keepalived"):
+            assert not host.service(service).is_running, f"{service} runs on the worker host"
 
 
 def test_chrony_measures_the_clock_from_the_configured_sources(host):

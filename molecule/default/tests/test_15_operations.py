@@ -215,10 +215,30 @@ tests:
           - exp_labels: {severity: warning, node: tts-b, job: tts_app, instance: b}
             exp_annotations:
               summary: "the kernel of tts-b says its clock is not synchronised: docs/operations.md, TTSClockNotSynchronised"
+  - interval: 15s
+    input_series:
+      # Both nodes show the pool's workers; tts-c goes silent at 1 min. During the failover at 3 min the
+      # standby's copy of the registry ages for everyone (its link is down): min over the nodes holds.
+      - series: 'tts_worker_last_seen_seconds{job="tts_app", node="tts-a", instance="a", worker="tts-c"}'
+        values: '1 1 1 1 15 30 45 60 75 90 105 120 135 150 165 180 195 210 225 240'
+      - series: 'tts_worker_last_seen_seconds{job="tts_app", node="tts-a", instance="a", worker="tts-b"}'
+        values: '1x19'
+      - series: 'tts_worker_last_seen_seconds{job="tts_app", node="tts-b", instance="b", worker="tts-b"}'
+        values: '1x11 15 30 45 60 75 90 105 120'
+    alert_rule_test:
+      - eval_time: 90s
+        alertname: TTSWorkerDown
+        exp_alerts: []
+      - eval_time: 4m45s
+        alertname: TTSWorkerDown
+        exp_alerts:
+          - exp_labels: {severity: warning, worker: tts-c}
+            exp_annotations:
+              summary: "worker tts-c has not spoken for 240 s: its jobs go on on the other workers; docs/operations.md, TTSWorkerDown"
 """
 
 
-def test_the_storage_certificate_vip_and_clock_alerts_fire_past_their_thresholds_and_only_then():
+def test_the_storage_certificate_vip_clock_and_worker_alerts_fire_past_their_thresholds_and_only_then():
     on("ctl", f"cat > /tmp/storage-low-test.yml <<'EOF'\n{PROMTOOL_TEST}\nEOF")
     out = on("ctl", "cd /tmp && promtool test rules storage-low-test.yml")
     assert "SUCCESS" in out, out

@@ -40,7 +40,7 @@ def job_in_flight():
     return state["primary"], state["standby"], runs_before, session, start_job(session, TURNS)
 
 
-def follow_failover(session, job_id, standby, t_fault, runs_before):
+def follow_failover(session, job_id, primary, standby, t_fault, runs_before):
     """Wait for the chain; return the stages of the RTO (seconds after the fault)."""
     run = wait(lambda: new_run(runs_before, "failover.yml", standby), 90, f"failover.yml to {standby}")
     assert run["result"] == "succeeded", run
@@ -48,7 +48,8 @@ def follow_failover(session, job_id, standby, t_fault, runs_before):
                          60, "/primary through the VIP", interval=0.1)
     job = wait(lambda: (j := session.get(f"{VIP}/api/jobs/{job_id}", timeout=3).json())["status"] == "done" and j,
                180, "the job to finish")
-    assert job["node"] == standby and job["segments_done"] == TURNS, job
+    # Every worker takes jobs (the pool): the job went on on a free one (the standby, or the worker host).
+    assert job["node"] != primary and job["segments_done"] == TURNS, job
     names = on("nas", f"ls /export/shared/tts/jobs/{job_id}/segments").split()
     indexes = [n.split(".")[0] for n in names]
     assert sorted(set(indexes)) == [f"{i:05d}" for i in range(TURNS)] and len(indexes) == TURNS, names
@@ -89,7 +90,7 @@ def test_app_killed_on_the_primary(watcher, tmp_path):
     t_fault = time.time()
     on(primary, APP_KILLED)
     try:
-        stages = follow_failover(session, job_id, standby, t_fault, runs_before)
+        stages = follow_failover(session, job_id, primary, standby, t_fault, runs_before)
         report(f"app killed on {primary}", stages)
         if browser is not None:
             # The listener in the page carried on through the failover: what it played is the final file.
@@ -109,14 +110,15 @@ def test_app_killed_on_the_primary(watcher, tmp_path):
     assert (state.get("fenced") or {}).get("node") == primary and state["fenced"]["epoch"] == state["epoch"], state
     failovers = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] == "failover.yml"]
     assert len(failovers) == 1
-    # The job's story on ctl, from both nodes' uploaded journals and the receiver's own: claimed on the
-    # old primary, the receiver's decision sentence, claimed again and finished on the new primary.
+    # The job's story on ctl, from every host's uploaded journal and the receiver's own: claimed on the
+    # old primary, the receiver's decision sentence, claimed again (by a free worker of the pool: it may
+    # be before the decision, the lease lapsing first) and finished there.
+    job = session.get(f"{VIP}/api/jobs/{job_id}", timeout=3).json()
     story = wait(lambda: (s := on("ctl", f"tts-logs job {job_id}")) and f"job {job_id}: finished" in s and s,
                  30, "the job's story on ctl")
     lines = story.splitlines()
-    assert {line.split()[1] for line in lines if " claimed " in line} == {primary, standby}, story
-    decision = next(line for line in lines if " decision " in line and f"failing over to {standby}" in line)
-    assert lines.index(decision) < next(i for i, line in enumerate(lines) if standby in line and " claimed " in line)
+    assert {line.split()[1] for line in lines if " claimed " in line} == {primary, job["node"]}, story
+    assert any(" decision " in line and f"failing over to {standby}" in line for line in lines), story
     assert "failover.yml" in on("ctl", "tts-logs failover")
     print(f"\ntts-logs job {job_id} on ctl:\n{story}")
     # The app comes back: TTSNodeNotInRole -> rejoin.yml makes it the standby.
@@ -130,7 +132,7 @@ def test_host_of_the_new_primary_lost(watcher):
     t_fault = time.time()
     podman("kill", PREFIX + primary)
     try:
-        stages = follow_failover(session, job_id, standby, t_fault, runs_before)
+        stages = follow_failover(session, job_id, primary, standby, t_fault, runs_before)
         report(f"host {primary} lost", stages)
         failovers = [r for r in receiver_runs() if r["id"] not in runs_before and r["playbook"] == "failover.yml"]
         assert len(failovers) == 1
@@ -158,7 +160,7 @@ def test_planned_switchover_loses_nothing(watcher):
     assert cluster_state()["primary"] == standby
     job = wait(lambda: (j := session.get(f"{VIP}/api/jobs/{job_id}", timeout=3).json())["status"] == "done" and j,
                180, "the job to finish")
-    assert job["node"] == standby
+    assert job["node"] != primary                                              # handed over to a free worker
     assert int(redis_hget(standby, f"tts:job:{job_id}", "attempts")) == TURNS   # nothing recomputed
     assert requests.get(f"{NODES[primary]}/standby", timeout=2).status_code == 200
     assert [r for r in receiver_runs() if r["id"] not in runs_before] == []     # the receiver kept out

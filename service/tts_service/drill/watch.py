@@ -36,7 +36,9 @@ class Observation:
     in_flight: bool = False
     vip_lost_at: float | None = None       # first failed /primary through the VIP after in flight
     vip_target_at: float | None = None     # first 200 from the target's /primary through the VIP
-    job_on_target_at: float | None = None  # first time the job showed as running (or done) on the target
+    job_on_target_at: float | None = None  # first time the job showed as running (or done) again, after the
+                                           # fault: on the target, or (a pool) on any worker but `source`
+    source: str = ""                       # the primary before the fault ("" : the job must reach the target)
     job_done_at: float | None = None
     job: dict = field(default_factory=dict)
     error: str = ""
@@ -45,8 +47,9 @@ class Observation:
 
 class Watcher:
     def __init__(self, vip: str, target: str, out: Path, turns: int = 12, in_flight_segments: int = 2,
-                 interval: float = 0.2, timeout: float = 900.0, submit_timeout: float = 30.0, login: str = ""):
-        self.obs = Observation(vip=vip.rstrip("/"), target=target)
+                 interval: float = 0.2, timeout: float = 900.0, submit_timeout: float = 30.0, login: str = "",
+                 source: str = ""):
+        self.obs = Observation(vip=vip.rstrip("/"), target=target, source=source)
         # "user:password" where the VIP wants basic auth (tts_access: basic), as any user logs in.
         self.auth = {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()} if login else {}
         self.out = Path(out)
@@ -97,7 +100,8 @@ class Watcher:
             if not o.in_flight and job.get("segments_done", 0) >= self.in_flight_segments:
                 o.in_flight, o.in_flight_at = True, now
                 self.save()
-            if o.job_on_target_at is None and job.get("node") == o.target and job.get("status") in ("running", "done"):
+            moved = job.get("node") not in ("", None, o.source) if o.source else job.get("node") == o.target
+            if o.job_on_target_at is None and o.in_flight and moved and job.get("status") in ("running", "done"):
                 o.job_on_target_at = now
             if job.get("status") in FINAL and o.job_done_at is None:
                 o.job_done_at = now
