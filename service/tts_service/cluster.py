@@ -30,9 +30,10 @@ NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
 # The layout of jobs/ this code writes (/ready shows it; cluster/format records the newest any primary
 # wrote): 1 = a segment per turn; 2 = segments are chunks of a part's stream, with .ckpt/.state beside
-# them for stateful engines, and jobs/<id>/log. Here, not in jobfiles.py, so that tts-cluster starts
-# without numpy (it is on a failover's critical path).
-STORAGE_FORMAT = 2
+# them for stateful engines, and jobs/<id>/log; 3 = each grant of a job's lease has a generation
+# (jobs/<id>/leases/), in the chunks' names beside the epoch (format 2's code does not see those chunks).
+# Here, not in jobfiles.py, so that tts-cluster starts without numpy (it is on a failover's critical path).
+STORAGE_FORMAT = 3
 
 
 # The longest TTL anything takes the lock with (tts-cluster lock --ttl is capped to it).

@@ -153,7 +153,10 @@ class JobFiles:
     def grant(self, job_id: str, worker: str, epoch: int) -> int | None:
         """The next generation of the job's lease, granted to `worker` (created exclusively: two grants
         racing get two generations); None if the newest grant was made in a newer epoch than the
-        caller's (its belief is stale: a newer generation would then carry an older epoch)."""
+        caller's (its belief is stale: a newer generation would then carry an older epoch), or if the
+        job is gone from storage (purged meanwhile: no folder is made again for it)."""
+        if not self.storage.exists(self.dir(job_id) / "request.json"):
+            return None
         folder = self.dir(job_id) / "leases"
         self.storage.makedirs(folder)
         while True:
@@ -169,11 +172,23 @@ class JobFiles:
             if self.storage.commit_new(folder / f"{newest + 1:06d}.json", body):
                 return newest + 1
 
-    def check_holder(self, job_id: str, gen: int) -> None:
-        """Raise Superseded unless `gen` is still the job's newest grant (a fresh read of storage)."""
+    def newest_grant(self, job_id: str) -> tuple[int, dict] | None:
+        """(generation, {worker, epoch, at}) of the job's newest grant; None if it has none."""
         held = self.grants(job_id)
-        if held and held[-1] > gen:
-            raise Superseded(f"the job's lease was granted again (generation {held[-1]}, this worker holds {gen})")
+        if not held:
+            return None
+        try:
+            return held[-1], self.storage.read_json(self.dir(job_id) / "leases" / f"{held[-1]:06d}.json")
+        except (ValueError, FileNotFoundError):
+            return held[-1], {}
+
+    def check_holder(self, job_id: str, gen: int) -> None:
+        """Raise Superseded unless `gen` is the job's newest grant (a fresh read of storage; a job whose
+        grants are gone was purged: nobody holds it)."""
+        held = self.grants(job_id)
+        if not held or held[-1] != gen:
+            raise Superseded(f"the job's lease was granted again (generation {held[-1]}, this worker holds {gen})"
+                             if held else "the job's grants are gone from storage (purged)")
 
     # ---- chunk checkpoints (stateful engines) ----
 
@@ -204,9 +219,12 @@ class JobFiles:
         if not self.storage.commit_new(path, state):
             self.storage.write_replace(path, state)
 
-    def chunk_state(self, job_id: str, index: int, expect: tuple[int, int, str]) -> dict | None:
-        """The state after chunk `index` that belongs to (part, index in part, fingerprint) `expect`,
-        newest (epoch, generation) first; None if there is none, or none readable and matching."""
+    def chunk_state(self, job_id: str, index: int, expect: tuple[int, int, str], follows: str | None = None
+                    ) -> dict | None:
+        """The state after chunk `index` that belongs to (part, index in part, fingerprint) `expect` and,
+        if given, follows the chunk file `follows` (the winning one: a state a dead attempt left beside a
+        chunk it never committed is another lineage's), newest (epoch, generation) first; None if there is
+        none, or none readable and matching."""
         names = [m for m in map(_STATE_RE.match, self.storage.listdir(self.dir(job_id) / "segments"))
                  if m and m.group(4) == "state" and int(m.group(1)) == index]
         for match in sorted(names, key=lambda m: (-int(m.group(2)), -int(m.group(3) or 0))):
@@ -214,15 +232,19 @@ class JobFiles:
                 meta, arrays = self.storage.call(_read_npz, self.dir(job_id) / "segments" / match.group(0))
             except ValueError:
                 continue
-            if (meta.get("part"), meta.get("index"), meta.get("fingerprint")) == tuple(expect):
+            if (meta.get("part"), meta.get("index"), meta.get("fingerprint")) == tuple(expect) \
+                    and (follows is None or meta.get("follows", follows) == follows):
                 return arrays
         return None
 
-    def drop_chunk_files(self, job_id: str, below: int | None = None, kinds: tuple[str, ...] = ("state",)) -> int:
-        """Remove checkpoint files of the given kinds for chunks < below (all if None); best effort."""
+    def drop_chunk_files(self, job_id: str, below: int | None = None, kinds: tuple[str, ...] = ("state",),
+                         upto: tuple[int, int] | None = None) -> int:
+        """Remove checkpoint files of the given kinds for chunks < below (all if None), of (epoch,
+        generation) `upto` or older if given (never a newer holder's); best effort."""
         folder = self.dir(job_id) / "segments"
         doomed = [folder / m.group(0) for m in map(_STATE_RE.match, self.storage.listdir(folder))
-                  if m and m.group(4) in kinds and (below is None or int(m.group(1)) < below)]
+                  if m and m.group(4) in kinds and (below is None or int(m.group(1)) < below)
+                  and (upto is None or (int(m.group(2)), int(m.group(3) or 0)) <= tuple(upto))]
         return self.storage.call(lambda: sum(_unlink(p) for p in doomed))
 
     def quarantine_chunk(self, job_id: str, seg: SegmentFile) -> None:

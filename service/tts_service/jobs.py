@@ -32,16 +32,18 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# Take the lease if it is free, if its holder leased it in an older epoch (a promotion voids every
-# lease of the epochs before it: the replicated lease of a dead primary survives the promotion with its
-# expiry, and skew between the nodes' clocks can stretch it), or if it is this node's own (one worker
-# per node, which asks only while it runs no job: a lease in its name is a dead incarnation's).
+# Take the lease if it is free, if its holder leased it in an older epoch and ARGV[5] says a promotion
+# voids those (one worker at a time, the primary's: the replicated lease of a dead primary survives the
+# promotion with its expiry, and skew between the nodes' clocks can stretch it; in a pool the holder may
+# be a live worker carrying its job on through the failover, and the lease's expiry decides), or if it
+# is this node's own (one worker per node, which asks only while it runs no job: a lease in its name is
+# a dead incarnation's).
 _ACQUIRE = """
 local current = redis.call('get', KEYS[1])
 if current then
   local ok, held = pcall(cjson.decode, current)
   if ok and type(held) == 'table' and held['node'] ~= ARGV[4]
-     and tonumber(held['epoch']) and tonumber(held['epoch']) >= tonumber(ARGV[2]) then
+     and (ARGV[5] ~= '1' or (tonumber(held['epoch']) and tonumber(held['epoch']) >= tonumber(ARGV[2]))) then
     return 0
   end
 end
@@ -310,15 +312,20 @@ class JobStore:
 
     # ---- the workers ----
 
+    def now(self) -> float:
+        """Redis's clock: every worker's word is timed by it and aged by it (no two hosts' clocks meet)."""
+        seconds, micro = self.r.time()
+        return seconds + micro / 1e6
+
     def register_worker(self, worker: str, info: dict) -> None:
-        self.r.hset(k("workers"), worker, json.dumps({**info, "ts": time.time()}))
+        self.r.hset(k("workers"), worker, json.dumps({**info, "ts": self.now()}))
 
     def forget_worker(self, worker: str) -> None:
         self.r.hdel(k("workers"), worker)
 
     def workers(self, forget_s: float = 24 * 3600) -> dict[str, dict]:
         """Each worker's last word (younger than forget_s) with its age in seconds, `age_s`."""
-        now, out = time.time(), {}
+        now, out = self.now(), {}
         for worker, raw in self.r.hgetall(k("workers")).items():
             try:
                 info = json.loads(raw)
@@ -331,11 +338,12 @@ class JobStore:
 
     # ---- leases ----
 
-    def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float) -> str | None:
-        """The lease for (node, epoch) if the job's lease is free, was taken in an older epoch, or is a
-        dead incarnation's of this same node."""
+    def acquire_lease(self, job_id: str, node: str, epoch: int, ttl_s: float, void_older: bool = True) -> str | None:
+        """The lease for (node, epoch) if the job's lease is free, was taken in an older epoch (unless
+        void_older is False: a pool), or is a dead incarnation's of this same node."""
         token = json.dumps({"node": node, "epoch": epoch, "token": secrets.token_hex(8)})
-        ok = self._acquire(keys=[k("lease", job_id)], args=[token, epoch, int(ttl_s * 1000), node])
+        ok = self._acquire(keys=[k("lease", job_id)], args=[token, epoch, int(ttl_s * 1000), node,
+                                                            "1" if void_older else "0"])
         return token if ok else None
 
     def renew_lease(self, job_id: str, token: str, ttl_s: float) -> bool:

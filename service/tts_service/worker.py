@@ -43,7 +43,7 @@ import redis
 from . import audio, heartbeat, journal, vip
 from .config import Settings
 from .engines import EngineError, EngineInputError
-from .jobfiles import STORAGE_FORMAT, Superseded, encode_npz
+from .jobfiles import STORAGE_FORMAT, Superseded, encode_npz, segment_name
 from .jobplan import ChunkInfo, JobPlan, Scan
 from .jobs import FINAL, JobStore, connect
 from .journal import fields
@@ -118,22 +118,29 @@ class JobRun:
             pass  # it expires by itself
 
     def _keep(self) -> None:
-        rt = self.worker.rt
-        interval = rt.settings.lease_s / 3
+        interval = self.worker.rt.settings.lease_s / 3
         while not self._stop.wait(interval):
-            if self._overdue():
-                continue          # the lease lapses: the job goes to another attempt
-            belief = rt.node.belief(fresh=True)
-            if rt.settings.worker_pool:
-                self._keep_in_pool(belief)
-                continue
             try:
-                if not self.worker.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
-                    self.abort_reason = "lost the job's lease"
-            except redis.RedisError as exc:
-                self.abort_reason = f"cannot renew the lease: {exc}"
-            if belief.fenced or belief.epoch != self.epoch:
-                self.abort_reason = f"fenced: {belief.why_fenced()}"
+                self._keep_once()
+            except Exception as exc:   # a bug must not end the renewals silently: the job is given up
+                log.exception("job %s: the lease keeper failed", self.job_id)
+                self.abort_reason = f"the lease keeper failed: {type(exc).__name__}: {exc}"
+
+    def _keep_once(self) -> None:
+        rt = self.worker.rt
+        if self._overdue():
+            return            # the lease lapses: the job goes to another attempt
+        belief = rt.node.belief(fresh=True)
+        if rt.settings.worker_pool:
+            self._keep_in_pool(belief)
+            return
+        try:
+            if not self.worker.store.renew_lease(self.job_id, self.token, rt.settings.lease_s):
+                self.abort_reason = "lost the job's lease"
+        except redis.RedisError as exc:
+            self.abort_reason = f"cannot renew the lease: {exc}"
+        if belief.fenced or belief.epoch != self.epoch:
+            self.abort_reason = f"fenced: {belief.why_fenced()}"
 
     def _keep_in_pool(self, belief) -> None:
         """A pool worker keeps its job through a failover of the control plane: it follows the primary's
@@ -143,6 +150,13 @@ class JobRun:
         if not belief.fresh:
             self.abort_reason = f"cannot read the cluster state ({belief.error or 'too old'})"
             return
+        try:   # superseded (a newer grant on storage): stop now, not at the next write
+            rt.files.check_holder(self.job_id, self.gen)
+        except Superseded as exc:
+            self.abort_reason = str(exc)
+            return
+        except (StorageUnavailable, OSError):
+            pass   # the next write's own check decides
         store = self.worker.route(belief)
         ttl = rt.settings.lease_s
         try:
@@ -151,7 +165,7 @@ class JobRun:
             else:
                 token = self.token if store.renew_lease(self.job_id, self.token, ttl) else None
             if not token:   # gone from Redis (expired while Redis was away, lost in its failover): take it back if free
-                token = store.acquire_lease(self.job_id, rt.settings.node, belief.epoch, ttl)
+                token = store.acquire_lease(self.job_id, rt.settings.node, belief.epoch, ttl, void_older=False)
             if token:
                 self.token, self.lease_epoch = token, belief.epoch
             else:
@@ -214,7 +228,10 @@ class Worker:
         self.hangs: deque[float] = deque(maxlen=8)           # monotonic times the engine hung
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
         self.vip_error = ""   # why the VIP track file could not be written last time
+        self.exited = threading.Event()      # the main loop has ended (the heartbeat speaks until then)
+        self.current_run: JobRun | None = None
         self.store: JobStore = rt.store      # the jobs' Redis: this node's, or a pool worker's primary's
+        self._format_seen = (0.0, 0)         # (monotonic time, the storage format recorded then)
         self._stores: dict[str, JobStore] = {}
         self._hb_lock = threading.Lock()
 
@@ -239,6 +256,7 @@ class Worker:
             if sentence != self.last_sentence:   # say what changed, as Patroni does, not every cycle
                 log.info("%s", sentence)
                 self.last_sentence = sentence
+        self.exited.set()
         self._write_heartbeat()
         self._register(leaving=True)
 
@@ -257,10 +275,11 @@ class Worker:
             log.exception("engine failed to load")
 
     def _heartbeat_loop(self) -> None:
-        while not self.stopping.is_set():
+        # Until the main loop ends, a drain's last chunk included (a silent worker is alerted on).
+        while not self.exited.is_set():
             self._write_heartbeat()
             self._register()
-            self.stopping.wait(1.0)
+            self.exited.wait(1.0)
 
     def _register(self, leaving: bool = False) -> None:
         """A pool worker's word in the jobs' Redis (every second): what it does, whether it takes jobs,
@@ -273,8 +292,10 @@ class Worker:
                 self.store.forget_worker(self.settings.node)
                 return
             belief = self.rt.node.belief()
+            run = self.current_run   # a job given up (lease lost, the engine past its deadline) is not claimed as running
             self.store.register_worker(self.settings.node, {
-                "state": self.state, "job": self.current_job, "pace": self.pace(),
+                "state": self.state, "job": run.job_id if run is not None and not run.abort_reason else None,
+                "pace": self.pace(),
                 "engine": self.rt.engine.name, "takes_jobs": self.takes_jobs(belief)})
         except redis.RedisError as exc:
             log.debug("worker not registered: %s", exc)
@@ -347,6 +368,14 @@ class Worker:
         self.store = self._stores[url]
         return self.store
 
+    def _recorded_format(self) -> int:
+        """The storage format the primaries have recorded (read at most every 10 s)."""
+        at, fmt = self._format_seen
+        if time.monotonic() - at > 10 or fmt < STORAGE_FORMAT:
+            fmt = self.rt.cluster.storage_format()
+            self._format_seen = (time.monotonic(), fmt)
+        return fmt
+
     def takes_jobs(self, belief) -> bool:
         """Whether this worker claims jobs now: its engine is loaded and it is the unfenced primary, or a
         pool worker that reads the cluster state."""
@@ -365,6 +394,12 @@ class Worker:
             return self.state
         self.route(belief)
         if belief.fenced:   # a pool worker beside the primary: it claims jobs, the primary keeps Redis whole
+            recorded = self._recorded_format()
+            if recorded < STORAGE_FORMAT:
+                self.state = (f"idle: the primary writes storage format {recorded}, older than this worker's "
+                              f"{STORAGE_FORMAT} (an upgrade in progress): no job is claimed until it is newer")
+                self.stopping.wait(2.0)
+                return self.state
             if self.store.lost_its_data():
                 self.state = "idle: waiting for the primary to rebuild Redis from shared storage"
                 self.stopping.wait(1.0)
@@ -417,12 +452,20 @@ class Worker:
         now = time.monotonic()
         self.backoff = {j: t for j, t in self.backoff.items() if t > now}
         order, jobs = store.queue_view()
+        pool = self.settings.worker_pool
+        # A job another live worker says it runs is its own (it carries it on through a failover, and takes
+        # its lease back in the new primary's Redis): not asked for.
+        running = ({info.get("job") for worker, info in store.workers(self.settings.worker_forget_s).items()
+                    if worker != self.settings.node and info["age_s"] < self.settings.lease_s / 2}
+                   if pool and order else set())
         for job_id in order:
-            if job_id in self.backoff:
+            if job_id in self.backoff or job_id in running:
                 continue
             if defer_s and not jobs[job_id]["interrupted"] and time.time() - jobs[job_id]["created_at"] < defer_s:
                 continue
-            token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s)
+            if pool and jobs[job_id]["interrupted"] and self._just_granted_elsewhere(job_id):
+                continue
+            token = store.acquire_lease(job_id, self.settings.node, epoch, self.settings.lease_s, void_older=not pool)
             if not token:
                 continue
             try:
@@ -436,6 +479,20 @@ class Worker:
             return job_id, token, gen
         return None
 
+    def _just_granted_elsewhere(self, job_id: str) -> bool:
+        """Whether another worker was granted the job less than a lease ago (on storage, which a Redis
+        failover does not lose): its lease in Redis may have been lost with the old primary's newest
+        writes (a claim a moment before a switchover), and it takes it back within lease/3. A holder that
+        died that soon costs its job one lease of waiting."""
+        try:
+            newest = self.rt.files.newest_grant(job_id)
+        except (StorageUnavailable, OSError):
+            return True
+        if newest is None:
+            return False
+        info = newest[1]
+        return info.get("worker") != self.settings.node and time.time() - float(info.get("at", 0)) < self.settings.lease_s
+
     # ---- running a job ----
 
     def run_job(self, job_id: str, token: str, epoch: int, gen: int = 0) -> str:
@@ -443,6 +500,7 @@ class Worker:
         self.state = f"running {job_id}"
         try:
             with JobRun(self, job_id, token, epoch, gen) as run:
+                self.current_run = run
                 return self._run(run)
         except (Abandon, Superseded) as exc:
             log.warning("job %s abandoned: %s", job_id, exc, extra=fields(job=job_id, epoch=epoch, event="abandoned"))
@@ -471,6 +529,7 @@ class Worker:
             return self._charge(job_id, epoch, exc, gen)
         finally:
             self.current_job = None
+            self.current_run = None
 
     def chunk_deadline(self) -> float:
         """How long one chunk's engine call may take: FACTOR x the median of recent ones, at least MIN_S."""
@@ -590,8 +649,8 @@ class Worker:
             self.progress[job_id] = scan.done
             claim = {"status": "running", "node": self.settings.node, "error": "", "claimed_at": time.time(),
                      "epoch": epoch, "generation": run.gen} if _round == 0 else {}   # when it started here, once
-            self.store.update(job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
-                            duration_s=round(scan.seconds, 3), **claim)
+            self._bookkeep(self.store.update, job_id, segments_done=scan.done, segments_total=scan.total_shown(plan),
+                           duration_s=round(scan.seconds, 3), **claim)
             if claim:
                 log.info("job %s: claimed at epoch %d, lease generation %d; %d chunks already on shared storage",
                          job_id, epoch, run.gen, scan.done, extra=fields(job=job_id, epoch=epoch, event="claimed"))
@@ -726,7 +785,8 @@ class Worker:
             return Scan(usable, done_seconds, True, n, [], n, None, "", n)
         resume, start, index = None, n, i
         if i > 0:
-            state = rt.files.chunk_state(job_id, n - 1, (p, i - 1, plan.fingerprints[p]))
+            state = rt.files.chunk_state(job_id, n - 1, (p, i - 1, plan.fingerprints[p]),
+                                         follows=usable[n - 1].seg.name if usable[n - 1].seg else None)
             if state is not None:
                 try:
                     resume = rt.engine.resume_from([usable[m].arrays for m in range(n - i, n)], state)
@@ -770,7 +830,7 @@ class Worker:
                 first = rt.engine.stateful     # a stream's first chunk carries its prompt's prefill (and replay)
                 while (chunk := self._next_chunk(run, stream, p, first)) is not None:
                     first = False
-                    self.store.count_attempt(run.job_id)
+                    self._bookkeep(self.store.count_attempt, run.job_id)
                     self._commit(run, plan, n, p, index, chunk, scan, time.monotonic() - started)
                     run.generated += 1
                     n += 1
@@ -811,7 +871,11 @@ class Worker:
         run.check()
         if self.stopping.is_set():  # SIGTERM: the chunk in hand was committed; start no new one
             raise Abandon(f"the worker is shutting down; chunk {n} and later are left to resume")
-        if "cancelled" in self.rt.files.markers(run.job_id):
+        markers = self.rt.files.markers(run.job_id)
+        if "done" in markers or "failed" in markers:   # ended by another worker meanwhile (a raced grant)
+            raise _Ended(f"job {run.job_id} ended elsewhere ({next(m for m in ('done', 'failed') if m in markers)}); "
+                         f"stopped before chunk {n}")
+        if "cancelled" in markers:
             self.store.finish(run.job_id, "cancelled", node=self.settings.node)
             log.info("job %s: cancelled; stopped before chunk %d", run.job_id, n,
                      extra=fields(job=run.job_id, epoch=run.epoch, event="cancelled"))
@@ -834,7 +898,10 @@ class Worker:
         stateful = rt.engine.stateful
         state = None
         if stateful and chunk.state is not None:
-            state = encode_npz({"chunk": n, "part": p, "index": index, "fingerprint": fingerprint}, chunk.state)
+            # The chunk file the state follows: a resume takes only a state that follows the winning chunk.
+            follows = there.seg.name if same else segment_name(n, epoch, run.gen)
+            state = encode_npz({"chunk": n, "part": p, "index": index, "fingerprint": fingerprint,
+                                "follows": follows}, chunk.state)
         if same:
             # A whole chunk of this same run is there (a part regenerated after damage): keep it, but
             # leave this run's state beside it so that a failover now resumes here, not at the start.
@@ -855,8 +922,9 @@ class Worker:
             log.info("job %s: chunk %d committed (%.1f s of audio, epoch %d)", job_id, n, seconds, epoch,
                      extra=fields(job=job_id, epoch=epoch, event="chunk"))
         if stateful and n > 1:
-            try:   # the two newest states are kept (the newest chunk may yet turn up damaged)
-                rt.files.drop_chunk_files(job_id, below=n - 1)
+            try:   # the two newest states are kept (the newest chunk may yet turn up damaged); never a newer holder's
+                self._fence(run)
+                rt.files.drop_chunk_files(job_id, below=n - 1, upto=(epoch, run.gen))
             except (StorageUnavailable, OSError) as exc:
                 log.warning("job %s: older states not removed: %s", job_id, exc)
         if chunk.final and chunk.why and stateful:
@@ -869,8 +937,19 @@ class Worker:
         self.progress[job_id] = scan.done
         self.failed_in_a_row.clear()
         last = chunk.final and p == len(plan.parts) - 1
-        self.store.update(job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
-                        segments_total=scan.done if last and stateful else scan.total_shown(plan, scan.done))
+        self._bookkeep(self.store.update, job_id, segments_done=scan.done, duration_s=round(scan.seconds, 3),
+                       segments_total=scan.done if last and stateful else scan.total_shown(plan, scan.done))
+
+    def _bookkeep(self, call, *args, **kwargs) -> None:
+        """Redis's copy of a job's progress. In a pool, the primary's Redis may be away (its host died):
+        the job goes on, fenced on shared storage, and Redis learns the progress at the next chunk (or from
+        the rebuild); outside a pool, a Redis error hands the job back as before."""
+        try:
+            call(*args, **kwargs)
+        except redis.RedisError as exc:
+            if not self.settings.worker_pool:
+                raise
+            log.warning("progress not recorded in Redis (the job goes on): %s", exc)
 
     def _log(self, run: JobRun, sentence: str, event: str) -> None:
         """A sentence in the job's log (shown as its note, kept on storage) and the worker's. A write

@@ -166,3 +166,44 @@ def test_grants_racing_from_many_threads_get_distinct_generations(tmp_path):
     for t in threads:
         t.join()
     assert sorted(got) == list(range(1, 9))
+
+
+def test_a_purged_job_gets_no_grant_and_nobody_holds_it(tmp_path):
+    import shutil
+    from tts_service.jobfiles import Superseded
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    gen = files.grant(job, "tts-a", 1)
+    shutil.rmtree(files.dir(job))                       # purged by its owner meanwhile
+    with pytest.raises(Superseded, match="purged"):
+        files.check_holder(job, gen)
+    assert files.grant(job, "tts-b", 1) is None and not files.dir(job).exists()   # no folder made again
+
+
+def test_a_resume_takes_only_the_state_that_follows_the_winning_chunk(tmp_path):
+    """A dead attempt of generation 2 left its state beside a chunk it never committed: the winning chunk
+    is generation 1's, and so must be the state (another lineage's otherwise)."""
+    from tts_service.jobfiles import encode_npz
+    import numpy as np
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    mine = encode_npz({"part": 0, "index": 3, "fingerprint": "f", "follows": "00003.1.1.wav"}, {"x": np.ones(2)})
+    orphan = encode_npz({"part": 0, "index": 3, "fingerprint": "f", "follows": "00003.1.2.wav"}, {"x": np.zeros(2)})
+    assert files.commit_chunk(job, 3, 1, b"RIFF", state=mine, gen=1)
+    files.commit_state(job, 3, 1, orphan, gen=2)
+    winner = files.segments(job)[3].name
+    assert winner == "00003.1.1.wav"
+    assert files.chunk_state(job, 3, (0, 3, "f"), follows=winner)["x"].tolist() == [1.0, 1.0]
+    assert files.chunk_state(job, 3, (0, 3, "f"))["x"].tolist() == [0.0, 0.0]     # newest, whoever it follows
+
+
+def test_a_stale_holder_never_drops_a_newer_holders_states(tmp_path):
+    files = JobFiles(Storage(tmp_path), tmp_path)
+    job = new_job_id()
+    files.create(job, {"segments": []})
+    for gen in (1, 2):
+        files.commit_state(job, 0, 1, b"state", gen=gen)
+    assert files.drop_chunk_files(job, below=5, upto=(1, 1)) == 1
+    assert sorted(p.name for p in (files.dir(job) / "segments").iterdir()) == ["00000.1.2.state"]

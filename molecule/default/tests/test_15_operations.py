@@ -229,12 +229,12 @@ tests:
       - eval_time: 90s
         alertname: TTSWorkerDown
         exp_alerts: []
-      - eval_time: 4m45s
+      - eval_time: 4m
         alertname: TTSWorkerDown
         exp_alerts:
           - exp_labels: {severity: warning, worker: tts-c}
             exp_annotations:
-              summary: "worker tts-c has not spoken for 240 s: its jobs go on on the other workers; docs/operations.md, TTSWorkerDown"
+              summary: "worker tts-c has not spoken for 195 s: its jobs go on on the other workers; docs/operations.md, TTSWorkerDown"
 """
 
 

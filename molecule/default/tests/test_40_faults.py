@@ -330,13 +330,14 @@ def test_04_webhook_storm_gives_exactly_one_failover(case):
 def test_08_paused_old_primary_is_fenced_when_it_resumes(case):
     c = case(needs_failover=True)
     podman("pause", PREFIX + c.primary, check=True)
+    # What the paused primary's worker had committed: the job's chunks of its lease generation (the job
+    # goes on under a newer one on a free worker of the pool once the lease lapses).
+    paused = job_segments(c.job)
+    paused_gen = max(gen for *_, gen in paused)
+    old_epoch_segments = [s for s in paused if s[2] == paused_gen]
     try:
         run = wait(lambda: new_run(c.runs_before, "failover.yml", c.standby), 120, "the failover", interval=0.5)
         assert run["result"] == "succeeded", run
-        # What the paused primary's worker had committed: the job's chunks of its lease generation.
-        paused = job_segments(c.job)
-        paused_gen = max(gen for *_, gen in paused)
-        old_epoch_segments = [s for s in paused if s[2] == paused_gen]
     finally:
         runs_before = {r["id"] for r in receiver_runs()}
         podman("unpause", PREFIX + c.primary, check=True)
@@ -452,8 +453,12 @@ def test_10b_storage_lost_by_both_nodes_pauses_jobs_without_a_failover(case):
         assert "would not help" in escalated[0]["reason"], escalated
         paused = c.job_on(c.primary)
         time.sleep(10)
-        assert c.job_on(c.primary)["segments_done"] == paused["segments_done"]      # paused, not failed
-        assert paused["status"] in ("running", "queued"), paused
+        later = c.job_on(c.primary)
+        # Paused where the NAS is gone, not failed; a worker that still reaches it (the worker host, in a
+        # pool) may go on with it meanwhile.
+        assert paused["status"] in ("running", "queued") and later["status"] in ("running", "queued", "done"), later
+        assert later["segments_done"] == paused["segments_done"] or later["node"] not in (c.primary, c.standby), \
+            (paused, later)
         assert runs_since(c.runs_before, "failover.yml") == [] and cluster_state() == c.state
         told = [e for e in operators_log_since(c.t0) if "escalation" in json.dumps(e)]
         assert told, "the operators were not told"
@@ -463,8 +468,9 @@ def test_10b_storage_lost_by_both_nodes_pauses_jobs_without_a_failover(case):
         heal(c.primary, "nas")
         heal(c.standby, "nas")
     c.finish_job(c.primary)
-    note("10b storage lost by both nodes", f"/ready: {body['reason']}; decisions {decided}; job paused at "
-                                           f"{paused['segments_done']} segments, finished after the NAS returned")
+    note("10b storage lost by both nodes", f"/ready: {body['reason']}; decisions {decided}; job at "
+                                           f"{paused['segments_done']} segments, 10 s later {later['segments_done']} "
+                                           f"(on {later['node']}); finished after the NAS returned")
 
 
 def test_11_storage_full_gives_a_clear_error_no_corrupt_segment_and_recovers(case):
