@@ -140,11 +140,7 @@ def readiness(rt: Runtime, for_promotion: bool = False) -> tuple[bool, dict]:
     if hb is not None and not checks["engine"]:
         reasons.append(f"the {settings.engine} engine is not loaded: {hb.get('engine_error') or 'loading'}")
 
-    # A pool's primary serves the control plane whatever its own engine does: an engine that hangs or
-    # fails to load takes that worker out of the pool (its jobs go to the others), not the pair over.
-    counted = {k: v for k, v in checks.items()
-               if not (k == "engine" and settings.worker_pool and belief.role == "primary")}
-    ready = all(counted.values())
+    ready = all(checks.values())
     if ready:
         reason = (f"healthy primary of epoch {belief.epoch}" if belief.role == "primary"
                   else f"healthy standby following {belief.state.primary} in epoch {belief.epoch}")

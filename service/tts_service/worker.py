@@ -111,6 +111,7 @@ class JobRun:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self.worker.current_run = None   # the registry stops naming the job before its lease is released
         self._keeper.join(timeout=5)
         try:
             self.worker.store.release_lease(self.job_id, self.token)
@@ -229,6 +230,8 @@ class Worker:
         self._hb_path = heartbeat.heartbeat_path(self.settings.run_dir, self.settings.node)
         self.vip_error = ""   # why the VIP track file could not be written last time
         self.exited = threading.Event()      # the main loop has ended (the heartbeat speaks until then)
+        self.format_recorded = False
+        self._heartbeat_thread: threading.Thread | None = None
         self.current_run: JobRun | None = None
         self.store: JobStore = rt.store      # the jobs' Redis: this node's, or a pool worker's primary's
         self._format_seen = (0.0, 0)         # (monotonic time, the storage format recorded then)
@@ -238,7 +241,8 @@ class Worker:
     # ---- lifecycle ----
 
     def run_forever(self) -> None:
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
         if self.settings.vip_track_file:
             threading.Thread(target=self._vip_loop, name="vip", daemon=True).start()
         self._load_engine()
@@ -257,6 +261,8 @@ class Worker:
                 log.info("%s", sentence)
                 self.last_sentence = sentence
         self.exited.set()
+        if self._heartbeat_thread is not None:   # its last word must not land after the leaving one
+            self._heartbeat_thread.join(timeout=5)
         self._write_heartbeat()
         self._register(leaving=True)
 
@@ -416,8 +422,8 @@ class Worker:
             self.store.mark_rebuilt()
             if emptied:
                 log.warning("Redis had lost its data: rebuilt from shared storage (%s)", report.sentence())
-            if self.reconciled_epoch != belief.epoch:
-                self._record_format(belief.epoch)
+            if self.reconciled_epoch != belief.epoch or not self.format_recorded:
+                self.format_recorded = self._record_format(belief.epoch)
             self.reconciled_epoch = belief.epoch
             self.last_reconcile = time.monotonic()
             if report.recreated or report.finalised or report.requeued:
@@ -433,15 +439,18 @@ class Worker:
         job_id, token, gen = claimed
         return self.run_job(job_id, token, belief.epoch, gen)
 
-    def _record_format(self, epoch: int) -> None:
+    def _record_format(self, epoch: int) -> bool:
         """As the new epoch's primary: record the storage format this code writes (an older node will
-        then refuse to be promoted over it: `tts-cluster promote`)."""
+        then refuse to be promoted over it: `tts-cluster promote`; a pool's workers wait for it). False if
+        it could not be written (tried again at the next reconcile)."""
         try:
             self.rt.node.assert_primary(epoch)
             if self.rt.cluster.record_format(STORAGE_FORMAT, self.settings.node):
                 log.info("recorded storage format %d on shared storage", STORAGE_FORMAT)
+            return True
         except (Fenced, StorageUnavailable, OSError) as exc:
             log.warning("storage format not recorded: %s", exc)
+            return False
 
     def claim(self, epoch: int, defer_s: float = 0.0) -> tuple[str, str, int] | None:
         """The first claimable job (jobs.claim_order) whose lease this worker can take (a lease of an
@@ -487,11 +496,15 @@ class Worker:
         try:
             newest = self.rt.files.newest_grant(job_id)
         except (StorageUnavailable, OSError):
-            return True
-        if newest is None:
+            return not self.rt.storage.answers()   # one bad file of a job that answers: its run charges it
+        info = newest[1] if newest is not None else None
+        if not isinstance(info, dict) or info.get("worker") == self.settings.node:
             return False
-        info = newest[1]
-        return info.get("worker") != self.settings.node and time.time() - float(info.get("at", 0)) < self.settings.lease_s
+        try:
+            age = time.time() - float(info.get("at", 0))
+        except (TypeError, ValueError):
+            return False
+        return 0 <= age < self.settings.lease_s   # a grant dated in the future (a clock ahead) is not trusted
 
     # ---- running a job ----
 
@@ -872,9 +885,10 @@ class Worker:
         if self.stopping.is_set():  # SIGTERM: the chunk in hand was committed; start no new one
             raise Abandon(f"the worker is shutting down; chunk {n} and later are left to resume")
         markers = self.rt.files.markers(run.job_id)
-        if "done" in markers or "failed" in markers:   # ended by another worker meanwhile (a raced grant)
-            raise _Ended(f"job {run.job_id} ended elsewhere ({next(m for m in ('done', 'failed') if m in markers)}); "
-                         f"stopped before chunk {n}")
+        ended = next((m for m in ("done", "failed") if m in markers), None)
+        if ended:   # ended by another worker meanwhile (a raced grant)
+            self._bookkeep(self.store.finish, run.job_id, ended)
+            raise _Ended(f"job {run.job_id} ended elsewhere ({ended}); stopped before chunk {n}")
         if "cancelled" in markers:
             self.store.finish(run.job_id, "cancelled", node=self.settings.node)
             log.info("job %s: cancelled; stopped before chunk %d", run.job_id, n,

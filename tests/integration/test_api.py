@@ -254,21 +254,3 @@ def test_a_stopping_worker_keeps_the_primary_serving_but_not_a_standby(shared, t
     body = apps["tts-b"].get("/ready").get_json()
     assert body["role"] == "standby" and body["checks"]["worker"] is False
 
-
-def test_a_pools_primary_stays_ready_without_its_engine_but_a_lone_primary_does_not(shared, tmp_path, redis_url, cluster):
-    """In a pool (TTS_WORKER_POOL=1) the primary's engine is one worker of several: an engine that hangs or
-    fails to load takes that worker out of the pool, not the pair over. Outside a pool it is the only
-    worker, and the node is unfit without it. Its worker process (the VIP file, Redis's rebuild) still counts."""
-    import time as _time
-    from tts_service import heartbeat
-    answers = {}
-    for pool in (True, False):
-        settings = make_settings(shared, tmp_path / str(pool), redis_url, worker_pool=pool)
-        heartbeat.write(heartbeat.heartbeat_path(settings.run_dir, "tts-a"),
-                        {"ts": _time.time(), "engine_loaded": False, "engine_error": "the engine hung twice"})
-        res = create_app(settings).test_client().get("/ready")
-        answers[pool] = (res.status_code, res.get_json())
-    assert answers[True][0] == 200 and answers[True][1]["checks"]["engine"] is False, answers[True]
-    assert answers[False][0] == 503 and "the engine hung twice" in answers[False][1]["reason"], answers[False]
-    settings = make_settings(shared, tmp_path / "gone", redis_url, worker_pool=True)      # no worker at all
-    assert create_app(settings).test_client().get("/ready").status_code == 503
