@@ -9,6 +9,7 @@ Keys (prefix tts:):
     lease:<id>           the running worker's lease: JSON {node, epoch, token}, expires by itself
                          (the fencing token is the lease's generation on shared storage: jobfiles.py)
     workers              hash: worker (host) -> JSON {ts, state, job, pace}, each worker's last word
+    served:<sid>         when a worker last started one of the session's jobs (a day): the queue's turn
     stats                hash of monotonic counters (submitted, done, failed, cancelled, ...)
     rebuilt              set by each rebuild from shared storage: gone means Redis lost its data
 Nothing here is the only copy of anything: shared storage (jobfiles.py) is the truth.
@@ -146,11 +147,14 @@ def public_job(h: dict) -> dict:
     }
 
 
-def claim_order(jobs: dict[str, dict]) -> list[str]:
+def claim_order(jobs: dict[str, dict], served: dict[str, float] | None = None) -> list[str]:
     """The order workers claim unfinished jobs in: interrupted jobs first (claimed before, or with work
     done: a failure must not send them to the back), oldest first; then queued jobs, sessions in turn:
     a session's k-th waiting job goes after every other session's (k-1)-th, counting the jobs it has
-    running, so one session's burst does not hold every worker. Ties go to the oldest."""
+    running, so one session's burst does not hold every worker. Among equals, the session a worker
+    served least recently (`served`: session -> when one of its jobs last started) goes first, then the
+    oldest job."""
+    served = served or {}
     running = {}
     for job in jobs.values():
         if job["interrupted"]:
@@ -162,7 +166,7 @@ def claim_order(jobs: dict[str, dict]) -> list[str]:
             continue
         rank = running.get(job["session"], 0) + seen.get(job["session"], 0)
         seen[job["session"]] = seen.get(job["session"], 0) + 1
-        waiting.append((rank, job["created_at"], job_id))
+        waiting.append((rank, served.get(job["session"], 0.0), job["created_at"], job_id))
     return [job_id for *_, job_id in sorted(first)] + [job_id for *_, job_id in sorted(waiting)]
 
 
@@ -266,7 +270,14 @@ class JobStore:
                             "done_s": float(done or 0), "created_at": float(created or 0), "session": sid or "",
                             "node": node or "",
                             "interrupted": status == "running" or int(segments or 0) > 0 or bool(claimed)}
-        return claim_order(jobs), jobs
+        sessions = sorted({job["session"] for job in jobs.values() if job["session"]})
+        served = dict(zip(sessions, self.r.mget([k("served", sid) for sid in sessions]))) if sessions else {}
+        return claim_order(jobs, {sid: float(at) for sid, at in served.items() if at}), jobs
+
+    def mark_served(self, sid: str) -> None:
+        """A worker started one of the session's jobs now (the queue's turn moves on)."""
+        if sid:
+            self.r.set(k("served", sid), str(time.time()), ex=86400)
 
     def queue_depth(self) -> int:
         return int(self.r.llen(k("queue")))

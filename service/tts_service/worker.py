@@ -485,6 +485,8 @@ class Worker:
             if gen is None:   # granted in a newer epoch than this worker read: its belief is behind
                 store.release_lease(job_id, token)
                 continue
+            if not jobs[job_id]["interrupted"]:
+                self._bookkeep(store.mark_served, jobs[job_id]["session"])
             return job_id, token, gen
         return None
 
