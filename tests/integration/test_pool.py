@@ -4,6 +4,7 @@ Two real nodes on this machine (gunicorn + tts-worker each), one redis-server, o
 cluster state says tts-a is the primary and never changes here: losing a worker is not a failover."""
 import io
 import json
+import os
 import signal
 import time
 
@@ -55,6 +56,21 @@ def running_on(node, session, job_id, segments: int) -> str:
                     what=f"{segments} chunks of {job_id}")
 
 
+def job_running(pair, segments: int):
+    """A job submitted to tts-a, once it runs with `segments` chunks done: (session, job id, its node)."""
+    a, b = pair
+    session = requests.Session()
+    job_id = submit(a, session)
+    return session, job_id, {"tts-a": a, "tts-b": b}[running_on(a, session, job_id, segments)]
+
+
+def assert_as_if_uninterrupted(node, session, job_id):
+    """The job's audio equals that of the same script run again, uninterrupted."""
+    again = submit(node, session)
+    wait_done(node, session, again)
+    assert np.array_equal(samples(node, session, job_id), samples(node, session, again))
+
+
 def test_both_nodes_run_jobs_at_once_from_one_queue(pair, shared):
     a, b = pair
     one, two = requests.Session(), requests.Session()
@@ -82,13 +98,9 @@ def test_two_workers_racing_for_one_job_never_mix_their_audio(pair, shared):
     It commits nothing more: its next write finds a newer grant. The audio is what an uninterrupted run
     makes."""
     a, b = pair
-    nodes = {"tts-a": a, "tts-b": b}
-    session = requests.Session()
-    job_id = submit(a, session)
-    holder = nodes[running_on(a, session, job_id, 3)]
+    session, job_id, holder = job_running(pair, 3)
     other = b if holder is a else a
     holder_worker = holder.worker.pid
-    import os
     os.killpg(holder_worker, signal.SIGSTOP)
     frozen = chunks(shared, job_id)
     try:
@@ -106,17 +118,12 @@ def test_two_workers_racing_for_one_job_never_mix_their_audio(pair, shared):
     assert holder.worker.poll() is None                      # the woken worker lives on, and idles
     assert epoch(shared) == 1
 
-    again = submit(a, session)                               # the same script, uninterrupted
-    wait_done(a, session, again)
-    assert np.array_equal(samples(a, session, job_id), samples(a, session, again))
+    assert_as_if_uninterrupted(a, session, job_id)
 
 
 def test_a_killed_worker_costs_at_most_one_chunk_and_no_failover(pair, shared, redis_server):
     a, b = pair
-    nodes = {"tts-a": a, "tts-b": b}
-    session = requests.Session()
-    job_id = submit(a, session)
-    victim = nodes[running_on(a, session, job_id, 4)]
+    session, job_id, victim = job_running(pair, 4)
     victim.worker.kill()                                      # SIGKILL: the host's worker is gone
     os_pid = victim.worker.pid
     victim.worker.wait(5)
@@ -125,9 +132,7 @@ def test_a_killed_worker_costs_at_most_one_chunk_and_no_failover(pair, shared, r
     attempts = int(redis_server.client.hget(f"tts:job:{job_id}", "attempts"))
     assert attempts - TURNS <= 1, attempts                    # at most the chunk in hand recomputed
     assert epoch(shared) == 1                                 # a worker lost is not a failover
-    again = submit(a, session)
-    wait_done(a, session, again)
-    assert np.array_equal(samples(a, session, job_id), samples(a, session, again))
+    assert_as_if_uninterrupted(a, session, job_id)
     # The dead worker is shown as silent (TTSWorkerDown watches this), the live one as fresh.
     survivor = a if victim is b else b
     metrics = requests.get(f"{survivor.url}/metrics").text
@@ -138,10 +143,7 @@ def test_a_killed_worker_costs_at_most_one_chunk_and_no_failover(pair, shared, r
 
 def test_a_drained_worker_finishes_its_chunk_hands_the_job_over_and_leaves_the_pool(pair, shared, redis_server):
     a, b = pair
-    nodes = {"tts-a": a, "tts-b": b}
-    session = requests.Session()
-    job_id = submit(a, session)
-    drained = nodes[running_on(a, session, job_id, 3)]
+    session, job_id, drained = job_running(pair, 3)
     drained.worker.send_signal(signal.SIGTERM)
     drained.worker.wait(20)
     job = wait_done(a, session, job_id)
