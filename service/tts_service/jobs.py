@@ -254,9 +254,10 @@ class JobStore:
         return sorted(self.r.smembers(k("active")))
 
     def queue_view(self) -> tuple[list[str], dict[str, dict]]:
-        """Every unfinished job in the order a worker claims them (claimable(): interrupted jobs first,
-        then the oldest; the `queue` list only wakes workers), with its status, audio estimate and
-        audio done (seconds): what the queue's positions and estimates are made of. One round trip."""
+        """Every unfinished job in the order a worker claims them (claim_order: interrupted jobs first,
+        then sessions in turn; the `queue` list only wakes workers), with its status, audio estimate,
+        audio done (seconds), session and node: what the claims and the queue's positions and estimates
+        are made of. Two round trips (the jobs, then their sessions' turns)."""
         ids = self.active_ids()
         pipe = self.r.pipeline()
         for job_id in ids:
