@@ -1,4 +1,4 @@
-"""The JSON API under /api (CONTRACTS.md): voices, submit, list, status, audio, cancel.
+"""The JSON API under /api (docs/contracts.md): voices, submit, list, status, audio, cancel.
 
 Every error is JSON {"error": "<sentence>"}. Writes are accepted only by the unfenced primary; a
 standby answers 503 with Retry-After so that nginx retries on the other node.
@@ -153,7 +153,7 @@ MAX_CLIP_BYTES = 32 * 1024 * 1024
 
 @bp.post("/voices")
 def upload_voice():
-    """A reference clip of the session's own (CONTRACTS.md): multipart field `clip`, plus `name`."""
+    """A reference clip of the session's own (docs/contracts.md): multipart field `clip`, plus `name`."""
     rt = _rt()
     if not rt.engine.takes_reference_clips:
         raise ApiError(400, f"the {rt.engine.name} engine takes no reference clips")

@@ -1,4 +1,4 @@
-"""The operators' end of the Watchdog, the monitoring's dead-man's switch (CONTRACTS.md: always firing).
+"""The operators' end of the Watchdog, the monitoring's dead-man's switch (docs/contracts.md: always firing).
 
 Alertmanager on ctl posts the Watchdog here, on each TTS node, at every repeat interval. While they
 arrive, GET /status answers 200; when none has come for `silent_after_s`, it answers 503 with a

@@ -130,7 +130,7 @@ class Sessions:
 
 
 def public_job(h: dict) -> dict:
-    """The job as CONTRACTS.md shows it."""
+    """The job as docs/contracts.md shows it."""
     return {
         "id": h.get("id"),
         "status": h.get("status", "queued"),

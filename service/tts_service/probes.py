@@ -1,6 +1,6 @@
 """Health endpoints for probes and proxies: /health, /ready, /primary, /standby, /metrics.
 
-/ready answers "is this node fit for its role?" (CONTRACTS.md): 200 for a healthy primary and for a
+/ready answers "is this node fit for its role?" (docs/contracts.md): 200 for a healthy primary and for a
 healthy standby, 503 otherwise, always with the JSON that says why.
 """
 from __future__ import annotations

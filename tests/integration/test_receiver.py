@@ -275,7 +275,7 @@ def test_metrics_show_the_latest_drill_report_from_shared_storage(receiver, shar
 
 
 def test_a_not_now_because_locked_is_decided_again_when_the_lock_is_released(receiver, pair, shared):
-    """Issue 12: the receiver re-checks by itself; it does not wait for Alertmanager's repeat."""
+    """The receiver re-checks by itself; it does not wait for Alertmanager's repeat."""
     nodes, _ = pair
     token = json.loads(cluster_cli(shared, "lock", "--holder", "switchover.yml", "--ttl", "60").stdout)["token"]
     app = receiver()

@@ -1,4 +1,4 @@
-"""Jobs survive the death of their node (issue: leases, resume, fencing).
+"""Jobs survive the death of their node (leases, resume, fencing).
 
 Two real nodes on this machine (gunicorn + tts-worker each, names tts-a and tts-b), one redis-server,
 one jobs folder. The failover itself is done here by hand with `tts-cluster promote`, as failover.yml

@@ -1,4 +1,4 @@
-"""No single fault takes the pair down (issue 12): what a job contains, an I/O error, a transient
+"""No single fault takes the pair down: what a job contains, an I/O error, a transient
 engine error, a stale lease, a retried submit. Real redis-server, real jobs folder, real espeak-ng;
 the two-node cases run real gunicorn + tts-worker processes (tests/harness.py).
 

@@ -159,7 +159,7 @@ def test_redis_must_fit_the_nodes_role_in_a_pair():
     assert redis_fits_role(master, "standby", "shared") == (True, "ok")
 
 
-# ---- issue 12: one lock holder, unreadable locks, renewal; the whole handover margin ----
+# ---- one lock holder, unreadable locks, renewal; the whole handover margin ----
 
 def _race(cluster_dir, rounds: int, contenders: int) -> list[int]:
     """Per round: how many of `contenders` threads got a token for the lock at the same moment."""
@@ -345,7 +345,7 @@ def test_a_node_behind_the_recorded_storage_format_is_not_promoted(tmp_path):
     assert cluster.promote("tts-b", expect_epoch=1, by="test", understands=3).primary == "tts-b"
 
 
-# ---- issue 15: confirmed fencing in the state, the old primary's belief expiry by the NAS's clock ----
+# ---- confirmed fencing in the state, the old primary's belief expiry by the NAS's clock ----
 
 def test_a_confirmation_in_the_state_ends_the_handover_at_once(cluster, shared):
     cluster.init("tts-a", "tts-b", by="test")

@@ -173,7 +173,7 @@ def test_a_node_with_storage_but_not_in_role_is_rejoined():
     assert d.action == REJOIN and d.target == "tts-b"
 
 
-# ---- issue 12: flap damping, unknown witnesses, rejoin loops, "not now" re-decided ----
+# ---- flap damping, unknown witnesses, rejoin loops, "not now" re-decided ----
 
 def test_flap_damping_escalates_after_the_hourly_limit_whatever_the_epochs():
     d = run(down(), history=History(now=NOW, failovers_last_hour=3))

@@ -1,4 +1,4 @@
-"""The nas role refuses NFS settings the commit guarantees do not hold on (issue 12, item 12).
+"""The nas role refuses NFS settings the commit guarantees do not hold on.
 
 Runs the role's own tasks with ansible-playbook against this machine (connection local); only the
 refusal is exercised: the role stops at its first task, before it would install or mount anything."""

@@ -1,6 +1,6 @@
 """What the suites after test_10_pair share: the pair's addresses, commands inside its containers,
 the cluster state, the receiver's history, waiting on real events, the double-primary watcher and
-the faults CONTRACTS.md defines. The pair is the one its inventory describes (lab/inventory.py):
+the faults docs/contracts.md defines. The pair is the one its inventory describes (lab/inventory.py):
 Molecule's by default; the lab with
     TTS_TEST_INVENTORY=inventory/lab/hosts.yml
 """
@@ -42,7 +42,7 @@ NODES = {node: LAB.node_url(node) for node in LAB.nodes}
 SHARED = "/export/shared/tts"            # on the nas container
 COOLDOWN_S = 30                          # alert_receiver_cooldown
 
-# The faults CONTRACTS.md defines, with the tts-fault command the tts_app role installs (drills use it).
+# The faults docs/contracts.md defines, with the tts-fault command the tts_app role installs (drills use it).
 APP_KILLED = "tts-fault app-killed"
 APP_BACK = "tts-fault app-back"
 REDIS_KILLED = "tts-fault redis-down"

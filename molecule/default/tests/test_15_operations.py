@@ -1,4 +1,4 @@
-"""Operations on the converged pair (issue 14): HTTPS on the VIP (redirect, TLS versions, HTTP/2,
+"""Operations on the converged pair: HTTPS on the VIP (redirect, TLS versions, HTTP/2,
 HSTS, the lab CA's certificate, a Secure session cookie, Prometheus' probe, the page in a browser),
 the storage alert rule as Prometheus evaluates it (promtool on ctl), the retention timer (the primary
 removes old finished jobs; the standby nothing), and the compact downloads through the VIP."""

@@ -1,5 +1,5 @@
 """The failover chain rehearsed on the converged pair, after test_10_pair (same `molecule verify`):
-a job in flight, the primary's app killed ("app killed" in CONTRACTS.md), then the new primary's host
+a job in flight, the primary's app killed ("app killed" in docs/contracts.md), then the new primary's host
 lost (`podman kill`). Waits on real events only (receiver runs, job state, /ready of both nodes);
 prints the measured RTO split into its stages. Runs against the lab too:
     TTS_TEST_INVENTORY=inventory/lab/hosts.yml .venv/bin/pytest -s molecule/default/tests/test_20_failover.py

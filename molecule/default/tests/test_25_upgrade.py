@@ -1,4 +1,4 @@
-"""Upgrading the pair without a failover (playbooks/upgrade.yml, issue 14): a wheel with a bumped
+"""Upgrading the pair without a failover (playbooks/upgrade.yml): a wheel with a bumped
 version is installed standby first, then a planned switchover, then the old primary, while a job
 runs through the VIP. The receiver fails nothing over, the job finishes with nothing recomputed,
 both nodes report the new version, and never two primaries at once. Then site.yml itself, deploying

@@ -1,6 +1,6 @@
 """The fault matrix, on the pair the earlier suites leave (same `molecule verify`, no new converge).
 Each case starts from a healthy pair (both nodes in role, the receiver idle and out of its cooldown)
-with a job in flight through the VIP, injects one fault the way CONTRACTS.md defines it (iptables
+with a job in flight through the VIP, injects one fault the way docs/contracts.md defines it (iptables
 DROP inside the containers, both directions; kill -9 with the unit kept down; podman pause), asserts
 the outcome on real state (both nodes' /ready, the receiver's decisions and runs, the cluster state,
 the job and its segment files), heals, and waits for the pair to be healthy again. Every case also
@@ -511,7 +511,7 @@ def operators_log_since(t):
     return out
 
 
-# ---- issue 12: faults the first matrix did not inject ----
+# ---- faults the first matrix did not inject: a NAS or a clock that misbehaves, a node's own parts ----
 
 def test_14_damaged_segment_on_storage_is_generated_again_without_a_failover(case):
     c = case()
