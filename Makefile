@@ -34,7 +34,7 @@ help:
 	@echo "make wheel         the service wheel and the wheelhouse of its pinned dependencies, in dist/ (what a deploy installs)"
 	@echo "make lab           podman lab pair on this machine (nas, ctl, tts-a, tts-b, VIP), deployed"
 	@echo "make lab-down      remove the lab containers and network"
-	@echo "make test          install what tests need, run every test (pytest, ansible-lint, molecule)"
+	@echo "make test          install what tests need, run every test (pytest, ansible-lint and ruff, molecule)"
 	@echo "make screenshots   the page's screenshots in docs/img/ (docs/usage.md), from a local node in Chromium"
 	@echo "make serve         run the app at http://127.0.0.1:8000 with a local redis (state in .run/)"
 	@echo "make drill         one failover drill on the lab (MODE=switchover|kill|redis-down|host-lost), prints the report"
@@ -105,8 +105,11 @@ test: deps pytest lint molecule
 pytest: deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+# Ansible (production profile, .ansible-lint) and Python (ruff.toml: pyflakes, pycodestyle, imports,
+# bugbear, pyupgrade, and no noqa that hides nothing).
 lint: deps
 	ansible-lint
+	$(VENV)/bin/ruff check service tests bench lab scripts molecule
 
 # The verifier's results go to .lab/molecule-junit.xml; on a failure their summary is printed last.
 molecule: deps wheel .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS, as the engine sets it
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from tts_service.engines.vibevoice_stream import DialogueStream, Resume  # noqa: E402
+from tts_service.engines.vibevoice_stream import DialogueStream, Resume
 
 SHAPES = {
     "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,

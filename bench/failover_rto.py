@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "service"))
 sys.path.insert(0, str(ROOT / "lab"))
 from host_requests import serve_while  # noqa: E402
-from inventory import LAB_INVENTORY, Lab  # noqa: E402
 from tts_service.drill.report import REFERENCE_RTO_S, STAGES  # noqa: E402
+
+from inventory import LAB_INVENTORY, Lab  # noqa: E402
 
 DRILLS = "/export/shared/tts/drills"
 

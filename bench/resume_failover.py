@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness import Node, RedisServer, cluster_cli, dialogue, node_env, wait_for  # noqa: E402
+from tests.harness import Node, RedisServer, cluster_cli, dialogue, node_env, wait_for
 
 TURNS = 12
 
@@ -45,7 +45,9 @@ def one_run(workdir: Path, redis: RedisServer, lease: float, pace: float, kill_a
         s = requests.Session()
         job_id = s.post(f"{a.url}/api/jobs", json={"script": dialogue(TURNS)}).json()["id"]
         seg_dir = shared / "jobs" / job_id / "segments"
-        names = lambda: [p.name for p in seg_dir.iterdir() if not p.name.startswith(".")]  # noqa: E731
+
+        def names(seg_dir=seg_dir):
+            return [p.name for p in seg_dir.iterdir() if not p.name.startswith(".")]
         wait_for(lambda: len(names()) >= kill_after, 120, what="segments")
         os.killpg(a.worker.pid, signal.SIGKILL)
         killed = time.time()

@@ -45,11 +45,33 @@ from pathlib import Path
 os.environ.setdefault("TTS_TEST_INVENTORY", str(Path(__file__).resolve().parents[1] / "inventory" / "lab" / "hosts.yml"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "molecule" / "default" / "tests"))
 
-import requests  # noqa: E402
+import requests
 
-from lab import (APP_BACK, APP_KILLED, COOLDOWN_S, NODES, PREFIX, REDIS_BACK, REDIS_KILLED, SHARED,  # noqa: E402
-                 SUBNET, VIP, RoleWatcher, cluster_state, cut, heal, on, operator_playbook, pair_in_role, podman,
-                 receiver_runs, redis_cli, script, wait)
+from lab import (
+    APP_BACK,
+    APP_KILLED,
+    COOLDOWN_S,
+    NODES,
+    PREFIX,
+    REDIS_BACK,
+    REDIS_KILLED,
+    SHARED,
+    SUBNET,
+    VIP,
+    RoleWatcher,
+    cluster_state,
+    cut,
+    heal,
+    on,
+    operator_playbook,
+    pair_in_role,
+    podman,
+    receiver_runs,
+    redis_cli,
+    script,
+    wait,
+)
+
 
 @dataclass
 class Fault:
@@ -204,28 +226,31 @@ def submit(session: requests.Session, turns: int, timeout: float = 90) -> str:
                 timeout, "a job accepted", interval=1)
 
 
+# Run on the NAS: argv[1] the shared folder, then job ids. A chunk is <index>.<epoch>[.<generation>].wav;
+# the newest (epoch, generation) of each index counts.
 FRAMES = """
 import glob, json, os, re, sys, wave
 out = {}
-for job in sys.argv[1:]:
+for job in sys.argv[2:]:
     best = {}
-    for path in glob.glob(f"%s/jobs/{job}/segments/*.wav"):
-        m = re.match(r"(\\d+)[.](\\d+)[.]wav$", os.path.basename(path))
-        if m and (int(m[1]) not in best or int(m[2]) > best[int(m[1])][0]):
-            best[int(m[1])] = (int(m[2]), path)
+    for path in glob.glob(f"{sys.argv[1]}/jobs/{job}/segments/*.wav"):
+        m = re.match(r"(\\d+)[.](\\d+)(?:[.](\\d+))?[.]wav$", os.path.basename(path))
+        rank = m and (int(m[2]), int(m[3] or 0))
+        if m and (int(m[1]) not in best or rank > best[int(m[1])][0]):
+            best[int(m[1])] = (rank, path)
     frames = 0
     for _, path in best.values():
         with wave.open(path) as w:
             frames += w.getnframes()
     out[job] = {"segments": len(best), "frames": frames}
 print(json.dumps(out))
-""" % SHARED
+"""
 
 
 def check_jobs(session: requests.Session, jobs: dict[str, int]) -> tuple[int, list[str]]:
     """(segments recomputed, problems) for jobs that all ended."""
     problems = []
-    stored = json.loads(on("nas", f"python3 -c '{FRAMES}' {' '.join(jobs)}"))
+    stored = json.loads(on("nas", f"python3 -c '{FRAMES}' {SHARED} {' '.join(jobs)}"))
     primary = cluster_state()["primary"]
     recomputed = 0
     for job, turns in jobs.items():
@@ -384,7 +409,8 @@ def main() -> int:
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    print(f"soak: {args.runs} rounds on {SUBNET}.0/24 ({len(drawn)} fault kinds), seed {seed}, started {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}")
+    started = time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())
+    print(f"soak: {args.runs} rounds on {SUBNET}.0/24 ({len(drawn)} fault kinds), seed {seed}, started {started}")
     rounds = []
     started = time.time()
     every = rng.sample(drawn, len(drawn))          # every kind once first, then at random

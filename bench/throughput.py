@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness import Node, RedisServer, cluster_cli, dialogue, node_env, wait_for  # noqa: E402
+from tests.harness import Node, RedisServer, cluster_cli, dialogue, node_env, wait_for
 
 NAMES = ["tts-a", "tts-b", "tts-c", "tts-d"]
 

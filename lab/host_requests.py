@@ -66,7 +66,7 @@ class serve_while:
         self.prefix, self.stop = prefix, threading.Event()
         self.thread = threading.Thread(target=serve, args=(prefix, self.stop), daemon=True)
 
-    def __enter__(self) -> "serve_while":
+    def __enter__(self) -> serve_while:
         self.thread.start()
         return self
 

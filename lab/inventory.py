@@ -31,7 +31,7 @@ class Lab:
     network: str                 # the podman network (tts_lab_network)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Lab":
+    def load(cls, path: str | Path) -> Lab:
         data = yaml.safe_load(Path(path).read_text())["all"]
         address: dict[str, str] = {}
         groups: dict[str, list[str]] = {}
@@ -44,7 +44,7 @@ class Lab:
                    labvars["tts_lab_network"])
 
     @classmethod
-    def from_env(cls, default: Path = MOLECULE_INVENTORY) -> "Lab":
+    def from_env(cls, default: Path = MOLECULE_INVENTORY) -> Lab:
         """The pair TTS_TEST_INVENTORY names (a hosts.yml), Molecule's by default."""
         return cls.load(os.environ.get("TTS_TEST_INVENTORY") or default)
 

@@ -53,7 +53,7 @@ def _marker_ok(marker: str) -> bool:
     try:
         from packaging.markers import Marker
         return Marker(marker).evaluate({"extra": ""})
-    except Exception:       # noqa: BLE001 - an unreadable marker: take the requirement
+    except Exception:
         return True
 
 

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import RedisServer, start_pair  # noqa: E402
+from tests.harness import RedisServer, start_pair
 
 
 def pytest_configure(config):

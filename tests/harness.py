@@ -87,7 +87,7 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "Node":
+    def start(self, wait: bool = True) -> Node:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.start_worker()
         self.web = subprocess.Popen(
@@ -132,7 +132,7 @@ def cluster_cli(shared: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
-def start_pair(shared: Path, tmp_path: Path, redis_url: str, **settings: object) -> list["Node"]:
+def start_pair(shared: Path, tmp_path: Path, redis_url: str, **settings: object) -> list[Node]:
     """tts-a (primary) and tts-b (standby) on one jobs folder and one Redis, both ready."""
     assert cluster_cli(shared, "init", "tts-a", "--standby", "tts-b").returncode == 0
     nodes = [Node(name, node_env(name, redis_url, shared, tmp_path / f"run-{name}", **settings),

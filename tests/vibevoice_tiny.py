@@ -41,7 +41,7 @@ def build_tiny_vibevoice(folder: Path, voices: int = 2, seed: int = 0, context_g
     position's hidden state is mostly its own input and a one-ulp change in an earlier input vanishes in
     bf16 rounding; at 16 attention mixes strongly enough that a missing or inexact cache entry shows."""
     import torch
-    from transformers import (VibeVoiceConfig, VibeVoiceForConditionalGeneration, VibeVoiceProcessor)
+    from transformers import VibeVoiceConfig, VibeVoiceForConditionalGeneration, VibeVoiceProcessor
     from transformers.models.vibevoice_acoustic_tokenizer import VibeVoiceAcousticTokenizerFeatureExtractor
 
     folder = Path(folder)

@@ -14,8 +14,8 @@ import math
 import re
 import secrets
 import threading
-import unicodedata
 import time
+import unicodedata
 from urllib.parse import urlsplit
 
 import redis
@@ -31,8 +31,7 @@ from .node import Fenced
 from .recovery import job_from_storage
 from .retention import delete_quietly, forget
 from .runtime import Runtime
-from .script import (MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, parse_script, segment_script,
-                     speakers_of)
+from .script import MAX_SPEAKERS, ScriptError, clean_text, estimate_seconds, parse_script, segment_script, speakers_of
 from .storage import StorageFull, StorageUnavailable
 from .voices import MAX_CLIPS_PER_SESSION, VOICE_ID_RE, ClipError, decode_clip
 

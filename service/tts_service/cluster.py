@@ -18,11 +18,11 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from .storage import Storage, StorageUnavailable, link_new, nas_now, unlink_quietly
 
@@ -76,7 +76,7 @@ class ClusterState:
         return node is not None and self.fenced_node == node and self.fenced_epoch == self.epoch
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ClusterState":
+    def from_dict(cls, data: dict) -> ClusterState:
         try:
             epoch = int(data["epoch"])
             primary = validate_node(data["primary"])
@@ -104,7 +104,7 @@ class ClusterState:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Cluster:
@@ -165,7 +165,7 @@ class Cluster:
                                f"until it is {UNREADABLE_LOCK_HELD_S:.0f} s old")
         elif info.get("expires_at", 0) > time.time():
             raise LockHeld(f"the cluster lock is held by {info.get('holder')!r} "
-                           f"until {datetime.fromtimestamp(info['expires_at'], timezone.utc):%H:%M:%S}Z")
+                           f"until {datetime.fromtimestamp(info['expires_at'], UTC):%H:%M:%S}Z")
         # Expired (or unreadable and old): break exactly that lock, then try once more.
         self.storage.call(_break_lock, self.lock_path, info.get("token") if info else None)
         if self.storage.call(_create_exclusive, self.lock_path, body):

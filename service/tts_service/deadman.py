@@ -18,8 +18,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 log = logging.getLogger("tts.deadman")
 
@@ -78,7 +78,7 @@ def make_handler(deadman: Deadman, token: bytes):
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             if self.path != "/watchdog":
                 return self._answer(404, {"error": "POST /watchdog only"})
             header = self.headers.get("Authorization", "")
@@ -97,7 +97,7 @@ def make_handler(deadman: Deadman, token: bytes):
             deadman.beat()
             return self._answer(200, {"watchdog": "received"})
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path != "/status":
                 return self._answer(404, {"error": "GET /status only"})
             ok, body = deadman.status()

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from . import audio
-from .cluster import STORAGE_FORMAT  # noqa: F401  (the layout this module writes; defined beside the record of it)
+from .cluster import STORAGE_FORMAT as STORAGE_FORMAT  # the layout this module writes, defined beside its record
 from .statuses import FINAL as MARKERS
 from .storage import Storage, link_new
 

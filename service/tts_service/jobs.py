@@ -23,7 +23,7 @@ import time
 
 import redis
 
-from .statuses import FINAL  # noqa: F401  (re-exported; the statuses are defined in statuses.py)
+from .statuses import FINAL
 
 PREFIX = "tts:"
 
@@ -264,7 +264,7 @@ class JobStore:
             pipe.hmget(k("job", job_id), "status", "duration_estimate_s", "duration_s", "created_at",
                        "segments_done", "claimed_at", "session", "node")
         jobs = {}
-        for job_id, (status, estimate, done, created, segments, claimed, sid, node) in zip(ids, pipe.execute()):
+        for job_id, (status, estimate, done, created, segments, claimed, sid, node) in zip(ids, pipe.execute(), strict=True):
             if status in FINAL:
                 continue
             jobs[job_id] = {"status": status or "queued", "estimate_s": float(estimate or 0),
@@ -272,7 +272,8 @@ class JobStore:
                             "node": node or "",
                             "interrupted": status == "running" or int(segments or 0) > 0 or bool(claimed)}
         sessions = sorted({job["session"] for job in jobs.values() if job["session"]})
-        served = dict(zip(sessions, self.r.mget([k("served", sid) for sid in sessions]))) if sessions else {}
+        served = (dict(zip(sessions, self.r.mget([k("served", sid) for sid in sessions]), strict=True))
+                  if sessions else {})
         return claim_order(jobs, {sid: float(at) for sid, at in served.items() if at}), jobs
 
     def mark_served(self, sid: str) -> None:

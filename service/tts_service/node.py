@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .cluster import Cluster, ClusterError, ClusterState
 from .httpjson import get_json

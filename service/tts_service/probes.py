@@ -324,7 +324,8 @@ class _Collector:
         if hb:
             h = hb["synthesis_seconds"]
             cumulative, buckets = 0, []
-            for bound, count in zip(h["buckets"], h["counts"]):
+            # The heartbeat writes both lists from one histogram: as long as each other.
+            for bound, count in zip(h["buckets"], h["counts"], strict=True):
                 cumulative += count
                 buckets.append((repr(float(bound)), cumulative))
             buckets.append(("+Inf", h["count"]))

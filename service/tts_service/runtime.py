@@ -31,7 +31,7 @@ class Runtime:
     space: Lookout             # (free, size) of the mount, read in the background for /ready and /metrics
 
     @classmethod
-    def build(cls, settings: Settings) -> "Runtime":
+    def build(cls, settings: Settings) -> Runtime:
         storage = Storage(settings.shared_dir, timeout=settings.storage_timeout_s)
         state_storage = Storage(settings.shared_dir, timeout=settings.state_timeout_s)
         cluster = Cluster(state_storage, settings.cluster_dir)

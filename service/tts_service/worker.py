@@ -90,7 +90,7 @@ class _Rescan(Exception):
 class JobRun:
     """One claimed job: the lease, its keeper thread and the abort flag."""
 
-    def __init__(self, worker: "Worker", job_id: str, token: str, epoch: int, gen: int = 0):
+    def __init__(self, worker: Worker, job_id: str, token: str, epoch: int, gen: int = 0):
         self.worker = worker
         self.job_id = job_id
         self.token = token
@@ -105,7 +105,7 @@ class JobRun:
         self._stop = threading.Event()
         self._keeper = threading.Thread(target=self._keep, name=f"lease-{job_id[:8]}", daemon=True)
 
-    def __enter__(self) -> "JobRun":
+    def __enter__(self) -> JobRun:
         self._keeper.start()
         return self
 

@@ -2,7 +2,6 @@
 the test's shared folder and the real redis-server, with the espeak engine; `api` is its app's test
 client (a session of its own)."""
 import pytest
-
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
 from tts_service.runtime import Runtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
 from tts_service.engines.espeak import EspeakEngine
@@ -194,7 +193,6 @@ def test_a_long_fast_stereo_clip_decodes_in_bounded_memory_and_as_a_whole_decode
 
     import numpy as np
     import soundfile as sf
-
     from tts_service import audio
     from tts_service.voices import SAMPLE_RATE, decode_clip
     data = _clip(60, 192000, 2)

@@ -62,7 +62,9 @@ def test_the_editor_names_the_scripts_speakers_and_checks_as_you_type(browser, s
         script = browser.find_element(By.ID, "script")
         script.clear()
         script.send_keys("Alice: Hello Bob, how are you?\nBob: Fine, thanks.\nCarol: And me?")
-        labels = lambda d: [e.text.split("\n")[0] for e in d.find_elements(By.CSS_SELECTOR, "#voices label")]
+
+        def labels(d):
+            return [e.text.split("\n")[0] for e in d.find_elements(By.CSS_SELECTOR, "#voices label")]
         WebDriverWait(browser, 10).until(lambda d: labels(d) == ["Voice for Alice", "Voice for Bob", "Voice for Carol"])
         info = browser.find_element(By.ID, "script-info").text
         assert "characters" in info and "of audio" in info and "3 speakers" in info, info

@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 
 import pytest
-
 from tts_service.worker import Worker
 
 SCRIPT = "\n".join(f"Speaker {n % 2 + 1}: Turn number {n} of the script." for n in range(4))

@@ -7,13 +7,13 @@ import sys
 import threading
 
 import pytest
-
-from tests.harness import Node, cluster_cli, node_env, wait_for
 from tts_service.config import Settings
 from tts_service.drill import report as drill_report
 from tts_service.drill import run as drill_run
 from tts_service.drill import verify as drill_verify
 from tts_service.drill.watch import Watcher
+
+from tests.harness import Node, cluster_cli, node_env, wait_for
 
 TURNS = 6
 

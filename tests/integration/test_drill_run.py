@@ -11,14 +11,14 @@ import sys
 import threading
 
 import pytest
-from werkzeug.serving import make_server
-
-from tests.harness import cluster_cli, wait_for
 from tts_service.cluster import Cluster
 from tts_service.drill.run import Drill, Plan
 from tts_service.receiver.app import create_app
 from tts_service.receiver.settings import ReceiverSettings
 from tts_service.storage import Storage
+from werkzeug.serving import make_server
+
+from tests.harness import cluster_cli, wait_for
 
 SETTINGS = {"TTS_ENGINE_PACE": 0.1}
 TURNS = 6

@@ -57,7 +57,6 @@ def test_a_rebuild_is_noticed_at_once_not_at_the_next_periodic_scan(rt, api, red
 
 def test_a_session_that_only_uploaded_voices_is_rebuilt_too(rt, api, redis_server):
     import numpy as np
-
     from tts_service.api import COOKIE
     api.post("/api/jobs", json={"script": "Speaker 1: Hello."})          # the session's cookie
     token = api.get_cookie(COOKIE).value

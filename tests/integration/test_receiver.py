@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
+from tts_service.receiver.controller import ansible_runner
 
 from tests.harness import BIN, Node, cluster_cli, node_env, wait_for
-from tts_service.receiver.controller import ansible_runner
 
 TOKEN = "test-alert-token-0123456789"
 
@@ -424,7 +424,7 @@ def test_after_a_fault_both_nodes_shared_a_standby_fit_a_moment_before_the_prima
     """The NAS stalled for both nodes: the primary is down and the standby unfit. On the way back the
     standby is fit one second while the primary is not yet: the receiver confirms once more before it
     fails over, and by then the primary is back."""
-    from tts_service.receiver.decision import ESCALATE, FAILOVER, NONE, Alert
+    from tts_service.receiver.decision import ESCALATE, NONE, Alert
     controller, probe, ran = rechecked_controller(tmp_path, shared, [
         {"standby": 503, "witness": False},      # both unfit
         {"standby": 200, "witness": False},      # the standby back first

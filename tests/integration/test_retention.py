@@ -8,7 +8,6 @@ import os
 import time
 
 import pytest
-
 from tts_service.cluster import Cluster
 from tts_service.config import Settings
 from tts_service.jobs import k

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-
-from tests.harness import dialogue, wait_for
 from tts_service import storage as storage_mod
 from tts_service.cluster import Cluster
 from tts_service.engines import EngineError, EngineInputError
@@ -26,8 +24,9 @@ from tts_service.recovery import reconcile
 from tts_service.storage import Storage, StorageUnavailable
 from tts_service.worker import Worker
 
-from .test_api import SCRIPT, submit
+from tests.harness import dialogue, wait_for
 
+from .test_api import SCRIPT, submit
 
 # ---- in-process: one worker, driven cycle by cycle ----
 
@@ -225,7 +224,9 @@ def test_a_refused_submit_leaves_no_session(rt):
 
     from tts_service.app import create_app
     app = create_app(replace(rt.settings, queue_jobs_per_client=1))
-    sessions = lambda: len(rt.redis.keys("tts:session:*"))   # noqa: E731
+
+    def sessions():
+        return len(rt.redis.keys("tts:session:*"))
     before = sessions()
     assert submit(app.test_client()).status_code == 202           # the first one makes its session
     for _ in range(5):

@@ -6,20 +6,20 @@ engine's documented test knob); the generation itself (both CFG branches, diffus
 tokenizers, the random draws) is the real one."""
 import io
 import json
-import signal
 import os
+import signal
 
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
 import torch
-
-from tests.harness import Node, cluster_cli, node_env, start_pair, wait_for
-from tests.vibevoice_tiny import SAMPLES_PER_TOKEN, build_tiny_vibevoice
 from tts_service.audio import encode_wav
 from tts_service.engines import EngineError, EngineInputError, Part
 from tts_service.engines.vibevoice import VibeVoiceEngine
+
+from tests.harness import Node, cluster_cli, node_env, start_pair, wait_for
+from tests.vibevoice_tiny import SAMPLES_PER_TOKEN, build_tiny_vibevoice
 
 TOKENS = 12                     # audio tokens per segment
 CHUNK_TOKENS = 5                # a chunk every 5 tokens: several chunks per part
@@ -278,9 +278,9 @@ def test_a_job_killed_mid_stream_resumes_on_the_other_node_and_sounds_as_if_neve
             n.stop()
     # The uninterrupted run, in this process: same model, script, voices (the uploaded clip as the
     # service stored it) and seed.
-    from tts_service.voices import VoiceClips
-    from tts_service.storage import Storage
     from tts_service.engines.base import Part as P
+    from tts_service.storage import Storage
+    from tts_service.voices import VoiceClips
     sid = next(p.name for p in (shared / "voices").iterdir())
     clips = {mine: VoiceClips(Storage(shared), shared / "voices").load(sid, mine)}
     engine = make_engine(model_dir, dtype="bfloat16")

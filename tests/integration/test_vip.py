@@ -97,6 +97,7 @@ def test_the_worker_keeps_the_track_file_in_step_by_itself(rt, tmp_path):
     second, with no request to anyone."""
     import threading
     from dataclasses import replace
+
     from tts_service.worker import Worker
     path = tmp_path / "vip-track"
     worker = Worker(replace(rt, settings=replace(rt.settings, vip_track_file=str(path))))

@@ -3,11 +3,11 @@ import shutil
 import time
 
 import pytest
-
-from tests.harness import cluster_cli, wait_for
 from tts_service.cluster import Cluster, ClusterError, LockHeld
 from tts_service.node import Fenced, NodeView
 from tts_service.storage import Storage
+
+from tests.harness import cluster_cli, wait_for
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def _race(cluster_dir, rounds: int, contenders: int) -> list[int]:
         barrier = threading.Barrier(contenders)
         won = []
 
-        def contend(i):
+        def contend(i, barrier=barrier, won=won):
             c = Cluster(Storage(cluster_dir.parent), cluster_dir)
             barrier.wait()
             try:
@@ -198,7 +198,9 @@ def test_concurrent_acquirers_never_both_hold_the_lock_threads(shared):
 def _acquire_in_process(args):
     shared_dir, i, start_at = args
     from pathlib import Path
-    from tts_service.cluster import Cluster as C, LockHeld as Held
+
+    from tts_service.cluster import Cluster as C
+    from tts_service.cluster import LockHeld as Held
     from tts_service.storage import Storage as S
     c = C(S(Path(shared_dir)), Path(shared_dir) / "cluster")
     while time.time() < start_at:
@@ -250,6 +252,7 @@ def test_renewing_pushes_the_expiry_and_only_for_the_holder(cluster):
 def test_keep_lock_releases_the_lock_as_soon_as_the_playbook_process_dies(shared):
     import subprocess
     import sys
+
     from tests.harness import BIN
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     token = json.loads(cluster_cli(shared, "lock", "--holder", "switchover.yml", "--ttl", "6").stdout)["token"]

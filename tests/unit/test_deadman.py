@@ -7,7 +7,6 @@ import urllib.request
 from http.server import ThreadingHTTPServer
 
 import pytest
-
 from tts_service.deadman import Deadman, is_watchdog, make_handler
 
 TOKEN = "deadman-test-token-0123456789"

@@ -1,8 +1,18 @@
 """Every branch of the failover decision, with the sentence it gives."""
 import pytest
-
-from tts_service.receiver.decision import (ESCALATE, FAILOVER, NONE, REJOIN, Alert, Cluster, History,
-                                           Interrupted, Probes, decide, finish_interrupted)
+from tts_service.receiver.decision import (
+    ESCALATE,
+    FAILOVER,
+    NONE,
+    REJOIN,
+    Alert,
+    Cluster,
+    History,
+    Interrupted,
+    Probes,
+    decide,
+    finish_interrupted,
+)
 
 CLUSTER = Cluster(epoch=3, primary="tts-a", standby="tts-b")
 HEALTHY_WITNESS = Probes(standby_ready=True, standby_sees_primary_ready=False)

@@ -1,6 +1,7 @@
 """The drill report: result, failed step, timeline relative to the fault, and the metrics the receiver
 exports from the latest reports."""
 import json
+from datetime import UTC
 
 from tts_service.drill import report
 
@@ -90,8 +91,8 @@ def test_metrics_follow_the_newest_report_and_remember_the_last_success(tmp_path
 
 
 def test_every_unplanned_mode_reads_the_receiver_and_times_the_epoch_bump_and_the_unserved_gap():
-    from datetime import datetime, timezone
-    bumped = datetime.fromtimestamp(103.25, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    from datetime import datetime
+    bumped = datetime.fromtimestamp(103.25, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for mode in ("kill", "redis-down", "host-lost"):
         rep = report.build(kill_meta(mode=mode, after={**AFTER, "changed_at": bumped}), WATCH, VERIFY, RECEIVER)
         assert rep["result"] == "succeeded" and rep["receiver"]["playbook"] == "failover.yml", mode

@@ -4,7 +4,6 @@ the drill's hands on the hosts (Ansible) are a stand-in that records the command
 from pathlib import Path
 
 import pytest
-
 from tts_service.cluster import Cluster
 from tts_service.drill.run import Drill, Plan, StepFailed
 from tts_service.storage import Storage

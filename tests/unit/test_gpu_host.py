@@ -80,6 +80,7 @@ MODEL_PLAY = """
 - hosts: tts_nodes
   connection: local
   gather_facts: false
+  roles: [tts_common]
   tasks:
     - ansible.builtin.include_role:
         name: tts_app
@@ -93,7 +94,7 @@ def place(tmp_path, checksums):
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {
         "children": {"tts_nodes": {"hosts": {"localhost": None}}},
         "vars": {"tts_app_vibevoice_model_src": str(src), "tts_app_vibevoice_model_dir": str(dest),
-                 "tts_app_vibevoice_model_sha256": checksums, **{k: GOOD[k] for k in ("tts_user",)},
+                 "tts_app_vibevoice_model_sha256": checksums,
                  "tts_storage_uid": GOOD["tts_storage_uid"]}}}))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
            "ANSIBLE_NOCOLOR": "1"}

@@ -7,7 +7,6 @@ import struct
 import time
 
 import pytest
-
 from tts_service import journal, logs_cli
 
 

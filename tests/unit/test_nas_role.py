@@ -48,7 +48,7 @@ SERVER_PLAY = """
 - hosts: storage
   connection: local
   gather_facts: false
-  vars_files: [{shared}]
+  roles: [tts_common]
   vars:
     tts_nas_type: nfs
     tts_nas_export: {export}
@@ -67,8 +67,7 @@ def test_a_managed_nfs_export_belongs_to_the_storage_uid_and_squashes_every_writ
     `sync` kept. Read from the role's --check --diff on this machine (nothing installed or written)."""
     export, exports = tmp_path / "srv-tts", tmp_path / "exports"
     export.mkdir(mode=0o755)      # as a NAS has it before the first deploy: root's
-    (tmp_path / "play.yml").write_text(SERVER_PLAY.format(export=export, exports=exports,
-                                                          shared=ROOT / "playbooks/group_vars/all.yml"))
+    (tmp_path / "play.yml").write_text(SERVER_PLAY.format(export=export, exports=exports))
     (tmp_path / "hosts.yml").write_text(
         "all:\n  children:\n    storage: {hosts: {localhost: {tts_node_address: 127.0.0.1}}}\n"
         "    tts_nodes: {hosts: {a: {tts_node_address: 192.0.2.11}, b: {tts_node_address: 192.0.2.12}}}\n"
@@ -84,6 +83,6 @@ def test_a_managed_nfs_export_belongs_to_the_storage_uid_and_squashes_every_writ
     assert oct(export.stat().st_mode & 0o777) == "0o755" and not exports.exists()
     folder = out[out.index("Create the export folder"):out.index("Export the folder over NFS")]
     assert '+    "owner": 2790' in folder and '+    "group": 2790' in folder and '+    "mode": "0770"' in folder, folder
-    line = next(l for l in out.splitlines() if l.startswith("+") and str(export) in l)
+    line = next(ln for ln in out.splitlines() if ln.startswith("+") and str(export) in ln)
     for client in ("192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.10"):   # the pair, a worker host, ctl
         assert f"{client}(rw,sync,no_subtree_check,all_squash,anonuid=2790,anongid=2790)" in line, line

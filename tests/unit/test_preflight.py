@@ -14,23 +14,22 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAY = f"""
+PLAY = """
 - hosts: tts_nodes:control
   connection: local
   gather_facts: false
   any_errors_fatal: true
-  vars:   # the worker hosts as site.yml has them (playbooks/group_vars/all.yml)
-    tts_worker_hosts: "{yaml.safe_load((ROOT / "playbooks/group_vars/all.yml").read_text())["tts_worker_hosts"]}"
   roles:
+    - role: tts_common    # as every play of site.yml: the shared defaults first
     - role: preflight
 """
-# Everything the role requires, as an inventory gives it (secrets as Vault would).
+# Everything the role requires, as an inventory gives it (secrets as Vault would): the rest is
+# roles/tts_common's defaults (tts_pki_mode, tts_access set here to ask for no certificate or login).
 GOOD = {
-    "ansible_user": "deploy", "tts_initial_primary": "localhost", "tts_node_address": "127.0.0.1",
-    "tts_vip": "192.0.2.100", "tts_vip_prefix": 24, "tts_vrid": 51, "tts_vip_url": "https://192.0.2.100",
+    "ansible_user": "deploy", "tts_node_address": "127.0.0.1",
+    "tts_vip": "192.0.2.100", "tts_vrid": 51, "tts_vip_url": "https://192.0.2.100",
     "tts_pki_mode": "lab", "tts_access": "none", "tts_nas_type": "nfs", "tts_nas_server": "192.0.2.5",
     "tts_nas_export": "/srv/tts", "tts_storage_uid": 54321, "tts_engine": "espeak",
-    "tts_user": "tts", "tts_receiver_user": "tts-receiver",
     "tts_redis_password": "r" * 24, "tts_alert_token": "a" * 24,
 }
 
@@ -101,5 +100,19 @@ def test_a_short_secret_is_refused(tmp_path):
 def test_site_yml_runs_the_preflight_first_on_every_host_it_changes():
     plays = yaml.safe_load((ROOT / "playbooks/site.yml").read_text())
     first = plays[0]
-    assert first["roles"] == [{"role": "preflight"}] and first["any_errors_fatal"] is True
+    assert first["roles"] == [{"role": "tts_common"}, {"role": "preflight"}] and first["any_errors_fatal"] is True
     assert set(first["hosts"].split(":")) == {"tts_nodes", "tts_workers", "control"}
+
+
+PLAYS_WITH_ROLES = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "playbooks").glob("*.yml"),
+                                                            ROOT / "lab/certificates.yml"])
+
+
+@pytest.mark.parametrize("playbook", PLAYS_WITH_ROLES)
+def test_every_play_lists_the_shared_defaults_first(playbook):
+    """roles/tts_common holds the values every play shares (the inventories keep only the site's): a
+    play without it would run with those variables undefined."""
+    plays = yaml.safe_load((ROOT / playbook).read_text())
+    for play in plays:
+        roles = [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+        assert roles[:1] == ["tts_common"], f"{playbook}: play {play.get('name')!r} does not list tts_common first"

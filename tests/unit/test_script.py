@@ -1,5 +1,4 @@
 import pytest
-
 from tts_service.script import ScriptError, parse_script, segment_script, split_long
 
 

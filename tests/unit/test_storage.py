@@ -3,7 +3,6 @@ import threading
 import time
 
 import pytest
-
 from tts_service.jobfiles import BadJobId, JobFiles, check_job_id, new_job_id
 from tts_service.storage import Storage, StorageUnavailable
 
@@ -170,6 +169,7 @@ def test_grants_racing_from_many_threads_get_distinct_generations(tmp_path):
 
 def test_a_purged_job_gets_no_grant_and_nobody_holds_it(tmp_path):
     import shutil
+
     from tts_service.jobfiles import Superseded
     files = JobFiles(Storage(tmp_path), tmp_path)
     job = new_job_id()
@@ -184,8 +184,8 @@ def test_a_purged_job_gets_no_grant_and_nobody_holds_it(tmp_path):
 def test_a_resume_takes_only_the_state_that_follows_the_winning_chunk(tmp_path):
     """A dead attempt of generation 2 left its state beside a chunk it never committed: the winning chunk
     is generation 1's, and so must be the state (another lineage's otherwise)."""
-    from tts_service.jobfiles import encode_npz
     import numpy as np
+    from tts_service.jobfiles import encode_npz
     files = JobFiles(Storage(tmp_path), tmp_path)
     job = new_job_id()
     files.create(job, {"segments": []})

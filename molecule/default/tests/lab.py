@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "lab"))
 sys.path.insert(0, str(ROOT / "tests"))
 from harness import chunk_key, dialogue, wait_for  # noqa: E402  (the one wait loop and script generator of the tests)
+
 from inventory import Lab  # noqa: E402
 
 LAB = Lab.from_env()

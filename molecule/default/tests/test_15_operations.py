@@ -18,7 +18,7 @@ import soundfile as sf
 from lab import LAB_CA, LAB_PASSWORD, LAB_USER, PROMETHEUS, SHARED, VIP, cluster_state, on, script, wait
 
 sys.path.insert(0, str(LAB_CA.parents[1]))              # the project root: tests.browser
-from tests.browser import HAVE_CHROMIUM, chromium, submit_and_listen  # noqa: E402
+from tests.browser import HAVE_CHROMIUM, chromium, submit_and_listen
 
 VIP_HOST = urlsplit(VIP).hostname
 
@@ -234,7 +234,8 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, worker: tts-c}
             exp_annotations:
-              summary: "worker tts-c has not spoken for 195 s: its jobs go on on the other workers; docs/operations.md, TTSWorkerDown"
+              summary: "worker tts-c has not spoken for 195 s: its jobs go on on the other workers;
+                docs/operations.md, TTSWorkerDown"
 """
 
 

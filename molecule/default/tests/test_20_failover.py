@@ -13,12 +13,31 @@ import requests
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from lab import (APP_BACK, APP_KILLED, LAB_CA, LAB_PASSWORD, LAB_USER, NODES, PREFIX, VIP, RoleWatcher,
-                 cluster_state, follow_rejoin, new_run, on, operator_playbook, podman, receiver, receiver_runs,
-                 redis_hget, start_job, wait)
+from lab import (
+    APP_BACK,
+    APP_KILLED,
+    LAB_CA,
+    LAB_PASSWORD,
+    LAB_USER,
+    NODES,
+    PREFIX,
+    VIP,
+    RoleWatcher,
+    cluster_state,
+    follow_rejoin,
+    new_run,
+    on,
+    operator_playbook,
+    podman,
+    receiver,
+    receiver_runs,
+    redis_hget,
+    start_job,
+    wait,
+)
 
 sys.path.insert(0, str(LAB_CA.parents[1]))              # the project root: tests.browser
-from tests.browser import HAVE_CHROMIUM, chromium, heard, heard_and_final  # noqa: E402
+from tests.browser import HAVE_CHROMIUM, chromium, heard, heard_and_final
 
 TURNS = 12
 

@@ -7,8 +7,24 @@ import time
 
 import requests
 
-from lab import (LAB, NODES, PREFIX, VIP, cluster_state, firing, job_segments, new_run, pair_in_role, podman,
-                 receiver_runs, redis_hget, script, wait, wait_job_done, wait_pair_settled)
+from lab import (
+    LAB,
+    NODES,
+    PREFIX,
+    VIP,
+    cluster_state,
+    firing,
+    job_segments,
+    new_run,
+    pair_in_role,
+    podman,
+    receiver_runs,
+    redis_hget,
+    script,
+    wait,
+    wait_job_done,
+    wait_pair_settled,
+)
 
 TURNS = 12
 

@@ -13,8 +13,24 @@ from pathlib import Path
 import pytest
 import requests
 
-from lab import (NODES, PREFIX, VIP, RoleWatcher, cluster_state, nginx_prefers, on, operator_playbook, podman,
-                 receiver_runs, redis_hget, start_job, vip_holders, VipWatch, wait, wait_job_done)
+from lab import (
+    NODES,
+    PREFIX,
+    VIP,
+    RoleWatcher,
+    VipWatch,
+    cluster_state,
+    nginx_prefers,
+    on,
+    operator_playbook,
+    podman,
+    receiver_runs,
+    redis_hget,
+    start_job,
+    vip_holders,
+    wait,
+    wait_job_done,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 TURNS = 20                      # ~70 s of paced audio: still running at the switchover
@@ -101,7 +117,7 @@ def test_site_yml_on_a_serving_pair_goes_through_upgrade_yml():
     except BaseException:
         session.delete(f"{VIP}/api/jobs/{job_id}", timeout=10)   # leave no 3-minute job to the next suites
         raise
-    job = wait_job_done(session, job_id, 50, timeout=300)
+    wait_job_done(session, job_id, 50, timeout=300)
     vip.finish()
     roles.finish()                                    # never two unfenced primaries
     after = cluster_state()

@@ -16,10 +16,47 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from lab import (ADDRESS, ALERTMANAGER, APP_BACK, APP_KILLED, DEPLOY_USER, LAB_PASSWORD, LAB_USER, NODES, ROOT, PREFIX, RECEIVER, REDIS_BACK, REDIS_KILLED,
-                 SHARED, VIP, RoleWatcher, VipWatch, alert_token, cluster_state, cut, firing, follow_rejoin, heal, holds_within, job_segments, new_run, on, operator_playbook, pair_in_role, podman,
-                 prometheus_value, receiver, receiver_runs, redis_cli, script, start_job, wait, wait_job_done,
-                 wait_pair_settled)
+from lab import (
+    ADDRESS,
+    ALERTMANAGER,
+    APP_BACK,
+    APP_KILLED,
+    DEPLOY_USER,
+    LAB_PASSWORD,
+    LAB_USER,
+    NODES,
+    PREFIX,
+    RECEIVER,
+    REDIS_BACK,
+    REDIS_KILLED,
+    ROOT,
+    SHARED,
+    VIP,
+    RoleWatcher,
+    VipWatch,
+    alert_token,
+    cluster_state,
+    cut,
+    firing,
+    follow_rejoin,
+    heal,
+    holds_within,
+    job_segments,
+    new_run,
+    on,
+    operator_playbook,
+    pair_in_role,
+    podman,
+    prometheus_value,
+    receiver,
+    receiver_runs,
+    redis_cli,
+    script,
+    start_job,
+    wait,
+    wait_job_done,
+    wait_pair_settled,
+)
 
 TURNS = 10
 MATRIX = []        # (fault, observed) lines printed at the end of the suite
@@ -715,7 +752,8 @@ def deadman(node):
 
 def test_13_ctl_lost_the_pair_keeps_serving_and_its_watchdog_goes_silent(case):
     c = case()
-    wait(lambda: all(deadman(node)[1]["watchdog"] == "arriving" for node in NODES), 90, "the Watchdog arriving on both nodes", interval=2)
+    wait(lambda: all(deadman(node)[1]["watchdog"] == "arriving" for node in NODES), 90,
+         "the Watchdog arriving on both nodes", interval=2)
     podman("kill", PREFIX + "ctl", check=True)
     lost_at = time.time()
     try:
@@ -755,7 +793,8 @@ def ask(method, path, body=None, cookie=None, ctype="application/json"):
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), None
 out = {"bad": [], "poller": {}, "readers": []}
-for raw in (b'{"script": "Speaker 1: \\ud800"}', b'{"script": "Speaker 1: \\u0007 bell"}', b'{"script": "Speaker 1: \\ud800\\ud800"}'):
+for raw in (b'{"script": "Speaker 1: \\ud800"}', b'{"script": "Speaker 1: \\u0007 bell"}',
+            b'{"script": "Speaker 1: \\ud800\\ud800"}'):
     status, body, _ = ask("POST", "/api/jobs", raw)
     out["bad"].append([status, json.loads(body).get("error", "")[:80]])
 status, body, cookie = ask("POST", "/api/jobs", json.dumps({"script": "Speaker 1: My own job, to download slowly."}).encode())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 # The figure this project was asked to beat: the source design's standby took over 22 s after an
@@ -34,7 +34,7 @@ def _after(t: float | None, t0: float | None) -> float | None:
 def _unix(iso: str | None) -> float | None:
     """An ISO time as written in the cluster state (…Z) as a unix time; None if absent or unreadable."""
     try:
-        return datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(str(iso), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
 

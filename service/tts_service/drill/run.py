@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import journal
@@ -66,7 +66,7 @@ class Plan:
     login_file: str = ""              # "user:password" for the VIP's basic auth (tts_access: basic)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         data = dict(data)
         if "node_addresses" in data:   # drill.yml: every node's app on the same port
             port = data.pop("app_port")
@@ -145,7 +145,7 @@ def command_result(events: list[dict], host: str) -> tuple[int, str]:
 
 
 def _utc_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 class Drill:
@@ -345,11 +345,11 @@ class Drill:
             self.check_canary()
             self.undo_fault()
             self.wait_rejoined()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the report's failed step
+        except Exception as exc:
             self.meta["failed_step"], self.meta["error"] = self.step, (str(exc) or type(exc).__name__)[:500]
             try:
                 self.undo_fault()
-            except Exception:  # noqa: BLE001 - the report says the first failure; this one is logged
+            except Exception:
                 print(f"tts-drill: could not undo the fault: {sys.exc_info()[1]}", file=sys.stderr)
         finally:
             self.release_lock()

@@ -130,7 +130,7 @@ class Watcher:
             while self.obs.in_flight and self.obs.vip_target_at is None and time.monotonic() < wait_vip:
                 self.step(time.time())
                 time.sleep(self.interval)
-        except Exception as exc:  # noqa: BLE001 - recorded for the report, never lost
+        except Exception as exc:
             self.obs.error = str(exc) or type(exc).__name__
         self.obs.finished = True
         self.save()

@@ -21,4 +21,5 @@ def create_engine(settings: Settings) -> Engine:
     raise ValueError(f"TTS_ENGINE={settings.engine!r} is not one of {', '.join(ENGINES)}")
 
 
-__all__ = ["GENERATION_OPTIONS", "Chunk", "Part", "Resume", "Engine", "EngineError", "EngineInputError", "Voice", "create_engine", "ENGINES"]
+__all__ = ["GENERATION_OPTIONS", "Chunk", "Part", "Resume", "Engine", "EngineError", "EngineInputError", "Voice",
+           "create_engine", "ENGINES"]

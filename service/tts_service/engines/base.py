@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -97,9 +97,11 @@ class Engine(ABC):
 
     def load(self) -> None:
         """Heavy initialisation (model weights). Called once by the worker, never by the web app."""
+        return None      # an engine with nothing to load
 
     def recover(self) -> None:
         """Free what a failed synthesis may have left behind (the GPU cache) before a retry."""
+        return None      # an engine that keeps nothing between attempts
 
     @property
     def loaded(self) -> bool:
@@ -135,7 +137,7 @@ class Engine(ABC):
         return _digest({"engine": self.name, "segments": [(s["speaker"], s["text"], s["voice"]) for s in part.segments]})
 
     def stream(self, part: Part, seed: int, clips: dict[str, np.ndarray] | None = None,
-               resume: "Resume | None" = None) -> Iterator[Chunk]:
+               resume: Resume | None = None) -> Iterator[Chunk]:
         """The part's chunks in order (after `resume`'s, if given). Default: one chunk per part,
         synthesised by synthesize()."""
         seg = part.segments[0]
@@ -156,7 +158,7 @@ class Engine(ABC):
             return "it made no usable audio for a plain sentence"
         return None
 
-    def resume_from(self, checkpoints: list[dict[str, np.ndarray]], state: dict[str, np.ndarray]) -> "Resume":
+    def resume_from(self, checkpoints: list[dict[str, np.ndarray]], state: dict[str, np.ndarray]) -> Resume:
         """A resume point from the part's chunks' checkpoints (in order) and the newest chunk's state."""
         raise EngineError(f"the {self.name} engine has no checkpoints to resume from")
 

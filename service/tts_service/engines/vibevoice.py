@@ -25,8 +25,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -242,7 +242,7 @@ class VibeVoiceEngine(Engine):
                           if c is not None)
         fixed = clip_tokens + self._tokens(SYSTEM_PROMPT + " Voice input:\n Text input:\n Speech output:\n") + 8
         costs = [self._tokens(f" Speaker 0: {seg['text']}\n") + self._audio_tokens_planned([seg]) for seg in segments]
-        for seg, cost in zip(segments, costs):
+        for seg, cost in zip(segments, costs, strict=True):
             if fixed + cost > context:
                 raise EngineInputError(f"segment {int(seg.get('index', 0)) + 1} alone ({cost} tokens of text and "
                                        f"planned audio, {fixed} of voice clips and prompt) does not fit the "
@@ -253,7 +253,7 @@ class VibeVoiceEngine(Engine):
         def split(budget: int) -> list[list[dict]]:
             groups: list[list[dict]] = [[]]
             used = 0
-            for seg, cost in zip(segments, costs):
+            for seg, cost in zip(segments, costs, strict=True):
                 if groups[-1] and used + cost > budget:
                     groups.append([])
                     used = 0

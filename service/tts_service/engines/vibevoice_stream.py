@@ -34,8 +34,9 @@ order (tests/integration/test_vibevoice.py compares the two on the forced and on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -267,7 +268,9 @@ class DialogueStream:
 
     def _cache_from(self, state: dict[str, np.ndarray], prefix: str) -> Any:
         from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acoustic_tokenizer import (
-            VibeVoiceAcousticTokenizerConv1dCacheLayer, VibeVoiceAcousticTokenizerConv1dPaddingCache)
+            VibeVoiceAcousticTokenizerConv1dCacheLayer,
+            VibeVoiceAcousticTokenizerConv1dPaddingCache,
+        )
         keys = json.loads(str(state[f"{prefix}keys"]))
         if not keys:
             return None

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import hmac
 import socket
-
 from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..cluster import Cluster
 from .. import clock, journal
+from ..cluster import Cluster
 from ..drill import report as drill_report
 from ..storage import Storage, StorageUnavailable
+from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier, ssh_warmer
 from .decision import Limits
 from .settings import ReceiverSettings
-from .controller import Controller, NodeProbe, Runner, ansible_runner, http_notifier, ssh_warmer
 from .store import Store
 from .webhook import WebhookError, parse
 

@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..cluster import Cluster as ClusterFiles
 from ..cluster import ClusterError
@@ -50,7 +50,7 @@ class NodeProbe:
         status, body, _error = get_json(url, self.timeout_s)
         return status, body
 
-    def probes(self, cluster: d.Cluster, alert: d.Alert) -> "LazyProbes":
+    def probes(self, cluster: d.Cluster, alert: d.Alert) -> LazyProbes:
         return LazyProbes(self, cluster, alert)
 
 
@@ -63,7 +63,7 @@ class LazyProbes:
         self._probe, self._cluster, self._alert = probe, cluster, alert
         self._cache: dict[str, bool | None] = {}
 
-    def _ask(self, key: str, path_of: Callable[[], "tuple[str | None, str]"]) -> bool | None:
+    def _ask(self, key: str, path_of: Callable[[], tuple[str | None, str]]) -> bool | None:
         if key not in self._cache:
             node, path = path_of()
             url = self._probe.nodes.get(node or "")
@@ -121,14 +121,14 @@ class LazyProbes:
 class Controller:
     def __init__(self, store: Store, cluster: ClusterFiles, probe: NodeProbe, runner: Runner,
                  cooldown_s: float = 60.0, notify: Callable[[dict], None] | None = None,
-                 limits: d.Limits = d.Limits(), warm: Callable[[], bool] | None = None,
+                 limits: d.Limits | None = None, warm: Callable[[], bool] | None = None,
                  warm_every_s: float = 90.0):
         self.store = store
         self.cluster = cluster
         self.probe = probe
         self.runner = runner
         self.cooldown_s = cooldown_s
-        self.limits = limits
+        self.limits = limits or d.Limits()
         # "Not now" decisions (busy, locked, cooling down) are decided again by the receiver itself,
         # each loop turn (<= 1 s), until the answer changes: Alertmanager's repeat is not relied on.
         # Each pending alert with the action of its last decision (a recheck that comes to another
@@ -150,7 +150,7 @@ class Controller:
 
     # ---- lifecycle ----
 
-    def start(self) -> "Controller":
+    def start(self) -> Controller:
         for run in self.store.mark_interrupted():
             log.warning("%s #%d was interrupted by a restart; marked so", run["playbook"], run["id"])
             self.notify({"event": "run_interrupted", "playbook": run["playbook"], "target": run["target"]})
@@ -198,7 +198,7 @@ class Controller:
     def recheck(self) -> list[d.Decision]:
         """Decide again, by ourselves, the alerts whose last answer was "not now"."""
         decisions = []
-        for key, (alert, _action) in list(self._pending.items()):
+        for alert, _action in list(self._pending.values()):
             decisions.append(self.handle(None, alert, recheck=True))
         return decisions
 

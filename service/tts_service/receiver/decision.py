@@ -6,8 +6,8 @@ Each branch is a small named function; decide() tries them in order and the firs
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 FAILOVER = "failover"
 REJOIN = "rejoin"
