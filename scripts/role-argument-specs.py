@@ -3,7 +3,7 @@ comment above it as its description, for the `main` entry point and the others t
 playbooks call (ENTRIES). `--check` says which files are out of step and exits 1
 (tests/unit/test_role_specs.py runs it). Run from the repository root.
 
-Written by hand instead: tts_cluster's and preflight's specs (HAND_WRITTEN). tts_common has none: it
+Written by hand instead: tts_cluster's and preflight's specs (HAND_WRITTEN). tts has none: it
 holds only defaults, and a spec would add a validation task to every play (failover.yml's four among
 them)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 ROLES = Path("roles")
-HAND_WRITTEN = {"tts_cluster", "preflight", "tts_common"}
+HAND_WRITTEN = {"tts_cluster", "preflight", "tts"}
 # Entry points besides `main`, by role: their options are the defaults their task files (and the task
 # files and templates those use) name.
 ENTRIES = {"redis": ["promote", "follow"], "nas": ["heal"], "nginx": ["upstream"], "pki": ["certificate"],

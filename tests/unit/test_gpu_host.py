@@ -80,7 +80,7 @@ MODEL_PLAY = """
 - hosts: tts_nodes
   connection: local
   gather_facts: false
-  roles: [tts_common]
+  roles: [tts]
   tasks:
     - ansible.builtin.include_role:
         name: tts_app

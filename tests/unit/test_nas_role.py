@@ -48,7 +48,7 @@ SERVER_PLAY = """
 - hosts: storage
   connection: local
   gather_facts: false
-  roles: [tts_common]
+  roles: [tts]
   vars:
     tts_nas_type: nfs
     tts_nas_export: {export}

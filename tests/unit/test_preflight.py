@@ -20,11 +20,11 @@ PLAY = """
   gather_facts: false
   any_errors_fatal: true
   roles:
-    - role: tts_common    # as every play of site.yml: the shared defaults first
+    - role: tts    # as every play of site.yml: the shared defaults first
     - role: preflight
 """
 # Everything the role requires, as an inventory gives it (secrets as Vault would): the rest is
-# roles/tts_common's defaults (tts_pki_mode, tts_access set here to ask for no certificate or login).
+# roles/tts's defaults (tts_pki_mode, tts_access set here to ask for no certificate or login).
 GOOD = {
     "ansible_user": "deploy", "tts_node_address": "127.0.0.1",
     "tts_vip": "192.0.2.100", "tts_vrid": 51, "tts_vip_url": "https://192.0.2.100",
@@ -100,7 +100,7 @@ def test_a_short_secret_is_refused(tmp_path):
 def test_site_yml_runs_the_preflight_first_on_every_host_it_changes():
     plays = yaml.safe_load((ROOT / "playbooks/site.yml").read_text())
     first = plays[0]
-    assert first["roles"] == [{"role": "tts_common"}, {"role": "preflight"}] and first["any_errors_fatal"] is True
+    assert first["roles"] == [{"role": "tts"}, {"role": "preflight"}] and first["any_errors_fatal"] is True
     assert set(first["hosts"].split(":")) == {"tts_nodes", "tts_workers", "control"}
 
 
@@ -110,9 +110,9 @@ PLAYS_WITH_ROLES = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "playbooks
 
 @pytest.mark.parametrize("playbook", PLAYS_WITH_ROLES)
 def test_every_play_lists_the_shared_defaults_first(playbook):
-    """roles/tts_common holds the values every play shares (the inventories keep only the site's): a
+    """roles/tts holds the values every play shares (the inventories keep only the site's): a
     play without it would run with those variables undefined."""
     plays = yaml.safe_load((ROOT / playbook).read_text())
     for play in plays:
         roles = [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
-        assert roles[:1] == ["tts_common"], f"{playbook}: play {play.get('name')!r} does not list tts_common first"
+        assert roles[:1] == ["tts"], f"{playbook}: play {play.get('name')!r} does not list tts first"

@@ -20,7 +20,7 @@ LOG = ROOT / ".lab" / "molecule-ansible.log"
 
 
 def _with_derived(values):
-    """The Vault values and what roles/tts_common derives from the webhook's token: each
+    """The Vault values and what roles/tts derives from the webhook's token: each
     node's dead-man token and the drills' password."""
     found = dict(values)
     for node in LAB.nodes:
@@ -33,7 +33,7 @@ def _with_derived(values):
 def _secrets():
     """name -> value: the Vault file's values (decrypted with the lab's vault password) and that
     password, the nodes' dead-man tokens and the drills' password derived from the alert token
-    (roles/tts_common/defaults/main.yml), the body lines of every private key under .lab (the lab's SSH key,
+    (roles/tts/defaults/main.yml), the body lines of every private key under .lab (the lab's SSH key,
     the CA's, the certificates')."""
     found = _with_derived({name: str(value) for name, value in LAB.secrets().items()})
     found["the vault password"] = (ROOT / ".lab" / "vault-pass").read_text().strip()
