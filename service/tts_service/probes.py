@@ -1,4 +1,5 @@
-"""Health endpoints for probes and proxies: /health, /ready, /primary, /standby, /metrics.
+"""Health endpoints for probes and proxies: /health, /ready, /peer/<node>/ready, /primary, /standby
+(/metrics is metrics.py's).
 
 /ready answers "is this node fit for its role?" (docs/contracts.md): 200 for a healthy primary and for a
 healthy standby, 503 otherwise, always with the JSON that says why.
@@ -6,19 +7,15 @@ healthy standby, 503 otherwise, always with the JSON that says why.
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from flask import Blueprint, current_app, jsonify
 
-from . import __version__, clock, heartbeat
+from . import __version__, heartbeat
 from .jobfiles import STORAGE_FORMAT
 from .node import ask_ready
 from .runtime import Runtime
-from .statuses import FINAL
 from .storage import StorageUnavailable
 
 bp = Blueprint("probes", __name__)
@@ -194,153 +191,3 @@ def standby():
     ok, body = readiness(_rt(), for_promotion=True)
     ok = ok and body["role"] == "standby"
     return jsonify(body), 200 if ok else 503
-
-
-def holds_address(address: str) -> bool | None:
-    """Whether `address` is on one of this host's interfaces (`ip -o addr`), or None if that cannot be
-    told: the VIP's holders, counted by the TTSVipNotSingle alert."""
-    try:
-        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, timeout=2, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return any(f" {address}/" in line for line in out.stdout.splitlines())
-
-
-class _Collector:
-    """Collects at scrape time from Redis, the worker heartbeat and the node's belief."""
-
-    def __init__(self, rt: Runtime):
-        self.rt = rt
-
-    def collect(self):
-        rt = self.rt
-        node = rt.settings.node
-        belief = rt.node.belief()
-        g = GaugeMetricFamily("tts_node_is_primary", "1 if this node believes it is the unfenced primary",
-                              labels=["node"])
-        g.add_metric([node], 0.0 if belief.fenced else 1.0)
-        yield g
-        g = GaugeMetricFamily("tts_cluster_epoch", "Cluster epoch this node last read", labels=["node"])
-        g.add_metric([node], belief.epoch)
-        yield g
-        held = holds_address(rt.settings.vip) if rt.settings.vip else None
-        if held is not None:
-            g = GaugeMetricFamily("tts_vip_held", "1 if the entry VIP is on one of this host's interfaces",
-                                  labels=["node"])
-            g.add_metric([node], 1.0 if held else 0.0)
-            yield g
-        try:
-            counts = rt.store.status_counts()
-            depth = rt.store.queue_depth()
-            stats = rt.store.stats()
-        except redis.RedisError:
-            counts, depth, stats = None, None, None
-        if counts is not None:
-            g = GaugeMetricFamily("tts_jobs", "Jobs not yet finished, by status", labels=["status"])
-            for status, n in counts.items():
-                g.add_metric([status], n)
-            yield g
-            c = CounterMetricFamily("tts_jobs_finished", "Jobs finished, by final status", labels=["status"])
-            for status in FINAL:
-                c.add_metric([status], stats.get(status, 0))
-            yield c
-            c = CounterMetricFamily("tts_jobs_submitted", "Jobs accepted")
-            c.add_metric([], stats.get("submitted", 0))
-            yield c
-            g = GaugeMetricFamily("tts_queue_depth", "Job ids waiting in the queue")
-            g.add_metric([], depth)
-            yield g
-        if rt.settings.worker_pool:   # TTSWorkerDown: each pool worker's last word in the jobs' Redis
-            try:
-                workers = rt.store.workers(rt.settings.worker_forget_s)
-            except redis.RedisError:
-                workers = None
-            if workers is not None:
-                g = GaugeMetricFamily("tts_worker_last_seen_seconds", "Seconds since each pool worker last "
-                                      "spoke in Redis (a drained worker is gone from it)", labels=["worker"])
-                for worker, info in sorted(workers.items()):
-                    g.add_metric([worker], round(info["age_s"], 1))
-                yield g
-                g = GaugeMetricFamily("tts_workers_taking_jobs", "Pool workers that spoke in the last 10 s "
-                                      "and take jobs")
-                g.add_metric([], sum(1 for info in workers.values() if info.get("takes_jobs") and info["age_s"] < 10))
-                yield g
-        try:
-            info = rt.redis.info("replication")
-        except redis.RedisError:
-            info = None
-        try:   # TTSRedisMemoryHigh: long before noeviction refuses every write
-            memory = rt.redis.info("memory")
-            for name, field, what in (("tts_redis_used_memory_bytes", "used_memory", "Memory the local Redis uses"),
-                                      ("tts_redis_maxmemory_bytes", "maxmemory", "The local Redis's maxmemory (0: none)")):
-                g = GaugeMetricFamily(name, what)
-                g.add_metric([], float(memory.get(field, 0)))
-                yield g
-        except redis.RedisError:
-            pass
-        if info is not None:
-            g = GaugeMetricFamily("tts_redis_is_master", "1 if the local Redis is a master")
-            g.add_metric([], 1.0 if info.get("role") == "master" else 0.0)
-            yield g
-            if info.get("role") == "master":
-                g = GaugeMetricFamily("tts_redis_connected_replicas", "Replicas connected to the local Redis")
-                g.add_metric([], int(info.get("connected_slaves", 0)))
-                yield g
-                lag = max((int(info["master_repl_offset"]) - int(v.get("offset", 0))
-                           for k_, v in info.items() if k_.startswith("slave") and isinstance(v, dict)),
-                          default=0)
-                g = GaugeMetricFamily("tts_redis_replication_lag_bytes", "Replication offset behind, worst replica")
-                g.add_metric([], lag)
-                yield g
-            else:
-                g = GaugeMetricFamily("tts_redis_master_link_up", "1 if the local replica's link to its master is up")
-                g.add_metric([], 1.0 if info.get("master_link_status") == "up" else 0.0)
-                yield g
-        hb, _ = heartbeat.read(heartbeat.heartbeat_path(rt.settings.run_dir, node))
-        g = GaugeMetricFamily("tts_engine_loaded", "1 if the worker has its engine loaded", labels=["engine"])
-        g.add_metric([rt.settings.engine], 1.0 if hb and hb.get("engine_loaded") else 0.0)
-        yield g
-        g = GaugeMetricFamily("tts_worker_up", "1 if the worker heartbeat is fresh")
-        g.add_metric([], 1.0 if hb else 0.0)
-        yield g
-        yield from clock.metric_families(node)   # TTSClockNotSynchronised
-        g = GaugeMetricFamily("tts_engine_pace", "Seconds of wall time per second of audio (0 = off)")
-        g.add_metric([], rt.settings.engine_pace)
-        yield g
-        # TTSStorageLow: shared storage's free space (absent while the mount does not answer)
-        space = rt.space.ask(rt.node.wait_s)
-        g = GaugeMetricFamily("tts_storage_wait_seconds", "How long shared storage took to answer its last "
-                              "free-space read, or has been taking for the one in flight", labels=["node"])
-        g.add_metric([node], max(space.took_s, space.running_s, belief.pending_s))
-        yield g
-        if space.answered and space.error is None and space.running_s <= rt.settings.storage_stall_s:
-            free, size = space.value
-            g = GaugeMetricFamily("tts_storage_free_bytes", "Free space on shared storage")
-            g.add_metric([], float(free))
-            yield g
-            g = GaugeMetricFamily("tts_storage_size_bytes", "Size of shared storage")
-            g.add_metric([], float(size))
-            yield g
-        if hb:
-            h = hb["synthesis_seconds"]
-            cumulative, buckets = 0, []
-            # The heartbeat writes both lists from one histogram: as long as each other.
-            for bound, count in zip(h["buckets"], h["counts"], strict=True):
-                cumulative += count
-                buckets.append((repr(float(bound)), cumulative))
-            buckets.append(("+Inf", h["count"]))
-            hist = HistogramMetricFamily("tts_segment_synthesis_seconds",
-                                         "Wall time to synthesise one segment (pacing included)")
-            hist.add_metric([], buckets, sum_value=h["sum"])
-            yield hist
-            if hb.get("gpu_utilisation") is not None:
-                g = GaugeMetricFamily("tts_gpu_utilisation_percent", "GPU 0 utilisation")
-                g.add_metric([], hb["gpu_utilisation"])
-                yield g
-
-
-@bp.get("/metrics")
-def metrics():
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(_rt()))
-    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
