@@ -25,7 +25,7 @@ def drill(tmp_path: Path, hands, mode="kill") -> Drill:
                            "nodes": {}, "project": str(tmp_path), "inventory": "unused", "lock_ttl_s": 30})
     d = Drill(plan, ansible=hands, workdir=tmp_path)
     d.cluster.init("tts-a", "tts-b", "test")
-    d.meta["before"] = {"primary": "tts-a", "standby": "tts-b", "epoch": 1}
+    d.record.before = {"primary": "tts-a", "standby": "tts-b", "epoch": 1}
     return d
 
 
@@ -46,7 +46,7 @@ def test_the_fault_is_injected_once_the_lock_is_free_and_timed_from_when_it_stru
     d.inject_fault()
     assert hands.commands == [("tts-a", ["/usr/local/sbin/tts-fault", "app-killed"])]
     assert d.cluster.lock_holder() is None and d.fault_injected
-    assert d.meta["fault_at"] == 1795000000.5
+    assert d.record.fault_at == 1795000000.5
 
 
 def test_a_fault_whose_lifting_failed_is_lifted_again(tmp_path):

@@ -148,6 +148,23 @@ def _utc_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+
+@dataclass
+class DrillRecord:
+    """What the drill saw happen, step by step; its report is built from it (report.build)."""
+    id: str
+    mode: str
+    started_at: float
+    before: dict = field(default_factory=dict)      # primary, standby and epoch as the drill began
+    after: dict = field(default_factory=dict)       # the cluster state as it ended (changed_at: when)
+    settings: dict = field(default_factory=dict)    # the engine and its pacing, from the primary's /ready
+    fault_at: float | None = None                   # when the fault struck (or the switchover began)
+    playbook_started_at: float | None = None        # switchover.yml's run, in a switchover drill
+    playbook_ended_at: float | None = None
+    failed_step: str | None = None                  # the step that failed, as the report names it
+    error: str | None = None
+    ended_at: float | None = None
+
 class Drill:
     def __init__(self, plan: Plan, ansible: Ansible | None = None, workdir: Path | None = None):
         self.plan = plan
@@ -156,9 +173,7 @@ class Drill:
                                plan.shared_dir / "cluster")
         self.own_workdir = workdir is None     # the watcher's notes, removed at the end if ours
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tts-drill-"))
-        self.meta: dict = {"id": _utc_id(), "mode": plan.mode, "started_at": time.time(), "fault_at": None,
-                           "playbook_started_at": None, "playbook_ended_at": None, "failed_step": None,
-                           "error": None, "settings": {}}
+        self.record = DrillRecord(id=_utc_id(), mode=plan.mode, started_at=time.time())
         self.step = "Read who is primary now"
         self.token: str | None = None
         self.keeper: subprocess.Popen | None = None
@@ -220,11 +235,11 @@ class Drill:
             return False
 
     def preflight(self) -> None:
-        p, before = self.plan, self.meta["before"]
+        p, before = self.plan, self.record.before
         status, body, error = get_json(f"{p.nodes[before['primary']]}/primary", 5)
         self._do("Preflight - the primary serves as the primary", status == 200,
                  f"{before['primary']} answers /primary with {status or error}")
-        self.meta["settings"] = {k: body[k] for k in ("engine", "engine_pace") if k in body}
+        self.record.settings = {k: body[k] for k in ("engine", "engine_pace") if k in body}
         status, body, error = get_json(f"{p.nodes[before['standby']]}/ready", 5)
         self._do("Preflight - the standby is ready and its replica in sync",
                  status == 200 and body.get("role") == "standby" and bool((body.get("checks") or {}).get("redis")),
@@ -232,7 +247,7 @@ class Drill:
         status, body, error = get_json(f"{p.receiver}/runs", 10, p.receiver_headers())
         runs = body.get("runs") or []
         recent = [r for r in runs if r.get("playbook") == "failover.yml" and isinstance(r.get("ended_at"), (int, float))
-                  and r["ended_at"] > self.meta["started_at"] - p.cooldown_s]
+                  and r["ended_at"] > self.record.started_at - p.cooldown_s]
         self._do("Preflight - no receiver run in progress and no failover in cooldown",
                  status == 200 and not any(r.get("result") == "running" for r in runs) and not recent,
                  f"the receiver ({status or error}) is running a playbook, or a failover ended less than "
@@ -242,10 +257,10 @@ class Drill:
         self.step = "Start the canary job through the VIP and watch it"
         # The canary logs in where the VIP wants it: "user:password" from the plan's login_file (never
         # on a command line or in the plan itself).
-        self.watcher = Watcher(self.plan.vip, self.meta["before"]["standby"], self.workdir / "watch.json",
+        self.watcher = Watcher(self.plan.vip, self.record.before["standby"], self.workdir / "watch.json",
                                turns=self.plan.turns, timeout=self.plan.canary_timeout_s,
                                login=Path(self.plan.login_file).read_text().strip() if self.plan.login_file else "",
-                               source=self.meta["before"]["primary"])
+                               source=self.record.before["primary"])
         self.watch_thread = threading.Thread(target=self.watcher.run, name="canary", daemon=True)
         self.watch_thread.start()
         deadline = time.monotonic() + 120
@@ -256,22 +271,22 @@ class Drill:
                  f"the canary is not in flight: {obs.error or obs.job}")
 
     def switch_over(self) -> None:
-        before = self.meta["before"]
+        before = self.record.before
         self.step = "Switch over"
-        self.meta["fault_at"] = self.meta["playbook_started_at"] = time.time()
+        self.record.fault_at = self.record.playbook_started_at = time.time()
         run = self.ansible.playbook("switchover.yml", {"tts_target": before["standby"], "switchover_by": "drill.yml",
                                                        "switchover_lock_token": self.token})
         self._do("Switch over", run.returncode == 0,
                  f"switchover.yml exited {run.returncode}: {(run.stdout + run.stderr)[-400:]}")
-        self.meta["playbook_ended_at"] = time.time()
+        self.record.playbook_ended_at = time.time()
 
     def inject_fault(self) -> None:
-        p, primary = self.plan, self.meta["before"]["primary"]
+        p, primary = self.plan, self.record.before["primary"]
         # Never a fault while the receiver is kept out: no fault unless the lock is free.
         self._do("Release the cluster lock so that the receiver can act", self.release_lock(),
                  "the cluster lock could not be released (it expires within its TTL); no fault injected")
         self.step = f"inject {p.mode} on the primary"
-        self.meta["fault_at"] = time.time()
+        self.record.fault_at = time.time()
         self.fault_injected = True
         if p.mode in FAULTS:
             rc, struck = self.ansible.command(primary, ["/usr/local/sbin/tts-fault", FAULTS[p.mode][0]])
@@ -282,14 +297,14 @@ class Drill:
                      f"{' '.join(p.host_kill_cmd)} exited {run.returncode}: {run.stderr[-300:]}")
             struck = run.stdout
         try:   # tts-fault and the host killer say when the fault struck (not when the command started)
-            self.meta["fault_at"] = float(struck.strip().splitlines()[-1])
+            self.record.fault_at = float(struck.strip().splitlines()[-1])
         except (ValueError, IndexError):
             pass
 
     def check_canary(self) -> None:
         self.step = "Wait for the canary to finish"
         self.watch_thread.join(self.plan.canary_timeout_s + 60)
-        obs, target, source = self.watcher.obs, self.meta["before"]["standby"], self.meta["before"]["primary"]
+        obs, target, source = self.watcher.obs, self.record.before["standby"], self.record.before["primary"]
         # Every host's worker takes jobs (the pool): the canary goes on on whichever was free, never on the
         # primary the fault struck.
         self._do("Check the canary finished away from the old primary",
@@ -308,7 +323,7 @@ class Drill:
         """Lift the fault; it counts as lifted only once that worked (a failed drill tries again)."""
         if not self.fault_injected:
             return
-        p, primary = self.plan, self.meta["before"]["primary"]
+        p, primary = self.plan, self.record.before["primary"]
         if p.mode in FAULTS:
             rc, _ = self.ansible.command(primary, ["/usr/local/sbin/tts-fault", FAULTS[p.mode][1]])
             self._do("Bring the old primary's app or Redis back", rc == 0, f"tts-fault exited {rc}")
@@ -319,7 +334,7 @@ class Drill:
         self.fault_injected = False
 
     def wait_rejoined(self) -> None:
-        old = self.meta["before"]["primary"]
+        old = self.record.before["primary"]
         deadline = time.monotonic() + self.plan.rejoin_timeout_s
         while True:
             status, _body, _error = get_json(f"{self.plan.nodes[old]}/standby", 3)
@@ -333,7 +348,7 @@ class Drill:
 
     def run(self) -> dict:
         try:
-            self.meta["before"] = {k: v for k, v in self.read_state().items() if k in ("primary", "standby", "epoch")}
+            self.record.before = {k: v for k, v in self.read_state().items() if k in ("primary", "standby", "epoch")}
             self.check_request()
             self.take_lock()
             self.preflight()
@@ -346,7 +361,7 @@ class Drill:
             self.undo_fault()
             self.wait_rejoined()
         except Exception as exc:
-            self.meta["failed_step"], self.meta["error"] = self.step, (str(exc) or type(exc).__name__)[:500]
+            self.record.failed_step, self.record.error = self.step, (str(exc) or type(exc).__name__)[:500]
             try:
                 self.undo_fault()
             except Exception:
@@ -356,15 +371,15 @@ class Drill:
         return self.finish()
 
     def finish(self) -> dict:
-        self.meta["ended_at"] = time.time()
+        self.record.ended_at = time.time()
         try:
-            self.meta["after"] = self.read_state()
-            self.meta["after"]["changed_at"] = self.meta["after"].get("updated_at")
+            self.record.after = self.read_state()
+            self.record.after["changed_at"] = self.record.after.get("updated_at")
         except StepFailed:
-            self.meta["after"] = {}
+            self.record.after = {}
         _status, receiver, _error = get_json(f"{self.plan.receiver}/runs", 10, self.plan.receiver_headers())
         watched = asdict(self.watcher.obs) if self.watcher else {}
-        rep = report.build(self.meta, watched, self.verdict, receiver)
+        rep = report.build(asdict(self.record), watched, self.verdict, receiver)
         try:
             publish(rep, self.plan.shared_dir / "drills")
         except (OSError, StorageUnavailable) as exc:   # the report still goes to stdout; the drill fails
