@@ -1,6 +1,9 @@
 """tts-drill: failover drills.
 
-    tts-drill run --plan '{"mode": "switchover", ...}'     the whole drill, on the controller (drill.yml)
+    tts-drill run --plan-file /etc/tts-receiver/drill-plan.json [--mode M] [--turns N]
+                                                            the whole drill, on the controller (tts-drill-run,
+                                                            drill.yml); the plan the failover_drill role wrote
+    tts-drill run --plan '{"mode": "switchover", ...}'     the same with the plan given inline
     tts-drill verify JOB_ID --env-file /etc/tts/tts.env     check a finished canary (on a TTS node)
 """
 from __future__ import annotations
@@ -30,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one drill and write its report on shared storage")
-    r.add_argument("--plan", required=True, help="the drill's settings as JSON (drill.yml passes the inventory's)")
+    given = r.add_mutually_exclusive_group(required=True)
+    given.add_argument("--plan-file", type=Path, help="the drill's settings as JSON (the failover_drill role writes it)")
+    given.add_argument("--plan", help="the drill's settings as JSON, inline")
+    r.add_argument("--mode", choices=run.MODES, help="the plan's mode for this drill")
+    r.add_argument("--turns", type=int, help="the canary job's turns for this drill")
     v = sub.add_parser("verify", help="check the finished canary's segments and audio (on a TTS node)")
     v.add_argument("job_id")
     v.add_argument("--env-file", help="the app's environment file (KEY=value lines), e.g. /etc/tts/tts.env")
@@ -46,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(verdict))
         return 0
     try:
-        plan = run.Plan.from_dict(json.loads(args.plan))
-    except (ValueError, TypeError, KeyError) as exc:
+        data = json.loads(args.plan_file.read_text() if args.plan_file else args.plan)
+        data.update({key: value for key, value in (("mode", args.mode), ("turns", args.turns)) if value is not None})
+        plan = run.Plan.from_dict(data)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         print(f"tts-drill: a bad plan: {exc}", file=sys.stderr)
         return 2
     rep = run.Drill(plan).run()

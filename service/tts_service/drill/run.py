@@ -46,7 +46,8 @@ FAULTS = {"kill": ("app-killed", "app-back"), "redis-down": ("redis-down", "redi
 
 @dataclass(frozen=True)
 class Plan:
-    """What the drill needs from the inventory (drill.yml writes it as JSON)."""
+    """What the drill needs from the inventory (the failover_drill role writes it as JSON at deploy time:
+    roles/failover_drill/templates/drill-plan.json.j2)."""
     mode: str
     shared_dir: Path
     vip: str                          # tts_vip_url
