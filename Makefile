@@ -21,8 +21,6 @@ export TTS_LAB_KNOWN_HOSTS := $(CURDIR)/.lab/known_hosts
 lab lab-down molecule drill bench soak: export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/.lab/vault-pass
 # The lab's certificates, handed over as files (lab/certificates.yml writes them; provided PKI mode).
 export TTS_LAB_PROVIDED := $(CURDIR)/.lab/provided
-LAB_SUBNET := $(shell sed -n "s/^ *tts_lab_subnet: *//p" inventory/lab/hosts.yml)
-LAB_URL := https://$(LAB_SUBNET).100/
 
 .PHONY: help deps system-deps venv wheel test pytest lint molecule serve lab lab-down image drill bench bench-resume bench-throughput soak clean gpu-wheels screenshots
 # make drill MODE=kill; make bench RUNS=5 MODES=switchover,kill,host-lost,redis-down
@@ -95,7 +93,7 @@ lab: deps wheel .lab/ssh/id_ed25519 .lab/secrets.yml image
 	ansible-playbook lab/containers.yml
 	ansible-playbook lab/certificates.yml
 	ansible-playbook playbooks/site.yml -e @.lab/secrets.yml
-	@echo; echo "The TTS lab is up: $(LAB_URL)  (its certificate is signed by the lab CA in .lab/ca.pem; Prometheus http://$(LAB_SUBNET).10:9090, Alertmanager http://$(LAB_SUBNET).10:9093)"
+	@echo; $(PY) lab/inventory.py
 
 lab-down: venv
 	ansible-playbook lab/containers.yml -e lab_state=absent

@@ -33,20 +33,19 @@ from tts_service.drill.report import REFERENCE_RTO_S, STAGES  # noqa: E402
 
 from inventory import LAB_INVENTORY, Lab  # noqa: E402
 
-DRILLS = "/export/shared/tts/drills"
-
 
 def podman(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def report_ids(lab: Lab) -> set[str]:
-    out = podman("exec", lab.container("nas"), "ls", DRILLS, timeout=30)
+    out = podman("exec", lab.container("nas"), "ls", f"{lab.shared_on_nas}/drills", timeout=30)
     return {n[:-5] for n in out.stdout.split() if n.endswith(".json")}
 
 
 def read_report(lab: Lab, drill_id: str) -> dict:
-    return json.loads(podman("exec", lab.container("nas"), "cat", f"{DRILLS}/{drill_id}.json", timeout=30).stdout)
+    path = f"{lab.shared_on_nas}/drills/{drill_id}.json"
+    return json.loads(podman("exec", lab.container("nas"), "cat", path, timeout=30).stdout)
 
 
 def wait_calm(lab: Lab, cooldown: float, timeout: float = 300) -> None:
@@ -56,7 +55,7 @@ def wait_calm(lab: Lab, cooldown: float, timeout: float = 300) -> None:
         try:
             ready = [requests.get(f"{lab.node_url(n)}/ready", timeout=2).status_code for n in lab.nodes]
             token = podman("exec", lab.container("ctl"), "cat", "/etc/prometheus/alert-token", timeout=30).stdout.strip()
-            runs = requests.get(f"http://{lab.ctl}:9095/runs", headers={"Authorization": f"Bearer {token}"},
+            runs = requests.get(f"http://{lab.ctl}:{lab.port('receiver')}/runs", headers={"Authorization": f"Bearer {token}"},
                                 timeout=5).json()["runs"]
             busy = any(r["result"] == "running" for r in runs)
             recent = [r["ended_at"] for r in runs if r["playbook"] == "failover.yml" and r["ended_at"]]
@@ -84,9 +83,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--modes", default="switchover,kill,host-lost,redis-down")
     parser.add_argument("--inventory", default=str(LAB_INVENTORY), help="the pair's hosts.yml (the lab's by default)")
-    parser.add_argument("--cooldown", type=float, default=65, help="seconds after a failover before the next drill")
+    parser.add_argument("--cooldown", type=float, help="seconds after a failover before the next drill (default: "
+                        "the drill's own cooldown, failover_drill_cooldown_s, plus 5)")
     args = parser.parse_args()
     lab = Lab.load(args.inventory)
+    if args.cooldown is None:
+        args.cooldown = float(lab.var("failover_drill_cooldown_s")) + 5
 
     results: dict[str, list[dict]] = {}
     for mode in args.modes.split(","):

@@ -4,6 +4,11 @@ the Molecule suites (molecule/default/tests/lab.py) and the benchmarks (bench/) 
 
     lab = Lab.load("inventory/lab/hosts.yml")      # make lab's pair
     lab = Lab.load("molecule/default/inventory/hosts.yml")   # Molecule's pair (mol- containers)
+    lab.port("receiver"), lab.var("tts_shared_dir")  # the values the deploy used, as the roles see them
+
+Values come as Ansible resolves them for the pair, for the simple cases the lab needs (no host facts,
+no lookups): every role's defaults, then roles/tts's (the shared ones), then the lab's group_vars, then
+the inventory's own vars; a "{{ name }}" inside is filled from the same.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +26,17 @@ LAB_INVENTORY = ROOT / "inventory" / "lab" / "hosts.yml"
 # The lab's shared settings (the lab and Molecule read the same group_vars).
 LAB_GROUP_VARS = ROOT / "inventory" / "lab" / "group_vars" / "all.yml"
 MOLECULE_INVENTORY = ROOT / "molecule" / "default" / "inventory" / "hosts.yml"
+ROLES = ROOT / "roles"
+
+
+def _layers(inventory_vars: dict) -> dict:
+    """Every role's defaults (roles/tts last: the shared ones), the lab's group_vars, the inventory's vars."""
+    merged: dict = {}
+    for defaults in sorted(ROLES.glob("*/defaults/main.yml"), key=lambda p: p.parts[-3] == "tts"):
+        merged.update(yaml.safe_load(defaults.read_text()) or {})
+    merged.update(yaml.safe_load(LAB_GROUP_VARS.read_text()) or {})
+    merged.update(inventory_vars)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -29,6 +46,7 @@ class Lab:
     subnet: str                  # the first three octets (tts_lab_subnet)
     prefix: str                  # container name prefix (tts_lab_prefix): "" for the lab, "mol-"
     network: str                 # the podman network (tts_lab_network)
+    values: dict                 # the variables as written (_layers), resolved by var()
 
     @classmethod
     def load(cls, path: str | Path) -> Lab:
@@ -41,7 +59,7 @@ class Lab:
                 groups.setdefault(group, []).append(host)
         labvars = data.get("vars") or {}
         return cls(address, groups, str(labvars["tts_lab_subnet"]), labvars.get("tts_lab_prefix") or "",
-                   labvars["tts_lab_network"])
+                   labvars["tts_lab_network"], _layers(labvars))
 
     @classmethod
     def from_env(cls, default: Path = MOLECULE_INVENTORY) -> Lab:
@@ -61,12 +79,35 @@ class Lab:
     def ctl(self) -> str:
         return self.address[self.groups["control"][0]]
 
+    def var(self, name: str):
+        """A variable as the deploy saw it: "{{ other }}" filled in from the same values (a few rounds)."""
+        value = self.values[name]
+        for _ in range(5):
+            if not (isinstance(value, str) and "{{" in value):
+                break
+            value = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(value).render(self.values)
+        return value
+
+    def port(self, name: str) -> int:
+        """tts_<name>_port: app, api, redis, receiver, deadman, prometheus, alertmanager, ..."""
+        return int(self.var(f"tts_{name}_port"))
+
+    @property
+    def vip_address(self) -> str:
+        return self.var("tts_vip")
+
     @property
     def vip(self) -> str:
-        return f"https://{self.subnet}.100"      # tts_vip in inventory/lab/group_vars/all.yml
+        return f"https://{self.vip_address}"
 
-    def node_url(self, node: str, port: int = 8000) -> str:
-        return f"http://{self.address[node]}:{port}"
+    @property
+    def shared_on_nas(self) -> str:
+        """tts_shared_dir as the NAS holds it: inside the export, where the clients' mount point is."""
+        inside = Path(self.var("tts_shared_dir")).relative_to(self.var("tts_nas_mount_point"))
+        return str(Path(self.var("tts_nas_export")) / inside)
+
+    def node_url(self, node: str, port: int | None = None) -> str:
+        return f"http://{self.address[node]}:{port or self.port('app')}"
 
     def container(self, host: str) -> str:
         return self.prefix + host
@@ -100,6 +141,13 @@ class Lab:
         netrc = ROOT / ".lab" / f"{self.prefix}netrc"
         fd = os.open(netrc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(f"machine {self.subnet}.100 login {name} password {password}\n")
+            f.write(f"machine {self.vip_address} login {name} password {password}\n")
         os.environ["NETRC"] = str(netrc)
         return name, password
+
+
+if __name__ == "__main__":
+    # make lab's last line: where the lab answers, read from its inventory.
+    lab = Lab.load(LAB_INVENTORY)
+    print(f"The TTS lab is up: {lab.vip}/  (its certificate is signed by the lab CA in .lab/ca.pem; "
+          f"Prometheus http://{lab.ctl}:{lab.port('prometheus')}, Alertmanager http://{lab.ctl}:{lab.port('alertmanager')})")

@@ -33,3 +33,50 @@ def test_every_shared_default_is_documented_where_it_is_set():
         if name in DEFAULTS and not (text[i - 1].startswith("#") or text[i - 1].split(":", 1)[0] in DEFAULTS):
             undocumented.append(name)
     assert not undocumented, f"defaults with no comment above them (or above their block): {undocumented}"
+
+
+def test_the_lab_tools_read_the_values_ansible_resolves(tmp_path):
+    """lab/inventory.py (the Molecule suites, the benchmarks, make lab's last line) reads ports, the VIP,
+    the shared folder and the receiver's cooldown from the inventory and the roles' defaults, not from
+    copies: each equals what Ansible itself resolves for the pair."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "lab"))
+    from inventory import Lab
+
+    names = ["tts_vip", "tts_app_port", "tts_api_port", "tts_redis_port", "tts_receiver_port",
+             "tts_prometheus_port", "tts_alertmanager_port", "tts_shared_dir", "alert_receiver_cooldown",
+             "failover_drill_cooldown_s"]
+    # Molecule's pair as Molecule gives it to Ansible: its hosts, the lab's group_vars beside them.
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text((ROOT / "molecule/default/inventory/hosts.yml").read_text())
+    (inventory / "group_vars").symlink_to(ROOT / "inventory/lab/group_vars")
+    play = tmp_path / "play.yml"
+    play.write_text(f"""
+- hosts: ctl
+  connection: local
+  gather_facts: false
+  vars_files:   # the two roles' defaults that are not the shared ones (nothing overrides them in the lab)
+    - {ROOT}/roles/alert_receiver/defaults/main.yml
+    - {ROOT}/roles/failover_drill/defaults/main.yml
+  roles: [tts]
+  tasks:
+    - ansible.builtin.copy:
+        dest: {tmp_path}/values.json
+        content: "{{{{ dict(names | zip(query('ansible.builtin.vars', *names))) | to_json }}}}"
+        mode: "0600"
+      vars:
+        names: {names}
+""")
+    res = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(play)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                              "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_NOCOLOR": "1"})
+    assert res.returncode == 0, res.stdout[-3000:]
+    resolved = json.loads((tmp_path / "values.json").read_text())
+    lab = Lab.load(ROOT / "molecule/default/inventory/hosts.yml")
+    assert {name: str(lab.var(name)) for name in names} == {name: str(v) for name, v in resolved.items()}

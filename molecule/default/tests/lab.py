@@ -34,14 +34,14 @@ os.environ["REQUESTS_CA_BUNDLE"] = str(LAB_CA)
 # The page and the API behind the VIP want a login (tts_access: basic, as in production): every
 # requests call to the VIP logs in as the lab's user (a netrc file); /health and /primary need none.
 LAB_USER, LAB_PASSWORD = LAB.log_in()
-RECEIVER = f"http://{LAB.ctl}:9095"
+RECEIVER = f"http://{LAB.ctl}:{LAB.port('receiver')}"
 # The account Ansible and the receiver log in as (the inventory's ansible_user; root through sudo).
 DEPLOY_USER = LAB.settings()["ansible_user"]
-PROMETHEUS = f"http://{LAB.ctl}:9090"
-ALERTMANAGER = f"http://{LAB.ctl}:9093"
+PROMETHEUS = f"http://{LAB.ctl}:{LAB.port('prometheus')}"
+ALERTMANAGER = f"http://{LAB.ctl}:{LAB.port('alertmanager')}"
 NODES = {node: LAB.node_url(node) for node in LAB.nodes}
-SHARED = "/export/shared/tts"            # on the nas container
-COOLDOWN_S = 30                          # alert_receiver_cooldown
+SHARED = LAB.shared_on_nas               # tts_shared_dir, on the nas container
+COOLDOWN_S = float(LAB.var("alert_receiver_cooldown"))
 
 # The faults docs/contracts.md defines, with the tts-fault command the tts_app role installs (drills use it).
 APP_KILLED = "tts-fault app-killed"
@@ -78,7 +78,7 @@ def cluster_state():
 
 def redis_cli(node, args):
     return on(node, "REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) "
-                    f"redis-cli -p 6379 {args}").strip()
+                    f"redis-cli -p {LAB.port('redis')} {args}").strip()
 
 
 def redis_hget(node, key, field):
@@ -251,8 +251,9 @@ def script(turns):
 def front_door():
     """What each node's front door looked like (for a failure's message): the app's units, its users'
     listener answering, nginx's last errors."""
+    api = LAB.port("api")
     return {node: on(node, "systemctl is-active tts-api tts-web tts-worker nginx | xargs; "
-                           f"curl -s -m 2 -o /dev/null -w 'tts-api /health %{{http_code}}' http://{ADDRESS[node]}:8010/health; "
+                           f"curl -s -m 2 -o /dev/null -w 'tts-api /health %{{http_code}}' http://{ADDRESS[node]}:{api}/health; "
                            "echo; tail -n 4 /var/log/nginx/error.log 2>/dev/null | cut -c1-300") for node in NODES}
 
 

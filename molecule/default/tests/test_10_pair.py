@@ -10,7 +10,7 @@ import wave
 import pytest
 import requests
 
-from lab import ADDRESS, LAB_CA, LAB_USER, NODES, PROMETHEUS, VIP
+from lab import ADDRESS, LAB, LAB_CA, LAB_USER, NODES, PROMETHEUS, SHARED, VIP
 
 
 def name(host):
@@ -72,12 +72,12 @@ def test_shared_storage_is_mounted_writable_and_shared(host):
         pytest.skip("clients only")
     assert host.mount_point("/mnt/nas").exists
     assert host.mount_point("/mnt/nas").filesystem == "fuse.sshfs"
-    marker = f"/mnt/nas/tts/.verify-{name(host)}-{uuid.uuid4().hex[:6]}"
+    marker = f"{LAB.var('tts_shared_dir')}/.verify-{name(host)}-{uuid.uuid4().hex[:6]}"
     user = "tts" if name(host) != "ctl" else "root"
     assert host.run("runuser -u %s -- sh -c 'echo %s > %s'", user, name(host), marker).rc == 0
     # The NAS itself sees what the client wrote (the export is the truth for every client).
     nas = host.get_host("ansible://nas?force_ansible=true", ansible_inventory=host.backend.ansible_inventory)
-    assert nas.file(marker.replace("/mnt/nas", "/export/shared")).content_string.strip() == name(host)
+    assert nas.file(marker.replace(LAB.var("tts_shared_dir"), SHARED)).content_string.strip() == name(host)
     host.run("rm -f %s", marker)
 
 

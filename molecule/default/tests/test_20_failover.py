@@ -21,6 +21,7 @@ from lab import (
     LAB_USER,
     NODES,
     PREFIX,
+    SHARED,
     VIP,
     RoleWatcher,
     cluster_state,
@@ -69,7 +70,7 @@ def follow_failover(session, job_id, primary, standby, t_fault, runs_before):
                180, "the job to finish")
     # Every worker takes jobs (the pool): the job went on on a free one (the standby, or the worker host).
     assert job["node"] != primary and job["segments_done"] == TURNS, job
-    names = on("nas", f"ls /export/shared/tts/jobs/{job_id}/segments").split()
+    names = on("nas", f"ls {SHARED}/jobs/{job_id}/segments").split()
     indexes = [n.split(".")[0] for n in names]
     assert sorted(set(indexes)) == [f"{i:05d}" for i in range(TURNS)] and len(indexes) == TURNS, names
     recomputed = int(redis_hget(standby, f"tts:job:{job_id}", "attempts")) - TURNS
