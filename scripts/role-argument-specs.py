@@ -59,12 +59,11 @@ class Dumper(yaml.SafeDumper):
 
 def parse_defaults(path: Path) -> tuple[dict, dict[str, str], str]:
     """(the defaults, each one's description, the file's opening comment). A variable's description is
-    the comment right above it; a variable in the same block under another's comment shares it."""
+    the comment right above it ("" when there is none: option() refuses that)."""
     data = yaml.safe_load(path.read_text()) or {}
     described: dict[str, str] = {}
     comment: list[str] = []
     header, header_done = "", False
-    block = None          # the first variable of the block this line is in (no blank line since it)
     for line in path.read_text().splitlines():
         if line.startswith("---"):
             continue
@@ -76,17 +75,12 @@ def parse_defaults(path: Path) -> tuple[dict, dict[str, str], str]:
             name, own = match.group(1), " ".join(c for c in comment if c)
             if not header_done:           # the file's opening comment is about the role, not this variable
                 header, header_done, own = own, True, ""
-            if own or block is None or not described.get(block):
-                block = name
-                described[name] = own
-            else:
-                described[name] = f"With {block}: {described[block]}"
+            described[name] = own
             comment = []
         elif not line.strip():
             if not header_done:
                 header, header_done = " ".join(comment), True
             comment = []
-            block = None
     return data, described, header
 
 
