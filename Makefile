@@ -107,7 +107,7 @@ pytest: deps
 # bugbear, pyupgrade, and no noqa that hides nothing).
 lint: deps
 	ansible-lint
-	$(VENV)/bin/ruff check service tests bench lab scripts molecule
+	$(VENV)/bin/ruff check service tests bench lab scripts molecule roles
 
 # The verifier's results go to .lab/molecule-junit.xml; on a failure their summary is printed last.
 molecule: deps wheel .lab/ssh/id_ed25519 .lab/molecule-secrets.yml image

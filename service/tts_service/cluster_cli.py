@@ -7,11 +7,6 @@
     tts-cluster confirm-fenced NODE --epoch N [--lock-token T]
                                                     record that NODE, the standby (old primary) of
                                                     epoch N, had its units stopped after N was written
-    tts-cluster fence NODE --epoch N --units U,.. --app-units U,.. --service-units U,.. --track-file F --vip A/P
-                                                    on NODE, the old primary: stop the units for certain,
-                                                    take the VIP away, confirm-fenced once the app's units
-                                                    are down (fence.py); prints the service units that
-                                                    were running; exit 1 when some unit did not stop
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
     tts-cluster keep-lock TOKEN --while-pid PID [--ttl S]
@@ -34,7 +29,6 @@ from pathlib import Path
 
 from .cluster import MAX_LOCK_TTL_S, STORAGE_FORMAT, Cluster, ClusterError
 from .config import storage_timeout_from_env
-from .fence import System, fence, report
 from .storage import Storage, StorageUnavailable
 
 
@@ -57,13 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("node")
     confirm.add_argument("--epoch", type=int, required=True)
     confirm.add_argument("--lock-token")
-    fence = sub.add_parser("fence")
-    fence.add_argument("node")
-    fence.add_argument("--epoch", type=int, required=True)
-    for name in ("--units", "--app-units", "--service-units"):
-        fence.add_argument(name, type=lambda v: [u for u in v.split(",") if u], required=True)
-    fence.add_argument("--track-file", type=Path, required=True)
-    fence.add_argument("--vip", required=True, help="the VIP as address/prefix, removed from any interface")
     lock = sub.add_parser("lock")
     lock.add_argument("--holder", required=True)
     lock.add_argument("--ttl", type=float, default=300.0)
@@ -96,11 +83,6 @@ def main(argv: list[str] | None = None) -> int:
                                    understands=STORAGE_FORMAT).to_dict())
         elif args.command == "confirm-fenced":
             _print(cluster.confirm_fenced(args.node, args.epoch, args.by, lock_token=args.lock_token).to_dict())
-        elif args.command == "fence":
-            result = fence(System(), service_units=args.service_units, app_units=args.app_units, units=args.units,
-                           track_file=args.track_file, vip=args.vip,
-                           confirm=lambda: cluster.confirm_fenced(args.node, args.epoch, args.by))
-            return report(result)
         elif args.command == "lock":
             if not 0 < args.ttl <= MAX_LOCK_TTL_S:
                 raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (renew a longer hold "

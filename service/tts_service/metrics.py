@@ -167,8 +167,9 @@ class NodeCollector:
             return
         h = hb["synthesis_seconds"]
         cumulative, buckets = 0, []
-        # counts has one more entry than buckets: the last is the overflow, which +Inf (count) covers.
-        for bound, count in zip(h["buckets"], h["counts"][:-1], strict=True):
+        # counts has one more entry than buckets, the overflow, which +Inf (count) covers: zip stops at the
+        # shorter on purpose (a heartbeat written with other buckets still reads).
+        for bound, count in zip(h["buckets"], h["counts"], strict=False):
             cumulative += count
             buckets.append((repr(float(bound)), cumulative))
         buckets.append(("+Inf", h["count"]))

@@ -10,7 +10,7 @@ LOG = sys.argv[3] if len(sys.argv) > 3 else "/var/log/tts-operators.log"
 
 
 class Sink(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         length = min(int(self.headers.get("Content-Length", 0) or 0), 1 << 20)
         body = self.rfile.read(length)
         try:
