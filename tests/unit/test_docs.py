@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Files outside the repository (a sibling folder of shared notes, its contract and platform pages), and
-# tracker numbers ("issue 12", "issue #12").
+# tracker numbers (the word issue followed by a number).
 OUTSIDE = re.compile(r"\.\./shared|CONTRACTS\.md|PLATFORM\.md")
 TRACKER = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
