@@ -19,7 +19,7 @@ HAND_WRITTEN = {"tts_cluster", "preflight", "tts"}
 # Entry points besides `main`, by role: their options are the defaults their task files (and the task
 # files and templates those use) name.
 ENTRIES = {"redis": ["promote", "follow"], "nas": ["heal"], "nginx": ["upstream"], "pki": ["certificate"],
-           "tts_app": ["install", "service", "venv"], "alert_receiver": ["run-playbook"]}
+           "tts_app": ["install", "service", "venv"], "alert_receiver": ["run-locked"]}
 # tts_app's `venv` entry point takes these from its caller (no defaults: each caller says them).
 VENV_OPTIONS = {
     "tts_app_venv_dir": {"type": "str", "required": True, "description": "The virtualenv to install into."},
@@ -40,7 +40,7 @@ CALLER_INPUTS = {
                           "The node Redis follows (tts_cluster's state entry point sets it)."}},
     ("nginx", "upstream"): {"tts_current_primary": {"type": "str", "required": True, "description":
                             "The node nginx prefers (tts_cluster's state entry point sets it)."}},
-    ("alert_receiver", "run-playbook"): {
+    ("alert_receiver", "run-locked"): {
         "alert_receiver_playbook": {"type": "str", "required": True, "description": "A file in playbooks/ (e.g. upgrade.yml)."},
         "alert_receiver_playbook_args": {"type": "list", "elements": "str", "default": [],
                                          "description": "More ansible-playbook arguments."}},

@@ -9,13 +9,16 @@
                                                     epoch N, had its units stopped after N was written
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
-    tts-cluster keep-lock TOKEN --while-pid PID [--ttl S]
-                                                    renew the lock every S/3 while process PID lives;
-                                                    release it as soon as PID is gone (a playbook that
-                                                    died holds the lock for at most S/3 more)
+    tts-cluster holds TOKEN                         exit 0 if the lock is held with TOKEN now, 1 if not
+    tts-cluster run-locked --holder WHO [--ttl S] -- COMMAND [ARG...]
+                                                    take the lock, run COMMAND with its token in
+                                                    TTS_LOCK_TOKEN, renew it every S/3 while COMMAND
+                                                    runs, release it as soon as COMMAND ends; exits
+                                                    with COMMAND's status (lockkeeper.py)
 
 Exit codes: 0 done; 1 refused (wrong epoch, state exists, lock held); 2 storage unreachable or bad
-arguments; 3 no state yet. Output is JSON on stdout, the reason on stderr.
+arguments; 3 no state yet; run-locked: COMMAND's own (128 + N when a signal N ended it), 127 when it
+cannot be started. Output is JSON on stdout, the reason on stderr.
 The shared folder comes from --shared-dir or TTS_SHARED_DIR.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from .cluster import MAX_LOCK_TTL_S, STORAGE_FORMAT, Cluster, ClusterError
 from .config import storage_timeout_from_env
+from .lockkeeper import run_locked
 from .storage import Storage, StorageUnavailable
 
 
@@ -56,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     lock.add_argument("--ttl", type=float, default=300.0)
     unlock = sub.add_parser("unlock")
     unlock.add_argument("token")
-    keep = sub.add_parser("keep-lock")
-    keep.add_argument("token")
-    keep.add_argument("--while-pid", type=int, required=True)
-    keep.add_argument("--ttl", type=float, default=30.0)
-    keep.add_argument("--max-seconds", type=float, default=3600.0)
+    holds = sub.add_parser("holds")
+    holds.add_argument("token")
+    locked = sub.add_parser("run-locked")
+    locked.add_argument("--holder", required=True)
+    locked.add_argument("--ttl", type=float, default=30.0)
+    locked.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
 
 
@@ -85,16 +90,21 @@ def main(argv: list[str] | None = None) -> int:
             _print(cluster.confirm_fenced(args.node, args.epoch, args.by, lock_token=args.lock_token).to_dict())
         elif args.command == "lock":
             if not 0 < args.ttl <= MAX_LOCK_TTL_S:
-                raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (renew a longer hold "
-                                   "with keep-lock)")
+                raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s (hold it longer "
+                                   "with run-locked)")
             _print({"token": cluster.acquire_lock(args.holder, args.ttl)})
         elif args.command == "unlock":
             if not cluster.release_lock(args.token):
                 print("that lock is not held (expired or taken by someone else)", file=sys.stderr)
                 return 1
             _print({"released": True})
-        elif args.command == "keep-lock":
-            _print({"ended": keep_lock(cluster, args.token, args.while_pid, args.ttl, args.max_seconds)})
+        elif args.command == "holds":
+            info = cluster.lock_info()
+            held = bool(info) and info.get("token") == args.token and info.get("expires_at", 0) > time.time()
+            _print({"held": held, "holder": cluster.lock_holder()})
+            return 0 if held else 1
+        elif args.command == "run-locked":
+            return _run_locked(cluster, args)
     except ClusterError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
@@ -104,33 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def _run_locked(cluster: Cluster, args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("run-locked needs a command: tts-cluster run-locked --holder WHO -- COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    if not 0 < args.ttl <= MAX_LOCK_TTL_S:
+        raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def keep_lock(cluster: Cluster, token: str, pid: int, ttl_s: float, max_s: float) -> str:
-    """Renew the lock while `pid` lives; release it when pid is gone. Returns why it stopped."""
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            try:
-                released = cluster.release_lock(token)
-            except StorageUnavailable:
-                released = False
-            return f"process {pid} ended; " + ("lock released" if released else "the lock was no longer held")
-        try:
-            if not cluster.renew_lock(token, ttl_s):
-                return "the lock was released or expired"
-        except (StorageUnavailable, OSError) as exc:
-            print(f"could not renew the lock: {exc}", file=sys.stderr)  # the next round tries again
-        time.sleep(min(ttl_s / 3, 2.0))
-    return f"gave up after {max_s:g} s"
+        status, said = run_locked(cluster, args.holder, args.ttl, cmd)
+    except OSError as exc:   # the command could not be started (the lock was released again)
+        print(f"cannot run {cmd[0]}: {exc}", file=sys.stderr)
+        return 127
+    print(f"tts-cluster run-locked: {said}", file=sys.stderr)
+    return status
 
 
 def _print(data: dict) -> None:

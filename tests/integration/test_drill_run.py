@@ -30,7 +30,7 @@ class LocalHands:
     def __init__(self, shared, nodes):
         self.shared, self.nodes, self.playbooks = shared, {n.name: n for n in nodes}, []
 
-    def playbook(self, name, extra, timeout=900):
+    def playbook(self, name, extra, timeout=900, lock_token=""):
         """switchover.yml's steps on these processes: the primary's worker stops after its chunk (SIGTERM)
         and hands the job back, the promotion under the drill's lock, the old worker back (fenced)."""
         self.playbooks.append((name, extra))
@@ -40,7 +40,7 @@ class LocalHands:
         os.killpg(old.worker.pid, signal.SIGTERM)
         old.worker.wait(60)
         promoted = cluster_cli(self.shared, "--by", extra["switchover_by"], "promote", extra["tts_target"],
-                               "--expect-epoch", str(state["epoch"]), "--lock-token", extra["switchover_lock_token"])
+                               "--expect-epoch", str(state["epoch"]), "--lock-token", lock_token)
         old.start_worker()
         return promoted
 

@@ -249,25 +249,6 @@ def test_renewing_pushes_the_expiry_and_only_for_the_holder(cluster):
     assert not cluster.renew_lock(token, 30)                  # released: nothing to renew
 
 
-def test_keep_lock_releases_the_lock_as_soon_as_the_playbook_process_dies(shared):
-    import subprocess
-    import sys
-
-    from tests.harness import BIN
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    token = json.loads(cluster_cli(shared, "lock", "--holder", "switchover.yml", "--ttl", "6").stdout)["token"]
-    keeper = subprocess.Popen([str(BIN / "tts-cluster"), "--shared-dir", str(shared), "keep-lock", token,
-                               "--while-pid", str(holder.pid), "--ttl", "3"], stdout=subprocess.PIPE, text=True)
-    cluster = Cluster(Storage(shared), shared / "cluster")
-    time.sleep(4)                                             # past the first TTL: renewed meanwhile
-    assert cluster.lock_holder() == "switchover.yml"
-    holder.kill()
-    holder.wait()
-    out, _ = keeper.communicate(timeout=10)
-    assert "lock released" in out
-    assert cluster.lock_holder() is None
-
-
 def test_lock_ttl_is_capped(shared):
     res = cluster_cli(shared, "lock", "--holder", "drill.yml", "--ttl", "900")
     assert res.returncode == 1 and "--ttl must be" in res.stderr

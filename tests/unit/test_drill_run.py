@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from tts_service.cluster import Cluster
 from tts_service.drill.run import Drill, Plan, StepFailed
+from tts_service.lockkeeper import LockKeeper
 from tts_service.storage import Storage
 
 
@@ -32,7 +33,8 @@ def drill(tmp_path: Path, hands, mode="kill") -> Drill:
 def test_no_fault_is_injected_while_the_cluster_lock_cannot_be_released(tmp_path):
     hands = RecordingHands()
     d = drill(tmp_path, hands)
-    d.token = "not-the-holders-token"       # someone else holds the lock: the receiver is kept out
+    d.keeper = LockKeeper(d.cluster, "drill.yml", 30)
+    d.keeper.token = "not-the-holders-token"   # someone else holds the lock: the receiver is kept out
     Cluster(Storage(tmp_path), tmp_path / "cluster").acquire_lock("switchover.yml", 30)
     with pytest.raises(StepFailed, match="no fault injected"):
         d.inject_fault()
@@ -42,7 +44,7 @@ def test_no_fault_is_injected_while_the_cluster_lock_cannot_be_released(tmp_path
 def test_the_fault_is_injected_once_the_lock_is_free_and_timed_from_when_it_struck(tmp_path):
     hands = RecordingHands()
     d = drill(tmp_path, hands)
-    d.token = d.cluster.acquire_lock("drill.yml", 30)
+    d.take_lock()
     d.inject_fault()
     assert hands.commands == [("tts-a", ["/usr/local/sbin/tts-fault", "app-killed"])]
     assert d.cluster.lock_holder() is None and d.fault_injected
@@ -52,7 +54,7 @@ def test_the_fault_is_injected_once_the_lock_is_free_and_timed_from_when_it_stru
 def test_a_fault_whose_lifting_failed_is_lifted_again(tmp_path):
     hands = RecordingHands(statuses=[0, 255, 0])   # inject, a failed app-back, then one that works
     d = drill(tmp_path, hands)
-    d.token = d.cluster.acquire_lock("drill.yml", 30)
+    d.take_lock()
     d.inject_fault()
     with pytest.raises(StepFailed):
         d.undo_fault()

@@ -171,6 +171,16 @@ def test_host_of_the_new_primary_lost(watcher):
     assert cluster_state()["primary"] == standby
 
 
+def test_a_switchover_run_without_the_locks_keeper_stops_before_changing_anything():
+    """switchover.yml run bare (not through tts-cluster run-locked) holds no lock: it stops at its first
+    check with the command to use, before any worker was stopped."""
+    before = cluster_state()
+    with pytest.raises(AssertionError, match="tts-cluster run-locked --holder switchover.yml"):
+        operator_playbook("switchover.yml", before["standby"], locked=False)
+    assert cluster_state() == before
+    assert requests.get(f"{NODES[before['primary']]}/primary", timeout=3).status_code == 200
+
+
 def test_planned_switchover_loses_nothing(watcher):
     """An operator on ctl runs switchover.yml (as the receiver's user, with its key and inventory)."""
     primary, standby, runs_before, session, job_id = job_in_flight()

@@ -627,6 +627,7 @@ def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recove
     podman("exec", "-d", PREFIX + "ctl", "bash", "-c",
            "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
            "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
+           "/opt/tts-receiver/venv/bin/tts-cluster run-locked --holder switchover.yml -- "
            "/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/switchover.yml "
            f"-e @/etc/tts-receiver/secrets.yml -e tts_target={c.standby} > /tmp/switchover-killed.log 2>&1",
            check=True)

@@ -4,7 +4,8 @@ switch) and this orchestrator does the rest in one language:
 
     preflight  both nodes fit for their roles, no receiver run in progress, no recent failover
     canary     a multi-speaker job through the VIP, watched to the end (watch.py)
-    switch     drill_mode=switchover: switchover.yml under the drill's cluster lock;
+    switch     drill_mode=switchover: switchover.yml under the drill's cluster lock (its token in
+               TTS_LOCK_TOKEN, as `tts-cluster run-locked` hands it over);
                kill / redis-down: `tts-fault` on the primary, then the real alert chain acts;
                host-lost: the inventory's power-off command for the primary's host
     verify     the canary on shared storage (`tts-drill verify` on the new primary), the old
@@ -13,7 +14,7 @@ switch) and this orchestrator does the rest in one language:
 
 A failing step ends the drill with a failed report naming that step; a fault injected is always
 lifted again. The cluster lock is held from preflight to the switch (a fault drill releases it just
-before the fault, so that the receiver can act), renewed by a keeper that ends with this process.
+before the fault, so that the receiver can act), renewed by a LockKeeper thread of this process.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .. import journal
 from ..cluster import Cluster, ClusterError
 from ..config import storage_timeout_from_env
 from ..httpjson import get_json
+from ..lockkeeper import TOKEN_ENV, LockKeeper
 from ..storage import Storage, StorageUnavailable
 from . import report
 from .watch import Watcher
@@ -112,10 +114,12 @@ class Ansible:
     def _extra(self) -> list[str]:
         return [arg for value in self.plan.extra_vars for arg in ("-e", value)]
 
-    def playbook(self, name: str, extra: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    def playbook(self, name: str, extra: dict, timeout: float = 900, lock_token: str = "") -> subprocess.CompletedProcess:
+        """Run a playbook; lock_token: under the cluster lock the caller holds (TTS_LOCK_TOKEN)."""
+        env = {**self.env, TOKEN_ENV: lock_token} if lock_token else self.env
         return subprocess.run([str(self.bin / "ansible-playbook"), "-i", self.plan.inventory,
                                str(self.plan.project / "playbooks" / name), *self._extra(), "-e", json.dumps(extra)],
-                              cwd=self.plan.project, env=self.env, capture_output=True, text=True, timeout=timeout)
+                              cwd=self.plan.project, env=env, capture_output=True, text=True, timeout=timeout)
 
     def command(self, host: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
         """Run argv on host through ansible-runner, as the receiver does: (its exit status, its stdout);
@@ -176,8 +180,7 @@ class Drill:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tts-drill-"))
         self.record = DrillRecord(id=_utc_id(), mode=plan.mode, started_at=time.time())
         self.step = "Read who is primary now"
-        self.token: str | None = None
-        self.keeper: subprocess.Popen | None = None
+        self.keeper: LockKeeper | None = None
         self.watcher: Watcher | None = None
         self.watch_thread: threading.Thread | None = None
         self.fault_injected = False
@@ -208,32 +211,17 @@ class Drill:
 
     def take_lock(self) -> None:
         self.step = "Take the cluster lock (no failover or other drill meanwhile; renewed while the drill runs)"
+        self.keeper = LockKeeper(self.cluster, "drill.yml", self.plan.lock_ttl_s)
         try:
-            self.token = self.cluster.acquire_lock("drill.yml", self.plan.lock_ttl_s)
+            self.keeper.acquire()
         except (ClusterError, StorageUnavailable) as exc:
+            self.keeper = None
             raise StepFailed(str(exc)) from exc
-        self.keeper = subprocess.Popen(
-            [sys.executable, "-m", "tts_service.cluster_cli", "--shared-dir", str(self.plan.shared_dir), "keep-lock",
-             self.token, "--ttl", str(self.plan.lock_ttl_s), "--while-pid", str(os.getpid())],
-            stdout=subprocess.DEVNULL, start_new_session=True)
 
     def release_lock(self) -> bool:
-        """Stop the keeper (so that no renewal races the release), release the lock; True when it is
-        free now. If not, the lock's TTL ends it (the keeper no longer renews it)."""
-        if self.keeper is not None:
-            self.keeper.terminate()
-            try:
-                self.keeper.wait(10)
-            except subprocess.TimeoutExpired:
-                self.keeper.kill()
-            self.keeper = None
-        if self.token is None:
-            return True
-        token, self.token = self.token, None
-        try:
-            return self.cluster.release_lock(token) or self.cluster.lock_holder() is None
-        except (ClusterError, StorageUnavailable):
-            return False
+        """Stop renewing, release the lock; True when it is free now (if not, its TTL ends it)."""
+        keeper, self.keeper = self.keeper, None
+        return keeper.release() if keeper is not None else True
 
     def preflight(self) -> None:
         p, before = self.plan, self.record.before
@@ -275,8 +263,8 @@ class Drill:
         before = self.record.before
         self.step = "Switch over"
         self.record.fault_at = self.record.playbook_started_at = time.time()
-        run = self.ansible.playbook("switchover.yml", {"tts_target": before["standby"], "switchover_by": "drill.yml",
-                                                       "switchover_lock_token": self.token})
+        run = self.ansible.playbook("switchover.yml", {"tts_target": before["standby"], "switchover_by": "drill.yml"},
+                                    lock_token=self.keeper.token)
         self._do("Switch over", run.returncode == 0,
                  f"switchover.yml exited {run.returncode}: {(run.stdout + run.stderr)[-400:]}")
         self.record.playbook_ended_at = time.time()
