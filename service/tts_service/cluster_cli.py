@@ -10,15 +10,16 @@
     tts-cluster lock --holder WHO [--ttl S]         take the shared lock, print its token
     tts-cluster unlock TOKEN                        release it
     tts-cluster holds TOKEN                         exit 0 if the lock is held with TOKEN now, 1 if not
-    tts-cluster run-locked --holder WHO [--ttl S] -- COMMAND [ARG...]
+    tts-cluster run-locked --holder WHO [--ttl S] [--max-seconds M] -- COMMAND [ARG...]
                                                     take the lock, run COMMAND with its token in
                                                     TTS_LOCK_TOKEN, renew it every S/3 while COMMAND
-                                                    runs, release it as soon as COMMAND ends; exits
-                                                    with COMMAND's status (lockkeeper.py)
+                                                    runs, release it once COMMAND (and whatever it
+                                                    left running) ended; exits with COMMAND's status
+                                                    (lockkeeper.py)
 
 Exit codes: 0 done; 1 refused (wrong epoch, state exists, lock held); 2 storage unreachable or bad
-arguments; 3 no state yet; run-locked: COMMAND's own (128 + N when a signal N ended it), 127 when it
-cannot be started. Output is JSON on stdout, the reason on stderr.
+arguments; 3 no state yet; run-locked: COMMAND's own (128 + N when a signal N ended it, 124 when it
+ran past --max-seconds), 127 when it cannot be started. Output is JSON on stdout, the reason on stderr.
 The shared folder comes from --shared-dir or TTS_SHARED_DIR.
 """
 from __future__ import annotations
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     locked = sub.add_parser("run-locked")
     locked.add_argument("--holder", required=True)
     locked.add_argument("--ttl", type=float, default=30.0)
+    locked.add_argument("--max-seconds", type=float, default=3600.0,
+                        help="stop COMMAND (SIGTERM, exit 124) if it runs longer: a hung run keeps nobody out for ever")
     locked.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
-    except StorageUnavailable as exc:
+    except (StorageUnavailable, OSError) as exc:
         print(f"storage unavailable: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -121,11 +124,7 @@ def _run_locked(cluster: Cluster, args: argparse.Namespace) -> int:
         return 2
     if not 0 < args.ttl <= MAX_LOCK_TTL_S:
         raise ClusterError(f"--ttl must be between 0 and {MAX_LOCK_TTL_S:g} s")
-    try:
-        status, said = run_locked(cluster, args.holder, args.ttl, cmd)
-    except OSError as exc:   # the command could not be started (the lock was released again)
-        print(f"cannot run {cmd[0]}: {exc}", file=sys.stderr)
-        return 127
+    status, said = run_locked(cluster, args.holder, args.ttl, cmd, args.max_seconds)
     print(f"tts-cluster run-locked: {said}", file=sys.stderr)
     return status
 

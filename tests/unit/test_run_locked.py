@@ -109,3 +109,36 @@ def test_bad_requests_are_refused_with_a_sentence(shared, cluster):
     res = cluster_cli(shared, "run-locked", "--holder", "x", "--", "/nonexistent/ansible-playbook")
     assert res.returncode == 127 and "cannot run" in res.stderr
     assert cluster.lock_holder() is None                      # released again
+
+
+def test_what_a_killed_command_left_running_is_stopped_before_the_lock_is_released(shared, cluster, tmp_path):
+    """kill -9 of ansible-playbook alone leaves its workers running a task (they are in sessions of their
+    own): they are stopped before the lock is free, not left acting with the receiver let in."""
+    worker = (f"trap 'echo stopped > {tmp_path}/worker; exit 0' TERM; echo $$ > {tmp_path}/worker-pid; "
+              "while :; do sleep 0.1; done")
+    proc = run_locked(shared, f"setsid bash -c \"{worker}\" & echo $$ > {tmp_path}/pid; wait", ttl="60")
+    wait_for(lambda: (tmp_path / "worker-pid").exists() and (tmp_path / "pid").exists(), 10, what="the command")
+    os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+    _out, err = proc.communicate(timeout=30)
+    assert (tmp_path / "worker").read_text().strip() == "stopped", err
+    assert "1 process(es) it left running stopped" in err and cluster.lock_holder() is None
+
+
+def test_a_terminals_ctrl_c_reaches_the_command_once_and_the_lock_waits_for_its_end(shared, cluster, tmp_path):
+    """Ctrl-C goes to the whole foreground group: the command gets it from the terminal, not a second
+    time from the keeper (a second SIGINT ends ansible-playbook before it stops its workers)."""
+    proc = run_locked(shared, f"trap 'echo int >> {tmp_path}/ints' INT; echo $$ > {tmp_path}/pid; "
+                              f"until [ -e {tmp_path}/ints ]; do sleep 0.1; done; sleep 1; exit 3",
+                      ttl="60", start_new_session=True)
+    wait_for(lambda: (tmp_path / "pid").exists(), 10, what="the command")
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert (tmp_path / "ints").read_text().split() == ["int"], err
+    assert proc.returncode == 3 and cluster.lock_holder() is None
+
+
+def test_a_command_that_hangs_is_stopped_after_max_seconds(shared, cluster):
+    res = subprocess.run([str(BIN / "tts-cluster"), "--shared-dir", str(shared), "run-locked", "--holder", "x",
+                          "--max-seconds", "1", "--", "sleep", "60"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 124 and "ran past 1 s" in res.stderr
+    assert cluster.lock_holder() is None

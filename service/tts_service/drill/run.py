@@ -36,7 +36,7 @@ from .. import journal
 from ..cluster import Cluster, ClusterError
 from ..config import storage_timeout_from_env
 from ..httpjson import get_json
-from ..lockkeeper import TOKEN_ENV, LockKeeper
+from ..lockkeeper import TOKEN_ENV, LockKeeper, with_parent
 from ..storage import Storage, StorageUnavailable
 from . import report
 from .watch import Watcher
@@ -115,10 +115,12 @@ class Ansible:
         return [arg for value in self.plan.extra_vars for arg in ("-e", value)]
 
     def playbook(self, name: str, extra: dict, timeout: float = 900, lock_token: str = "") -> subprocess.CompletedProcess:
-        """Run a playbook; lock_token: under the cluster lock the caller holds (TTS_LOCK_TOKEN)."""
+        """Run a playbook; lock_token: under the cluster lock the caller holds (TTS_LOCK_TOKEN). It is
+        told to stop if this process dies (the lock is no longer kept then). From the main thread only."""
         env = {**self.env, TOKEN_ENV: lock_token} if lock_token else self.env
-        return subprocess.run([str(self.bin / "ansible-playbook"), "-i", self.plan.inventory,
-                               str(self.plan.project / "playbooks" / name), *self._extra(), "-e", json.dumps(extra)],
+        return subprocess.run(with_parent([str(self.bin / "ansible-playbook"), "-i", self.plan.inventory,
+                                           str(self.plan.project / "playbooks" / name), *self._extra(),
+                                           "-e", json.dumps(extra)]),
                               cwd=self.plan.project, env=env, capture_output=True, text=True, timeout=timeout)
 
     def command(self, host: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
