@@ -100,8 +100,11 @@ lab-down: venv
 
 test: deps pytest lint molecule
 
+# Two processes: most of the suite's time is spent waiting on real timings (pacing, leases, TTLs),
+# not on the CPU (docs/measurements.md, "Test durations"). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 pytest: deps
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 # Ansible (production profile, .ansible-lint) and Python (ruff.toml: pyflakes, pycodestyle, imports,
 # bugbear, pyupgrade, and no noqa that hides nothing).
