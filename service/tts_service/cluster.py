@@ -43,6 +43,10 @@ MAX_LOCK_TTL_S = 300.0
 UNREADABLE_LOCK_HELD_S = 60.0
 
 
+def _held_with(info: dict | None, token: str) -> bool:
+    return info is not None and info.get("token") == token and info.get("expires_at", 0) > time.time()
+
+
 class ClusterError(RuntimeError):
     """A cluster operation was refused (wrong epoch, state exists, lock held...)."""
 
@@ -176,11 +180,15 @@ class Cluster:
         """Push the expiry of the lock `token` holds to now + ttl_s; False if it does not hold it.
         The holder's own file is replaced (temp + rename); nobody else writes a held, unexpired lock."""
         info = self.lock_info()
-        if info is None or info.get("token") != token or info.get("expires_at", 0) <= time.time():
+        if not _held_with(info, token):
             return False
         info = {**info, "expires_at": time.time() + ttl_s, "ttl_s": ttl_s, "renewed_at": _now_iso()}
         self.storage.write_replace(self.lock_path, json.dumps(info).encode())
         return True
+
+    def holds_lock(self, token: str) -> bool:
+        """Whether the lock is held with `token` now (taken with it, not expired)."""
+        return _held_with(self.lock_info(), token)
 
     def _lock_file(self) -> tuple[dict | None, float] | None:
         """(content or None if unreadable, age of the file in seconds by the NAS's clock); None if absent."""

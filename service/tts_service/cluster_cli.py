@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from .cluster import MAX_LOCK_TTL_S, STORAGE_FORMAT, Cluster, ClusterError
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             _print({"released": True})
         elif args.command == "holds":
-            info = cluster.lock_info()
-            held = bool(info) and info.get("token") == args.token and info.get("expires_at", 0) > time.time()
+            held = cluster.holds_lock(args.token)
             _print({"held": held, "holder": cluster.lock_holder()})
             return 0 if held else 1
         elif args.command == "run-locked":
