@@ -296,17 +296,21 @@ def follow_rejoin(node, runs_before, timeout=150):
 LOCKED = ("switchover.yml", "upgrade.yml")
 
 
-def operator_playbook(playbook, target, timeout=300, extra="", locked=None):
-    """Run a playbook as an operator on ctl does (the receiver's user, key and inventory; switchover.yml
-    and upgrade.yml through `tts-cluster run-locked`, unless locked=False); target None: no -e tts_target
-    (upgrade.yml takes none: an extra var would outrank what the playbook works out)."""
+def operator_command(playbook, target, extra="", locked=None):
+    """The shell command an operator on ctl runs a playbook with (the receiver's user, key and inventory;
+    switchover.yml and upgrade.yml through `tts-cluster run-locked`, unless locked=False); target None: no
+    -e tts_target (upgrade.yml takes none: an extra var would outrank what the playbook works out)."""
     keeper = ("/opt/tts-receiver/venv/bin/tts-cluster run-locked --holder " + playbook + " -- "
               if (playbook in LOCKED if locked is None else locked) else "")
-    return on("ctl", "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
-                     f"runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME {keeper}"
-                     f"/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/{playbook} "
-                     f"-e @/etc/tts-receiver/secrets.yml {f'-e tts_target={target}' if target else ''} {extra}",
-                timeout=timeout)
+    return ("set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
+            f"runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME {keeper}"
+            f"/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/{playbook} "
+            f"-e @/etc/tts-receiver/secrets.yml {f'-e tts_target={target}' if target else ''} {extra}")
+
+
+def operator_playbook(playbook, target, timeout=300, extra="", locked=None):
+    """Run a playbook on ctl as an operator does (operator_command)."""
+    return on("ctl", operator_command(playbook, target, extra, locked), timeout=timeout)
 
 
 def nginx_prefers(node):

@@ -44,6 +44,7 @@ from lab import (
     job_segments,
     new_run,
     on,
+    operator_command,
     operator_playbook,
     pair_in_role,
     podman,
@@ -625,11 +626,7 @@ def test_16_blackbox_exporter_stopped_alerts_the_operators_and_fails_nothing_ove
 def test_17_switchover_killed_mid_run_frees_the_lock_at_once_and_the_pair_recovers(case):
     c = case(needs_failover=True)
     podman("exec", "-d", PREFIX + "ctl", "bash", "-c",
-           "set -a; . /etc/tts-receiver/receiver.env; set +a; cd /opt/tts-receiver/ansible && "
-           "runuser -u tts-receiver -- env TTS_LAB_KEY=$TTS_LAB_KEY HOME=$HOME "
-           "/opt/tts-receiver/venv/bin/tts-cluster run-locked --holder switchover.yml -- "
-           "/opt/tts-receiver/venv/bin/ansible-playbook -i inventory playbooks/switchover.yml "
-           f"-e @/etc/tts-receiver/secrets.yml -e tts_target={c.standby} > /tmp/switchover-killed.log 2>&1",
+           operator_command("switchover.yml", c.standby) + " > /tmp/switchover-killed.log 2>&1",
            check=True)
     # Kill it while the primary's worker finishes its segment (the stop step in progress): the
     # worker stays stopped, the lock would have been held for its TTL. Watched and killed from ctl in
